@@ -1,0 +1,157 @@
+"""Crop a context window around the edit mask, process it at the model's resolution, stitch it back.
+
+Only the window around the mask is processed, so a large photo costs about as much as a 512 one,
+and everything outside the mask's feather band is the source pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Region:
+    """A window of the source (end-exclusive, inside the image) and the size it is processed at."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    width: int  # processing width, a multiple of the model's size multiple
+    height: int
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """(width, height) of the window in source pixels."""
+        return self.x1 - self.x0, self.y1 - self.y0
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(round(value / multiple)) * multiple)
+
+
+def processing_size(
+    width: int, height: int, resolution: int, multiple: int = 64
+) -> tuple[int, int]:
+    """Scale (width, height) so the longer side is ``resolution``; round both to ``multiple``."""
+    scale = resolution / max(width, height)
+    return _round_to(width * scale, multiple), _round_to(height * scale, multiple)
+
+
+def edit_box(edit_mask: torch.Tensor, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
+    """edit_mask: [H, W] 0..1 -> end-exclusive (x0, y0, x1, y1) of values >= threshold, or None."""
+    ys, xs = torch.nonzero(edit_mask >= threshold, as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _fit_span(center: float, side: int, limit: int) -> tuple[int, int]:
+    """A span of ``side`` around ``center`` moved to lie inside [0, limit) (clipped if too long)."""
+    side = min(side, limit)
+    start = int(round(center - side / 2))
+    start = min(max(start, 0), limit - side)
+    return start, start + side
+
+
+def plan_region(
+    edit_mask: torch.Tensor,
+    margin: float = 0.25,
+    resolution: int = 512,
+    feather: int = 16,
+    multiple: int = 64,
+) -> Region:
+    """Choose the window to process for one edit mask ``[H, W]`` (1 = edit).
+
+    The window is a square around the mask's box, grown by ``margin`` x the box's longer side on
+    each side and by the feather band, and at least ``resolution`` px when the image allows (so a
+    small mask is edited at native resolution with real context). It is moved inside the image and
+    clipped to it when the image is smaller. Raises ValueError for an empty mask.
+    """
+    if margin < 0 or feather < 0 or resolution < multiple:
+        raise ValueError(
+            f"context margin ({margin}) and feather ({feather}) must be >= 0 and the resolution "
+            f"({resolution}) at least {multiple}"
+        )
+    height, width = edit_mask.shape[-2:]
+    box = edit_box(edit_mask)
+    if box is None:
+        raise ValueError("the edit mask is empty: nothing to repaint")
+    x0, y0, x1, y1 = box
+    longest = max(x1 - x0, y1 - y0)
+    side = math.ceil(longest * (1 + 2 * margin)) + 2 * feather
+    side = max(side, min(resolution, width, height))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    rx0, rx1 = _fit_span(cx, side, width)
+    ry0, ry1 = _fit_span(cy, side, height)
+    pw, ph = processing_size(rx1 - rx0, ry1 - ry0, resolution, multiple)
+    return Region(rx0, ry0, rx1, ry1, pw, ph)
+
+
+def whole_image_region(width: int, height: int, resolution: int, multiple: int = 64) -> Region:
+    """The whole image, longer side resized to ``resolution``, sides rounded to ``multiple``."""
+    pw, ph = processing_size(width, height, resolution, multiple)
+    return Region(0, 0, width, height, pw, ph)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """x: [B, C, H, W] -> [B, C, size[0], size[1]] (antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrinking)
+
+
+def crop_image(image: torch.Tensor, region: Region) -> torch.Tensor:
+    """image: [B, 3, H, W] 0..1 -> the window at processing size [B, 3, height, width], 0..1."""
+    window = image[..., region.y0 : region.y1, region.x0 : region.x1]
+    return _resize(window, (region.height, region.width)).clamp(0, 1)
+
+
+def crop_mask(mask: torch.Tensor, region: Region) -> torch.Tensor:
+    """mask: [B, 1, H, W] 0..1 -> [B, 1, height, width] (bilinear, soft edges kept)."""
+    window = mask[..., region.y0 : region.y1, region.x0 : region.x1]
+    return _resize(window, (region.height, region.width), mode="bilinear").clamp(0, 1)
+
+
+def feather_alpha(edit_mask: torch.Tensor, feather: int) -> torch.Tensor:
+    """edit_mask: [B, 1, H, W] binary -> blend weight [B, 1, H, W]: 1 on the mask, falling linearly
+    to 0 over ``feather`` px outside it (Chebyshev distance), exactly 0 beyond the band."""
+    alpha = edit_mask.clone()
+    ring = edit_mask
+    for step in range(1, feather + 1):
+        ring = F.max_pool2d(ring, kernel_size=3, stride=1, padding=1)
+        weight = 1.0 - step / (feather + 1)
+        alpha = torch.maximum(alpha, ring * weight)
+    return alpha
+
+
+def stitch(
+    source: torch.Tensor,
+    generated: torch.Tensor,
+    region: Region,
+    edit_mask: torch.Tensor,
+    feather: int = 16,
+) -> torch.Tensor:
+    """Blend the processed window back into the source.
+
+    source: [B, 3, H, W] 0..1; generated: [B, 3, height, width] 0..1 (the processed window);
+    edit_mask: [B, 1, H, W] 0..1 (binarised at 0.5 here). Returns [B, 3, H, W]: the source outside
+    the
+    mask's feather band (bit for bit), the generated pixels on the mask, a linear ramp between.
+    """
+    crop_w, crop_h = region.crop_size
+    back = _resize(generated, (crop_h, crop_w)).clamp(0, 1)
+    window_mask = (edit_mask[..., region.y0 : region.y1, region.x0 : region.x1] >= 0.5).to(
+        source.dtype
+    )
+    alpha = feather_alpha(window_mask, feather)
+    out = source.clone()
+    window = out[..., region.y0 : region.y1, region.x0 : region.x1]
+    blended = torch.where(alpha > 0, window * (1 - alpha) + back.to(source.dtype) * alpha, window)
+    out[..., region.y0 : region.y1, region.x0 : region.x1] = blended
+    return out

@@ -1,0 +1,294 @@
+"""The standalone editor: one exemplar edit with diffusers' UNet, VAE and schedulers, no ComfyUI.
+
+Conventions (see ``inpaint``): mask white = edit; keep = 1 - edit; masked image = source x keep;
+UNet input ``[x, masked latent, keep]``; guidance eps = eps(v) + s (eps(c) - eps(v)) with the
+learned vector v, the condition and v in one batched forward per step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from . import crop, inpaint
+from .color import match_color
+from .config import SCHEDULE
+from .guidance import combine
+from .model import PaintByExampleModel
+from .preprocess import ResizeMode, preprocess_exemplar
+
+log = logging.getLogger(__name__)
+
+SchedulerName = Literal["pndm", "ddim", "dpmpp_2m", "euler_a"]
+SCHEDULERS: tuple[str, ...] = ("pndm", "ddim", "dpmpp_2m", "euler_a")
+
+
+class EditError(ValueError):
+    """Inputs the editor cannot work with."""
+
+
+def make_scheduler(name: str):
+    """A fresh diffusers scheduler on Paint-by-Example's training schedule (SD 1.x defaults)."""
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerAncestralDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    base = {
+        k: SCHEDULE[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")
+    }
+    if name == "pndm":  # PLMS, as the official inference and the published diffusers folder
+        return PNDMScheduler(**base, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    if name == "ddim":
+        return DDIMScheduler(**base, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "euler_a":
+        return EulerAncestralDiscreteScheduler(**base, steps_offset=1)
+    raise EditError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """Sampling and compositing settings. The defaults are the paper's (50 PLMS steps, scale 5)."""
+
+    steps: int = 50
+    scale: float = 5.0  # similarity (guidance) scale s
+    seed: int = 0
+    scheduler: str = "pndm"
+    size: int = 512  # processing resolution (longer side of the processed window)
+    paste_back: bool = True  # stitch the window into the untouched source
+    whole_image: bool = False  # resize the whole image instead of cropping around the mask
+    context_margin: float = 0.25  # extra context around the mask's box, times its longer side
+    feather: int = 16  # px over which the edit blends into the source
+    color_match: bool = False
+    mask_resize: inpaint.MaskResize = "bilinear"
+    exemplar_resize: ResizeMode = "squash"
+    eta: float = 0.0  # DDIM only
+
+    def check(self, size_multiple: int) -> None:
+        if self.steps < 1:
+            raise EditError(f"steps must be at least 1, got {self.steps}")
+        if self.scheduler not in SCHEDULERS:
+            raise EditError(
+                f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
+            )
+        if self.size < size_multiple or self.size % size_multiple:
+            raise EditError(f"size must be a positive multiple of {size_multiple}, got {self.size}")
+        if self.feather < 0 or self.context_margin < 0:
+            raise EditError("feather and context margin must be >= 0")
+
+
+@dataclass
+class EditResult:
+    image: torch.Tensor  # [B, 3, H, W] 0..1, the source's size (or the processed size, see below)
+    raw: torch.Tensor  # [B, 3, h, w] 0..1, the decoded window at processing size
+    region: crop.Region | None  # None when the mask was empty and nothing was edited
+
+
+def _as_batch(x: torch.Tensor, channels: int, what: str) -> torch.Tensor:
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise EditError(f"{what} must be [B, {channels}, H, W], got {list(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise EditError(f"{what} has NaN or infinite values")
+    return x.float().clamp(0, 1)
+
+
+class Editor:
+    """Runs Paint-by-Example edits with a loaded model on one device."""
+
+    def __init__(
+        self,
+        model: PaintByExampleModel,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else _auto_device()
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.model.requires_grad_(False)
+        self.progress = progress
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Editor:
+        from .formats import load_model
+
+        return cls(load_model(path), device=device, dtype=dtype)
+
+    @property
+    def size_multiple(self) -> int:
+        """Processing sizes are multiples of this (the UNet halves the latent once per level)."""
+        levels = len(self.model.configs.unet["block_out_channels"]) - 1
+        return self.model.vae_scale_factor * 2**levels
+
+    @torch.no_grad()
+    def encode_exemplar(
+        self,
+        exemplar: torch.Tensor,
+        exemplar_mask: torch.Tensor | None = None,
+        mode: ResizeMode = "squash",
+    ) -> torch.Tensor:
+        """exemplar: [B, 3, H, W] or [B, H, W, 3] 0..1 -> condition [B, 1, D]."""
+        pixels = preprocess_exemplar(exemplar, self.model.encoder.config, exemplar_mask, mode)
+        return self.model.encoder(pixels.to(self.device))
+
+    @torch.no_grad()
+    def sample(
+        self,
+        masked_latent: torch.Tensor,
+        keep_latent: torch.Tensor,
+        condition: torch.Tensor,
+        settings: EditSettings,
+        generator: torch.Generator,
+        noise: torch.Tensor | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Denoise from noise. masked_latent [B, C, h, w] (scaled); keep_latent [B, 1, h, w];
+        condition [B, 1, D]; noise [B, C, h, w] N(0, 1) (drawn from ``generator`` when None).
+        Returns the final scaled latent [B, C, h, w]."""
+        sched = make_scheduler(settings.scheduler)
+        sched.set_timesteps(settings.steps, device=self.device)
+        batch, _, h, w = masked_latent.shape
+        if noise is None:
+            channels = self.model.vae.config.latent_channels
+            noise = torch.randn((batch, channels, h, w), generator=generator, dtype=torch.float32)
+        latents = noise.to(self.device, torch.float32) * sched.init_noise_sigma
+        guided = settings.scale != 1.0  # s = 1 is the condition alone: skip the unconditional pass
+        dt = self.dtype
+        if guided:
+            uncond = self.model.encoder.unconditional(batch).to(condition.dtype)
+            context = torch.cat([uncond, condition])
+            masked_in = torch.cat([masked_latent] * 2)
+            keep_in = torch.cat([keep_latent] * 2)
+        else:
+            context, masked_in, keep_in = condition, masked_latent, keep_latent
+        step_kwargs = _step_kwargs(sched, generator, settings.eta)
+        timesteps = sched.timesteps
+        bar = _progress(len(timesteps), self.progress and len(timesteps) > 1)
+        try:
+            for i, t in enumerate(timesteps):
+                x = sched.scale_model_input(latents, t).to(dt)
+                x = torch.cat([x] * 2) if guided else x
+                eps = self.model.predict_noise(x, t, masked_in, keep_in, context).float()
+                if guided:
+                    eps_uncond, eps_cond = eps.chunk(2)
+                    eps = combine(eps_uncond, eps_cond, settings.scale)
+                latents = sched.step(eps, t, latents, **step_kwargs).prev_sample
+                bar.update(1)
+                if callback is not None:
+                    callback(i + 1, len(timesteps))
+        finally:
+            bar.close()
+        return latents
+
+    @torch.no_grad()
+    def edit(
+        self,
+        source: torch.Tensor,
+        edit_mask: torch.Tensor,
+        exemplar: torch.Tensor,
+        settings: EditSettings | None = None,
+        exemplar_mask: torch.Tensor | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> EditResult:
+        """One edit. source [1, 3, H, W] 0..1; edit_mask [1, 1, H, W] 0..1 (white = edit, the
+        source's size); exemplar [1, 3, h, w] 0..1 (at least 16 px a side). With paste-back the
+        result has the source's size; without it, the processed window's."""
+        settings = settings or EditSettings()
+        settings.check(self.size_multiple)
+        source = _as_batch(source, 3, "source")
+        edit_mask = _as_batch(edit_mask, 1, "mask")
+        if source.shape[0] != 1 or edit_mask.shape[0] != 1:
+            raise EditError("the editor works on one source and one mask at a time")
+        if edit_mask.shape[-2:] != source.shape[-2:]:
+            h, w = source.shape[-2:]
+            mh, mw = edit_mask.shape[-2:]
+            raise EditError(
+                f"mask is {mw}x{mh} but the source is {w}x{h}: give a mask of the source's size "
+                f"(or pass --resize-mask to stretch it)"
+            )
+        edit_bin = inpaint.binarize_edit_mask(edit_mask)
+        condition = self.encode_exemplar(exemplar, exemplar_mask, settings.exemplar_resize)
+        if edit_bin.sum() == 0:
+            log.warning("the mask is empty: returning the source unchanged")
+            return EditResult(image=source.clone(), raw=source.clone(), region=None)
+
+        height, width = source.shape[-2:]
+        if settings.whole_image:
+            region = crop.whole_image_region(width, height, settings.size, self.size_multiple)
+        else:
+            region = crop.plan_region(
+                edit_bin[0, 0],
+                settings.context_margin,
+                settings.size,
+                settings.feather,
+                self.size_multiple,
+            )
+        window = crop.crop_image(source, region)
+        keep = inpaint.keep_from_edit(inpaint.binarize_edit_mask(crop.crop_mask(edit_bin, region)))
+        masked = inpaint.masked_source(window * 2 - 1, keep)
+        factor = self.model.vae_scale_factor
+        latent_hw = (region.height // factor, region.width // factor)
+
+        # Random draws in diffusers' pipeline order (initial noise, then the VAE posterior sample),
+        # so one seed gives the same edit in both.
+        generator = torch.Generator(device="cpu").manual_seed(settings.seed)
+        channels = self.model.vae.config.latent_channels
+        noise = torch.randn((1, channels, *latent_hw), generator=generator, dtype=torch.float32)
+        # diffusers draws a CPU generator's samples on the CPU and moves them, on any device.
+        masked_latent = self.model.encode_latent(
+            masked.to(self.device, self.dtype), generator=generator
+        )
+        keep_latent = inpaint.latent_keep_mask(keep, latent_hw, settings.mask_resize)
+        latents = self.sample(
+            masked_latent,
+            keep_latent.to(self.device, self.dtype),
+            condition.to(self.dtype),
+            settings,
+            generator,
+            noise=noise,
+            callback=callback,
+        )
+        raw = ((self.model.decode_latent(latents).float() + 1) / 2).clamp(0, 1).cpu()
+        if settings.color_match:
+            raw = match_color(raw, window, keep)
+        if not settings.paste_back:
+            return EditResult(image=raw, raw=raw, region=region)
+        image = crop.stitch(source, raw, region, edit_bin, settings.feather)
+        return EditResult(image=image, raw=raw, region=region)
+
+
+def _step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict:
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs: dict = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="denoising", unit="step", disable=not enabled, leave=False)
+
+
+def _auto_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

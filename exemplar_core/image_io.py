@@ -1,0 +1,105 @@
+"""Reading and writing images and masks for the CLI and the trainer (any mode PIL reads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An image file that is missing, unreadable or unusable."""
+
+
+def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"{what} file not found: {p}")
+    try:
+        image = Image.open(p)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageError(f"{what} file {p} is not a readable image ({exc})") from exc
+    return image
+
+
+def _to_float_array(image: Image.Image) -> np.ndarray:
+    """Any PIL mode -> float32 array [H, W, C] in 0..1 (16-bit and float modes kept precise)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return (np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0)[..., None]
+    if image.mode == "I":
+        array = np.asarray(image, dtype=np.int64).astype(np.float32)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        return np.clip(array / peak, 0, 1)[..., None]
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0, 1)[..., None]
+    if image.mode in ("1", "L", "LA", "RGB", "RGBA"):
+        array = np.asarray(image.convert("L") if image.mode == "1" else image, dtype=np.float32)
+        array = array / 255.0
+        return array[..., None] if array.ndim == 2 else array
+    return np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+
+
+def load_rgb(path: str | os.PathLike[str], what: str = "image") -> torch.Tensor:
+    """Image file -> [1, 3, H, W] float 0..1. Greyscale is replicated, alpha is dropped."""
+    array = _to_float_array(_open(path, what))
+    channels = array.shape[-1]
+    if channels in (1, 2):  # L or LA
+        array = np.repeat(array[..., :1], 3, axis=-1)
+    else:
+        array = array[..., :3]
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
+
+
+def load_mask(path: str | os.PathLike[str], what: str = "mask") -> torch.Tensor:
+    """Mask file -> edit mask [1, 1, H, W] float 0..1 (white = edit).
+
+    Colour masks use their luminance. A mask whose colour is uniform but whose alpha varies
+    (a cut-out saved as a transparent PNG) uses the alpha instead, transparent = edit, as ComfyUI's
+    LoadImage does.
+    """
+    array = _to_float_array(_open(path, what))
+    channels = array.shape[-1]
+    if channels in (2, 4):
+        colour, alpha = array[..., :-1], array[..., -1]
+        if np.ptp(colour) < 1e-6 and np.ptp(alpha) > 0:
+            return torch.from_numpy(1.0 - alpha)[None, None].float()
+        array = colour
+    if array.shape[-1] == 3:
+        grey = array @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    else:
+        grey = array[..., 0]
+    return torch.from_numpy(np.ascontiguousarray(grey))[None, None].float()
+
+
+def save_rgb(image: torch.Tensor, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """image: [1, 3, H, W] or [3, H, W] float 0..1 -> an 8-bit PNG/JPEG/WebP at ``path``.
+
+    Refuses to replace an existing file unless ``overwrite``; writes atomically.
+    """
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise ImageError(f"{p} already exists; choose another path or pass --overwrite")
+    if image.ndim == 4:
+        image = image[0]
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    try:
+        Image.fromarray(array.astype(np.uint8)).save(tmp, format=_format_for(p))
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def _format_for(path: Path) -> str:
+    suffix = path.suffix.lower()
+    formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+    if suffix not in formats:
+        raise ImageError(f"cannot write {path}: use a .png, .jpg or .webp file name")
+    return formats[suffix]

@@ -1,0 +1,200 @@
+"""The three parts of a Paint-by-Example model (UNet, VAE, exemplar encoder) as one module.
+
+The UNet and VAE are diffusers modules (``UNet2DConditionModel``, ``AutoencoderKL``) built from
+their configs; the canonical weights on disk use the LDM key layout (see ``formats``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import LATENT_SCALE, EncoderConfig
+from .encoder import ExemplarEncoder
+
+# The published Paint-by-Example UNet (SD 1.x with 9 input channels), as a diffusers config.
+SD1_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 9,
+    "out_channels": 4,
+    "down_block_types": [
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ],
+    "up_block_types": [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+
+SD1_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "sample_size": 512,
+    "scaling_factor": LATENT_SCALE,
+}
+
+
+@dataclass(frozen=True)
+class ModelConfigs:
+    """Everything needed to build the architecture: diffusers UNet and VAE configs + encoder."""
+
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    encoder: EncoderConfig
+
+    @classmethod
+    def published(cls) -> ModelConfigs:
+        return cls(dict(SD1_UNET_CONFIG), dict(SD1_VAE_CONFIG), EncoderConfig())
+
+    @classmethod
+    def tiny(cls, cross_attention_dim: int = 32) -> ModelConfigs:
+        """A ~5 MB model of the same family for tests (GroupNorm(32) needs widths of 32k)."""
+        unet = {
+            "sample_size": 8,
+            "in_channels": 9,
+            "out_channels": 4,
+            "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+            "block_out_channels": [32, 64],
+            "layers_per_block": 1,
+            "cross_attention_dim": cross_attention_dim,
+            "attention_head_dim": 2,
+            "norm_num_groups": 32,
+        }
+        vae = {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * 4,
+            "up_block_types": ["UpDecoderBlock2D"] * 4,
+            "block_out_channels": [32, 32, 32, 32],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "sample_size": 64,
+            "scaling_factor": LATENT_SCALE,
+        }
+        encoder = EncoderConfig(
+            backbone="tiny-vit",
+            image_size=32,
+            patch_size=8,
+            width=32,
+            layers=2,
+            heads=2,
+            mapper_layers=2,
+            out_dim=cross_attention_dim,
+        )
+        return cls(unet, vae, encoder)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel (8 for SD1)."""
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def latent_scale(self) -> float:
+        return float(self.vae.get("scaling_factor", LATENT_SCALE))
+
+
+def _unet_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    from diffusers import UNet2DConditionModel
+
+    # Keep only the keys diffusers knows (saved configs carry private "_..." entries).
+    allowed = set(UNet2DConditionModel._get_init_keys(UNet2DConditionModel))
+    return {k: v for k, v in config.items() if k in allowed}
+
+
+def _vae_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    from diffusers import AutoencoderKL
+
+    allowed = set(AutoencoderKL._get_init_keys(AutoencoderKL))
+    return {k: v for k, v in config.items() if k in allowed}
+
+
+def build_unet(config: dict[str, Any]) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**_unet_kwargs(config))
+
+
+def build_vae(config: dict[str, Any]) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**_vae_kwargs(config))
+
+
+class PaintByExampleModel(nn.Module):
+    """UNet + VAE + exemplar encoder, with the Paint-by-Example conventions in one place."""
+
+    def __init__(self, configs: ModelConfigs) -> None:
+        super().__init__()
+        self.configs = configs
+        unet_in = configs.unet.get("in_channels")
+        latent = configs.vae.get("latent_channels", 4)
+        if unet_in != 2 * latent + 1:
+            raise ValueError(
+                f"a Paint-by-Example UNet takes {2 * latent + 1} input channels "
+                f"([noisy latent, masked-image latent, keep mask]); this config has {unet_in}"
+            )
+        if configs.unet.get("cross_attention_dim") != configs.encoder.out_dim:
+            raise ValueError(
+                f"UNet cross_attention_dim {configs.unet.get('cross_attention_dim')} does not "
+                f"match "
+                f"the encoder's out_dim {configs.encoder.out_dim}"
+            )
+        self.unet = build_unet(configs.unet)
+        self.vae = build_vae(configs.vae)
+        self.encoder = ExemplarEncoder(configs.encoder)
+
+    @property
+    def latent_scale(self) -> float:
+        return self.configs.latent_scale
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.configs.vae_scale_factor
+
+    def encode_latent(
+        self, image: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
+        """image: [B, 3, H, W] in -1..1 -> scaled latent [B, C, H/f, W/f] (sample or mode)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(image.to(vae_dtype)).latent_dist
+        latent = posterior.sample(generator) if sample else posterior.mode()
+        return latent * self.latent_scale
+
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """scaled latent [B, C, h, w] -> image [B, 3, h*f, w*f] in -1..1 (not clamped)."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode(latent.to(vae_dtype) / self.latent_scale).sample
+
+    def predict_noise(
+        self,
+        noisy_latent: torch.Tensor,
+        timestep: torch.Tensor,
+        masked_latent: torch.Tensor,
+        keep_mask_latent: torch.Tensor,
+        condition: torch.Tensor,
+    ) -> torch.Tensor:
+        """ε for UNet input ``[noisy latent, masked-image latent, keep mask]`` and ``[B, 1, D]``."""
+        unet_dtype = next(self.unet.parameters()).dtype
+        x = torch.cat([noisy_latent, masked_latent, keep_mask_latent], dim=1).to(unet_dtype)
+        return self.unet(x, timestep, encoder_hidden_states=condition.to(unet_dtype)).sample

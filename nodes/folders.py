@@ -1,0 +1,94 @@
+"""The ``paint_by_example`` model folder: registration and listing.
+
+Models go in ``ComfyUI/models/paint_by_example/`` or in any folder named under a
+``paint_by_example:`` key in ``extra_model_paths.yaml``. The pack's own ``models/`` folder (where an
+embedded default model may be shipped) is listed too when it exists. Single files are listed with
+an extension filter; a diffusers folder (a directory holding ``model_index.json``) is listed by its
+folder name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import folder_paths
+
+FOLDER_KEY = "paint_by_example"
+EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
+PACK_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that no registered folder holds."""
+
+
+def default_folder() -> str:
+    return os.path.join(folder_paths.models_dir, FOLDER_KEY)
+
+
+def register() -> None:
+    """Register the folder key with an extension filter, keeping paths from extra_model_paths.yaml."""
+    paths: list[str] = []
+    existing = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
+    if existing is not None:
+        paths.extend(existing[0])
+    for path in (default_folder(), str(PACK_MODELS_DIR)):
+        if path == str(PACK_MODELS_DIR) and not PACK_MODELS_DIR.is_dir():
+            continue
+        if path not in paths:
+            paths.append(path)
+    folder_paths.folder_names_and_paths[FOLDER_KEY] = (paths, set(EXTENSIONS))
+    folder_paths.filename_list_cache.pop(FOLDER_KEY, None)
+
+
+def search_paths() -> list[str]:
+    if FOLDER_KEY not in folder_paths.folder_names_and_paths:
+        register()
+    return folder_paths.get_folder_paths(FOLDER_KEY)
+
+
+def _diffusers_folders(root: str) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        if "model_index.json" in filenames:
+            found.append(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+            dirnames[:] = []  # its sub-folders belong to it
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return found
+
+
+def list_models() -> list[str]:
+    """Model names for the loader's combo: single files and diffusers folders, sorted."""
+    names: set[str] = set()
+    folders: set[str] = set()
+    for root in search_paths():
+        if os.path.isdir(root):
+            folders.update(f for f in _diffusers_folders(root) if f != ".")
+    files = folder_paths.get_filename_list(FOLDER_KEY)
+    for name in files:
+        normalized = name.replace(os.sep, "/")
+        if not any(normalized.startswith(folder + "/") for folder in folders):
+            names.add(normalized)
+    names.update(folders)
+    return sorted(names)
+
+
+def resolve(name: str) -> str:
+    """Full path of a listed model (file or diffusers folder); raises with the folders to use."""
+    relative = os.path.relpath(os.path.join("/", name), "/")
+    for root in search_paths():
+        candidate = os.path.join(root, relative)
+        if os.path.isfile(candidate) or os.path.isfile(os.path.join(candidate, "model_index.json")):
+            return candidate
+    raise ModelNotFoundError(missing_message(name))
+
+
+def missing_message(name: str) -> str:
+    where = ", ".join(search_paths()) or default_folder()
+    return (
+        f"Paint-by-Example model {name!r} was not found. Put the checkpoint (.safetensors, the "
+        f"official .ckpt, or a diffusers folder) in {default_folder()} (searched: {where}), or add "
+        f"a '{FOLDER_KEY}:' entry to extra_model_paths.yaml, then refresh. Nothing is downloaded "
+        f"automatically."
+    )

@@ -1,0 +1,86 @@
+"""Loader node: a Paint-by-Example checkpoint -> native MODEL, VAE and exemplar encoder."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from . import folders, model_builder
+from .checks import PaintByExampleInputError
+from .types import CATEGORY, NODE_PREFIX, PbEEncoder
+
+DTYPE_CHOICES = ["default", "fp32", "fp16", "bf16"]
+
+
+class Loader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_PREFIX + "Loader",
+            display_name="Paint-by-Example Loader",
+            category=CATEGORY,
+            description=(
+                "Loads a Paint-by-Example checkpoint from models/paint_by_example (the official "
+                ".ckpt/.safetensors, this pack's single file, or a diffusers folder). The MODEL is "
+                "ComfyUI-native with Paint-by-Example's input layout, so this pack's sampler and "
+                "the stock InpaintModelConditioning + KSampler both work. Never downloads."
+            ),
+            inputs=[
+                io.Combo.Input(
+                    "model_name",
+                    options=folders.list_models(),
+                    tooltip=(
+                        "Checkpoint in models/paint_by_example (or a 'paint_by_example:' folder "
+                        "from extra_model_paths.yaml). Refresh after adding files."
+                    ),
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=DTYPE_CHOICES,
+                    default="default",
+                    tooltip=(
+                        "Weight precision. 'default' lets ComfyUI pick for your device (fp16 on most "
+                        "GPUs, fp32 on CPU); fp32 is the most exact, bf16/fp16 halve the memory."
+                    ),
+                ),
+            ],
+            outputs=[
+                io.Model.Output(
+                    display_name="MODEL",
+                    tooltip="The Paint-by-Example UNet as a native ComfyUI model.",
+                ),
+                io.Vae.Output(
+                    display_name="VAE", tooltip="The checkpoint's VAE (native ComfyUI VAE)."
+                ),
+                PbEEncoder.Output(
+                    display_name="PBE_ENCODER",
+                    tooltip="The exemplar image encoder; connect it to Exemplar Encode.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name: str, weight_dtype: str = "default") -> bool | str:
+        if weight_dtype not in DTYPE_CHOICES:
+            return f"weight_dtype {weight_dtype!r} is not one of {DTYPE_CHOICES}"
+        try:
+            folders.resolve(model_name)
+        except folders.ModelNotFoundError as err:
+            return str(err)
+        return True
+
+    @classmethod
+    def execute(cls, model_name: str, weight_dtype: str = "default") -> io.NodeOutput:
+        from ..exemplar_core.formats import CheckpointError, load_checkpoint
+
+        path = folders.resolve(model_name)
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as err:
+            raise PaintByExampleInputError(
+                f"{model_name} is not a Paint-by-Example checkpoint this pack can read: {err}"
+            ) from err
+        dtype = model_builder.WEIGHT_DTYPES.get(weight_dtype)
+        model = model_builder.build_model(ckpt, dtype)
+        vae = model_builder.build_vae(ckpt, dtype)
+        encoder = model_builder.build_encoder(ckpt, dtype)
+        return io.NodeOutput(model, vae, encoder)

@@ -1,0 +1,136 @@
+"""Build ComfyUI-native objects from a Paint-by-Example checkpoint.
+
+- MODEL: ComfyUI's own ``BaseModel`` + LDM ``UNetModel`` from an explicit model config (the
+  architecture comes from the checkpoint's config, not from ComfyUI's auto-detection, so any UNet
+  size loads), with the concat layout patched to Paint-by-Example's ``[masked latent, keep mask]``;
+- VAE: ``comfy.sd.VAE`` built from an explicit ``AutoencoderKL`` config;
+- the exemplar encoder wrapped in a ``ModelPatcher`` so ComfyUI's memory manager owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models
+import comfy.utils
+import torch
+
+from ..exemplar_core.encoder import ExemplarEncoder
+from ..exemplar_core.keymap import ldm_unet_kwargs, ldm_vae_ddconfig
+from .types import ExemplarEncoderHandle
+
+log = logging.getLogger(__name__)
+
+# ComfyUI's concat keys for Paint-by-Example's UNet input [x, masked-image latent, keep mask].
+PBE_CONCAT_KEYS = ("masked_image", "mask_inverted")
+MODEL_MARKER = "paint_by_example"  # model_options key set on every MODEL this pack builds
+
+WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class PbEModelConfig(comfy.supported_models.SD15):
+    """SD1-family model config whose UNet arguments come from the checkpoint, not from presets."""
+
+    unet_extra_config: dict = {}  # the heads are in the given config; SD15 would force 8 heads
+
+    def __init__(self, unet_kwargs: dict, latent_scale: float) -> None:
+        super().__init__(unet_kwargs)
+        self.latent_format = comfy.latent_formats.SD15(scale_factor=latent_scale)
+
+
+class CheckpointLoadError(ValueError):
+    """A checkpoint part that does not fit the architecture its config describes."""
+
+
+def _check_keys(what: str, expected: set[str], given: set[str], source: str) -> None:
+    missing = sorted(expected - given)
+    unexpected = sorted(given - expected)
+    if missing or unexpected:
+        raise CheckpointLoadError(
+            f"{what} weights in {source} do not match their config: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}); the file may be damaged or from another model family"
+        )
+
+
+def build_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
+    """PbECheckpoint -> native MODEL (ModelPatcher) with Paint-by-Example's concat layout."""
+    sd = ckpt.unet
+    unet_kwargs = ldm_unet_kwargs(ckpt.configs.unet)
+    model_config = PbEModelConfig(unet_kwargs, ckpt.configs.latent_scale)
+    load_device = mm.get_torch_device()
+    offload_device = mm.unet_offload_device()
+    supported = list(model_config.supported_inference_dtypes)
+    if dtype is None:
+        dtype = mm.unet_dtype(
+            model_params=comfy.utils.calculate_parameters(sd),
+            supported_dtypes=supported,
+            weight_dtype=comfy.utils.weight_dtype(sd),
+        )
+    manual_cast = mm.unet_manual_cast(dtype, load_device, supported)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model({}, "")
+    _check_keys(
+        "UNet", set(model.diffusion_model.state_dict().keys()), set(sd.keys()), ckpt.source
+    )
+    model = model.to(offload_device)
+    model.load_model_weights(dict(sd), "")
+    patcher = comfy.model_patcher.ModelPatcher(
+        model, load_device=load_device, offload_device=offload_device
+    )
+    patcher.add_object_patch("concat_keys", PBE_CONCAT_KEYS)
+    patcher.model_options[MODEL_MARKER] = True
+    return patcher
+
+
+def build_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
+    """PbECheckpoint -> native ``comfy.sd.VAE`` of the checkpoint's size."""
+    ddconfig = ldm_vae_ddconfig(ckpt.configs.vae)
+    embed_dim = ddconfig.pop("embed_dim")
+    vae = comfy.sd.VAE(
+        sd=dict(ckpt.vae), config={"params": {"ddconfig": ddconfig, "embed_dim": embed_dim}},
+        dtype=dtype,
+    )
+    _check_keys(
+        "VAE", set(vae.first_stage_model.state_dict().keys()), set(ckpt.vae.keys()), ckpt.source
+    )
+    factor = ckpt.configs.vae_scale_factor
+    vae.downscale_ratio = factor
+    vae.upscale_ratio = factor
+    vae.latent_channels = int(ckpt.configs.vae.get("latent_channels", 4))
+    return vae
+
+
+def build_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHandle:
+    """PbECheckpoint -> exemplar encoder in a ModelPatcher (loaded to the device on use)."""
+    load_device = mm.text_encoder_device()
+    offload_device = mm.text_encoder_offload_device()
+    if dtype is None:
+        dtype = mm.text_encoder_dtype(load_device)
+    encoder = ExemplarEncoder(ckpt.configs.encoder)
+    _check_keys(
+        "exemplar encoder", set(encoder.state_dict().keys()), set(ckpt.encoder.keys()), ckpt.source
+    )
+    encoder.load_state_dict(ckpt.encoder, strict=True)
+    encoder = encoder.to(device=offload_device, dtype=dtype).eval().requires_grad_(False)
+    patcher = comfy.model_patcher.ModelPatcher(
+        encoder, load_device=load_device, offload_device=offload_device
+    )
+    return ExemplarEncoderHandle(patcher, ckpt.configs.encoder, dtype, ckpt.source)
+
+
+def is_pbe_model(model: object) -> bool:
+    """Whether a MODEL socket value is a Paint-by-Example model built by this pack."""
+    options = getattr(model, "model_options", None)
+    return isinstance(options, dict) and bool(options.get(MODEL_MARKER))
+
+
+def size_multiple(model: comfy.model_patcher.ModelPatcher, vae: comfy.sd.VAE) -> int:
+    """Processing sizes must be multiples of this: VAE factor x 2^(UNet levels - 1)."""
+    mult = model.model.model_config.unet_config.get("channel_mult", (1, 2, 4, 4))
+    factor = vae.downscale_ratio if isinstance(vae.downscale_ratio, int) else 8
+    return factor * 2 ** (len(mult) - 1)

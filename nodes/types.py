@@ -1,0 +1,39 @@
+"""Types shared by the nodes: the exemplar encoder handle and its ComfyUI socket type."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from comfy_api.latest import io
+
+from ..exemplar_core.config import EncoderConfig
+
+# The socket type of the exemplar encoder. The id is stable: saved workflows refer to it.
+PbEEncoder = io.Custom("PBE_ENCODER")
+
+NODE_PREFIX = "PaintByExample."
+CATEGORY = "paint-by-example"
+
+
+@dataclass
+class ExemplarEncoderHandle:
+    """What flows through a PBE_ENCODER socket.
+
+    patcher: a ``comfy.model_patcher.ModelPatcher`` around an ``ExemplarEncoder`` so ComfyUI loads
+    it to the device when needed and offloads it under memory pressure; config: its architecture;
+    dtype: the weight dtype; source: the file it came from (for messages).
+    """
+
+    patcher: object
+    config: EncoderConfig
+    dtype: torch.dtype
+    source: str
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        return self.patcher.model  # type: ignore[attr-defined]
+
+    @property
+    def out_dim(self) -> int:
+        return self.config.out_dim

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exemplar_core.editor import Editor, EditError, EditSettings
+from exemplar_core.preprocess import ExemplarError
+
+FAST = EditSettings(steps=2, size=64, feather=4, scheduler="ddim")
+
+
+@pytest.fixture()
+def editor(tiny_model):
+    return Editor(tiny_model, device="cpu", progress=False)
+
+
+def _inputs(h=96, w=128):
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(1, 3, h, w, generator=g)
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., 30:60, 40:90] = 1
+    exemplar = torch.rand(1, 3, 40, 40, generator=g)
+    return source, mask, exemplar
+
+
+def test_same_seed_same_result_and_another_seed_differs(editor):
+    source, mask, exemplar = _inputs()
+    a = editor.edit(source, mask, exemplar, FAST).image
+    b = editor.edit(source, mask, exemplar, FAST).image
+    c = editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "seed": 7})).image
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_result_has_source_size_and_is_untouched_outside_the_feather_band(editor):
+    source, mask, exemplar = _inputs()
+    out = editor.edit(source, mask, exemplar, FAST).image
+    assert out.shape == source.shape
+    outside = torch.ones(96, 128, dtype=torch.bool)
+    outside[30 - 4 : 60 + 4, 40 - 4 : 90 + 4] = False
+    assert torch.equal(out[..., outside], source[..., outside])
+    assert not torch.allclose(out[..., 30:60, 40:90], source[..., 30:60, 40:90])
+
+
+def test_no_paste_back_returns_the_processed_window(editor):
+    source, mask, exemplar = _inputs()
+    res = editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "paste_back": False}))
+    assert res.image.shape == (1, 3, res.region.height, res.region.width)
+
+
+def test_whole_image_mode_processes_the_whole_image_at_multiples_of_the_model_size(editor):
+    source, mask, exemplar = _inputs(90, 130)
+    s = EditSettings(**{**FAST.__dict__, "whole_image": True, "paste_back": False})
+    res = editor.edit(source, mask, exemplar, s)
+    assert (res.region.x0, res.region.y0, res.region.x1, res.region.y1) == (0, 0, 130, 90)
+    assert res.region.width % editor.size_multiple == 0 and res.region.height % editor.size_multiple == 0
+
+
+def test_empty_mask_returns_source_unchanged_with_a_warning(editor, caplog):
+    source, mask, exemplar = _inputs()
+    res = editor.edit(source, torch.zeros_like(mask), exemplar, FAST)
+    assert torch.equal(res.image, source) and res.region is None
+    assert "empty" in caplog.text
+
+
+def test_full_mask_repaints_everything(editor):
+    source, mask, exemplar = _inputs()
+    out = editor.edit(source, torch.ones_like(mask), exemplar, FAST).image
+    assert out.shape == source.shape and (out - source).abs().mean() > 0.05
+
+
+def test_scale_one_skips_the_unconditional_pass(editor, monkeypatch):
+    source, mask, exemplar = _inputs()
+    batches = []
+    original = editor.model.predict_noise
+
+    def spy(x, *args, **kwargs):
+        batches.append(x.shape[0])
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(editor.model, "predict_noise", spy)
+    editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "scale": 1.0}))
+    assert batches == [1, 1]
+    batches.clear()
+    editor.edit(source, mask, exemplar, FAST)
+    assert batches == [2, 2], "condition and learned vector go through the UNet in one batch"
+
+
+def test_colour_match_moves_kept_area_statistics_towards_the_source(editor):
+    source, mask, exemplar = _inputs()
+    plain = editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "paste_back": False}))
+    s = EditSettings(**{**FAST.__dict__, "paste_back": False, "color_match": True})
+    matched = editor.edit(source, mask, exemplar, s)
+    from exemplar_core import crop
+
+    window = crop.crop_image(source, matched.region)
+    keep = crop.crop_mask(1 - mask, matched.region) > 0.5
+    err_plain = (plain.raw.mean(dim=(2, 3)) - (window * keep).sum((2, 3)) / keep.sum()).abs().sum()
+    err_matched = (matched.raw.mean(dim=(2, 3)) - (window * keep).sum((2, 3)) / keep.sum()).abs().sum()
+    assert err_matched < err_plain
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"mask": torch.ones(1, 1, 50, 50)}, EditError, "mask is 50x50 but the source is 128x96"),
+        ({"exemplar": torch.rand(1, 3, 10, 40)}, ExemplarError, "at least 16 px"),
+        ({"source": torch.full((1, 3, 96, 128), float("nan"))}, EditError, "NaN"),
+        ({"settings": EditSettings(steps=0)}, EditError, "steps"),
+        ({"settings": EditSettings(size=100)}, EditError, "multiple of"),
+        ({"settings": EditSettings(scheduler="plms2")}, EditError, "unknown scheduler"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(editor, change, error, message):
+    source, mask, exemplar = _inputs()
+    args = {"source": source, "mask": mask, "exemplar": exemplar, "settings": FAST, **change}
+    with pytest.raises(error, match=message):
+        editor.edit(args["source"], args["mask"], args["exemplar"], args["settings"])

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from exemplar_core.config import ConfigError, EncoderConfig
+from exemplar_core.encoder import ExemplarEncoder, count_parameters
+from exemplar_core.model import ModelConfigs, PaintByExampleModel
+
+
+def test_published_encoder_has_the_official_parameter_counts():
+    with torch.device("meta"):
+        enc = ExemplarEncoder(EncoderConfig())
+    assert count_parameters(enc.tower) == 303_179_776
+    assert count_parameters(enc.mapper) == 62_981_120
+    assert count_parameters(enc.proj_out) == 787_200
+    assert count_parameters(enc) == 366_950_912  # == diffusers' PaintByExampleImageEncoder
+    assert enc.learnable_vector.shape == (1, 1, 768)
+    assert not hasattr(enc.tower, "proj") or enc.tower.proj is None
+
+
+def test_published_unet_and_vae_have_the_official_parameter_counts():
+    with torch.device("meta"):
+        model = PaintByExampleModel(ModelConfigs.published())
+    assert count_parameters(model.unet) == 859_535_364
+    assert count_parameters(model.vae) == 83_653_863
+
+
+def test_condition_is_one_token_per_exemplar(tiny_model):
+    cfg = tiny_model.encoder.config
+    pixels = torch.randn(3, 3, cfg.image_size, cfg.image_size)
+    out = tiny_model.encoder(pixels)
+    assert out.shape == (3, 1, cfg.out_dim)
+    assert tiny_model.encoder.unconditional(3).shape == (3, 1, cfg.out_dim)
+
+
+def test_single_token_attention_ignores_query_and_key_weights(tiny_model):
+    enc = tiny_model.encoder
+    pixels = torch.randn(2, 3, enc.config.image_size, enc.config.image_size)
+    before = enc(pixels)
+    width = enc.config.width
+    with torch.no_grad():
+        for block in enc.mapper.resblocks:
+            block.attn.c_qkv.weight[: 2 * width].normal_()
+            block.attn.c_qkv.bias[: 2 * width].normal_()
+    assert torch.allclose(enc(pixels), before, atol=1e-6)
+
+
+def test_wrong_pixel_size_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="preprocess_exemplar"):
+        tiny_model.encoder(torch.randn(1, 3, 20, 20))
+
+
+def test_config_round_trips_and_rejects_unknown_keys():
+    cfg = EncoderConfig(width=64, heads=4, layers=3, mapper_layers=2, out_dim=32)
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown keys"):
+        EncoderConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+    with pytest.raises(ConfigError, match="multiple of"):
+        EncoderConfig(image_size=30, patch_size=8)
+
+
+def test_other_open_clip_backbones_build_from_their_name():
+    cfg = EncoderConfig.from_open_clip("ViT-B-16", mapper_layers=1, out_dim=768)
+    assert (cfg.width, cfg.patch_size, cfg.layers, cfg.heads) == (768, 16, 12, 12)
+    with torch.device("meta"):
+        enc = ExemplarEncoder(cfg)
+    assert enc.proj_out.weight.shape == (768, 768)
+    with pytest.raises(ConfigError, match="no model config"):
+        EncoderConfig.from_open_clip("not-a-model")
