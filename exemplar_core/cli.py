@@ -15,7 +15,9 @@ EXIT_BAD_INPUT = 2
 def _dtype(name: str):
     import torch
 
-    return {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        name
+    ]
 
 
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +43,12 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=d.scale, help=f"similarity scale s ({d.scale})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
     p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler, help="sampler")
-    p.add_argument("--size", type=int, default=d.size, help=f"processing resolution ({d.size})")
+    p.add_argument(
+        "--size",
+        type=int,
+        default=d.size,
+        help="processing resolution (default: the model's own, 512 for the published model)",
+    )
     p.add_argument(
         "--context-margin",
         type=float,
@@ -97,7 +104,9 @@ def run_edit(args: argparse.Namespace) -> int:
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")
-    exemplar_mask = load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
+    exemplar_mask = (
+        load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
+    )
     if mask.shape[-2:] != source.shape[-2:] and args.resize_mask:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     settings = EditSettings(
@@ -124,9 +133,13 @@ def run_edit(args: argparse.Namespace) -> int:
     done = time.perf_counter()
     save_rgb(result.image, out, overwrite=args.overwrite)
     region = result.region
-    where = "nothing (empty mask)" if region is None else (
-        f"window {region.x1 - region.x0}x{region.y1 - region.y0} at ({region.x0}, {region.y0}), "
-        f"processed at {region.width}x{region.height}"
+    where = (
+        "nothing (empty mask)"
+        if region is None
+        else (
+            f"window {region.x1 - region.x0}x{region.y1 - region.y0} at "
+            f"({region.x0}, {region.y0}), processed at {region.width}x{region.height}"
+        )
     )
     print(
         f"wrote {out} ({result.image.shape[-1]}x{result.image.shape[-2]}); edited {where}; "
@@ -138,7 +151,7 @@ def run_edit(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exemplar_core",
-        description="Paint-by-Example without ComfyUI: edit images, convert and inspect checkpoints.",
+        description="Paint-by-Example without ComfyUI: edit, convert and inspect checkpoints",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -64,7 +64,7 @@ class EditSettings:
     scale: float = 5.0  # similarity (guidance) scale s
     seed: int = 0
     scheduler: str = "pndm"
-    size: int = 512  # processing resolution (longer side of the processed window)
+    size: int | None = None  # processing resolution; None = the model's native one (512 for SD1)
     paste_back: bool = True  # stitch the window into the untouched source
     whole_image: bool = False  # resize the whole image instead of cropping around the mask
     context_margin: float = 0.25  # extra context around the mask's box, times its longer side
@@ -81,7 +81,7 @@ class EditSettings:
             raise EditError(
                 f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
             )
-        if self.size < size_multiple or self.size % size_multiple:
+        if self.size is not None and (self.size < size_multiple or self.size % size_multiple):
             raise EditError(f"size must be a positive multiple of {size_multiple}, got {self.size}")
         if self.feather < 0 or self.context_margin < 0:
             raise EditError("feather and context margin must be >= 0")
@@ -136,6 +136,11 @@ class Editor:
         """Processing sizes are multiples of this (the UNet halves the latent once per level)."""
         levels = len(self.model.configs.unet["block_out_channels"]) - 1
         return self.model.vae_scale_factor * 2**levels
+
+    @property
+    def native_size(self) -> int:
+        """The resolution the model was trained at: UNet sample size x VAE factor (512 for SD1)."""
+        return int(self.model.configs.unet.get("sample_size", 64)) * self.model.vae_scale_factor
 
     @torch.no_grad()
     def encode_exemplar(
@@ -230,13 +235,14 @@ class Editor:
             return EditResult(image=source.clone(), raw=source.clone(), region=None)
 
         height, width = source.shape[-2:]
+        size = settings.size or self.native_size
         if settings.whole_image:
-            region = crop.whole_image_region(width, height, settings.size, self.size_multiple)
+            region = crop.whole_image_region(width, height, size, self.size_multiple)
         else:
             region = crop.plan_region(
                 edit_bin[0, 0],
                 settings.context_margin,
-                settings.size,
+                size,
                 settings.feather,
                 self.size_multiple,
             )
