@@ -1,0 +1,129 @@
+"""Shared benchmark plumbing: isolated worker processes, alternating runs, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak RSS on CPU, max allocated on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
+def machine() -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def materialise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give a meta-device module real CPU storage with its layers' own default initialisation,
+    deterministically (the same seed gives the same weights in every process)."""
+    module.to_empty(device="cpu")
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for sub in module.modules():
+            if hasattr(sub, "reset_parameters") and callable(sub.reset_parameters):
+                sub.reset_parameters()
+        for name, param in module.named_parameters():
+            # parameters no layer owns a reset for (class tokens, position tables, vectors)
+            if name.endswith(("class_embedding", "positional_embedding", "learnable_vector")):
+                param.normal_(0.0, 0.02)
+    torch.random.set_rng_state(generator_state)
+    return module
+
+
+def run_worker(argv: Sequence[str], timeout: float = 3600) -> dict:
+    """Run ``python -m <argv>`` in a fresh process; its last stdout line is a JSON result."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env=env,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {' '.join(argv)} failed:\n{proc.stderr[-4000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(
+            f"worker {' '.join(argv)} printed no JSON result:\n{proc.stdout[-2000:]}"
+        )
+    return json.loads(lines[-1])
+
+
+def alternate(sides: dict[str, Sequence[str]], repeats: int) -> dict[str, list[dict]]:
+    """Run each side's worker ``repeats`` times, alternating A, B, A, B... (drift hits both)."""
+    results: dict[str, list[dict]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, argv in sides.items():
+            started = time.perf_counter()
+            result = run_worker(argv)
+            result.setdefault("process_seconds", time.perf_counter() - started)
+            results[name].append(result)
+            print(f"  {name}: {json.dumps({k: _round(v) for k, v in result.items()})}", flush=True)
+    return results
+
+
+def _round(value):
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def summarise(results: dict[str, list[dict]], keys: Sequence[str]) -> dict[str, dict]:
+    """Median of each key per side."""
+    return {
+        name: {k: statistics.median(r[k] for r in runs) for k in keys if all(k in r for r in runs)}
+        for name, runs in results.items()
+    }
+
+
+def print_table(summary: dict[str, dict], keys: Sequence[str], baseline: str | None = None) -> None:
+    names = list(summary)
+    header = f"{'side':<16}" + "".join(f"{k:>18}" for k in keys)
+    print(header)
+    for name in names:
+        print(f"{name:<16}" + "".join(f"{summary[name].get(k, float('nan')):>18.3f}" for k in keys))
+    if baseline and baseline in summary:
+        for name in names:
+            if name == baseline:
+                continue
+            ratios = "".join(
+                f"{summary[name][k] / summary[baseline][k]:>18.3f}"
+                if summary[baseline].get(k) else f"{'n/a':>18}"
+                for k in keys
+            )  # fmt: skip
+            print(f"{name + '/' + baseline:<16}" + ratios)
+
+
+def write_report(path: str | os.PathLike[str], report: dict) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine(), "written": time.strftime("%Y-%m-%d %H:%M:%S"), **report}
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return out
