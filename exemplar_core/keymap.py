@@ -1,4 +1,4 @@
-"""Checkpoint key mappings between the LDM / official, diffusers, transformers and open_clip layouts.
+"""Checkpoint key mappings between the LDM/official, diffusers, transformers and open_clip layouts.
 
 Every mapping is data: a list of rules built from the architecture config, applied by one small
 engine. Nothing here touches files (see ``formats``) and every function works on meta tensors, so
@@ -170,7 +170,7 @@ def _has_attention(block_type: str) -> bool:
 
 
 def unet_rules(config: Mapping[str, Any]) -> list[PrefixRule]:
-    """LDM <-> diffusers prefix rules for a diffusers ``UNet2DConditionModel`` config (SD1 family)."""
+    """LDM <-> diffusers prefix rules for a diffusers ``UNet2DConditionModel`` config (SD1-like)."""
     check_unet_config_supported(config)
     channels = list(config["block_out_channels"])
     per_block = int(config.get("layers_per_block", 2))
@@ -290,7 +290,7 @@ def unet_config_from_ldm(
     """A diffusers UNet config read from LDM UNet weight shapes (keys without prefix).
 
     Heads cannot be read from weights: ``attention_head_dim`` (diffusers' name for the SD1 head
-    count) defaults to the published 8. Returns exactly ``SD1_UNET_CONFIG`` for the published shapes.
+    count) defaults to the published 8. Gives exactly ``SD1_UNET_CONFIG`` for the published shapes.
     """
     keys = list(state_dict)
     if "input_blocks.0.0.weight" not in state_dict or "out.2.weight" not in state_dict:
@@ -371,7 +371,7 @@ def _unet_heads(config: Mapping[str, Any]) -> tuple[int, int]:
         return heads, -1
     channels = list(config["block_out_channels"])
     types = list(config["down_block_types"])
-    widths = {c // h for c, h, t in zip(channels, heads, types) if _has_attention(t)}
+    widths = {c // h for c, h, t in zip(channels, heads, types, strict=True) if _has_attention(t)}
     if len(widths) != 1:
         raise KeyMappingError(
             f"UNet heads per level {list(heads)} give different head widths {sorted(widths)}; "
@@ -523,7 +523,7 @@ def vae_diffusers_to_ldm(state_dict: Mapping[str, Tensor], config: Mapping[str, 
 def vae_config_from_ldm(
     state_dict: Mapping[str, Tensor], sample_size: int = 512, scaling_factor: float = LATENT_SCALE
 ) -> dict[str, Any]:
-    """A diffusers VAE config read from LDM VAE weight shapes; exactly ``SD1_VAE_CONFIG`` for SD1."""
+    """A diffusers VAE config from LDM VAE weight shapes; exactly ``SD1_VAE_CONFIG`` for SD1."""
     keys = list(state_dict)
     required = ("encoder.conv_in.weight", "decoder.conv_out.weight", "post_quant_conv.weight")
     missing = [k for k in required if k not in state_dict]
@@ -553,7 +553,7 @@ def vae_config_from_ldm(
 
 
 def ldm_vae_ddconfig(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The LDM / ComfyUI ``AutoencoderKL`` ``ddconfig`` for a diffusers VAE config, plus ``embed_dim``.
+    """The LDM/ComfyUI ``AutoencoderKL`` ``ddconfig`` of a diffusers VAE config, plus ``embed_dim``.
 
     ComfyUI: ``comfy.sd.VAE(sd, config={"params": {"embed_dim": e, "ddconfig": rest}})``.
     """
@@ -663,7 +663,9 @@ def apply_fused_rules(
                         f"{what}: {rule.ours} has {tensor.shape[0]} rows, not divisible by "
                         f"{len(rule.theirs)}"
                     )
-                for key, chunk in zip(rule.theirs, tensor.chunk(len(rule.theirs), dim=0)):
+                for key, chunk in zip(
+                    rule.theirs, tensor.chunk(len(rule.theirs), dim=0), strict=True
+                ):
                     out[key] = chunk
             used.add(rule.ours)
     leftover = [k for k in state_dict if k not in used]
@@ -693,7 +695,7 @@ def strip_vision_model_level(state_dict: Mapping[str, Tensor]) -> StateDict:
 
 
 def clip_transformers_to_open_clip(state_dict: Mapping[str, Tensor]) -> StateDict:
-    """transformers ``CLIPVisionModel`` keys (either version) -> open_clip tower keys (no prefix)."""
+    """transformers ``CLIPVisionModel`` keys (either version) -> open_clip tower keys."""
     flat = strip_vision_model_level(state_dict)
     layers = count_indexed(flat, "encoder.layers.")
     return apply_fused_rules(flat, clip_vision_rules(layers), "to_ours", "CLIP vision tower")
@@ -702,7 +704,7 @@ def clip_transformers_to_open_clip(state_dict: Mapping[str, Tensor]) -> StateDic
 def clip_open_clip_to_transformers(
     state_dict: Mapping[str, Tensor], vision_model_level: bool = True
 ) -> StateDict:
-    """open_clip tower keys -> transformers ``CLIPVisionModel`` keys (``vision_model.`` optional)."""
+    """open_clip tower keys -> transformers ``CLIPVisionModel`` keys ."""
     layers = count_indexed(state_dict, "transformer.resblocks.")
     out = apply_fused_rules(state_dict, clip_vision_rules(layers), "to_theirs", "CLIP vision tower")
     if vision_model_level:
@@ -750,7 +752,7 @@ def _head_map(head: Mapping[str, Tensor], column: int, to_ours: bool, what: str)
 
 
 def encoder_to_official(state_dict: Mapping[str, Tensor]) -> StateDict:
-    """Our encoder keys -> official LDM keys (``cond_stage_model.transformer.vision_model.*``, ...)."""
+    """Our encoder keys -> official LDM keys (``cond_stage_model.transformer.vision_model.*``)."""
     tower, mapper, head = _split_encoder(state_dict)
     out = {
         OFFICIAL_TOWER_PREFIX + k: v
@@ -803,7 +805,7 @@ def encoder_to_diffusers(
 
 
 def encoder_from_diffusers(state_dict: Mapping[str, Tensor]) -> StateDict:
-    """diffusers ``PaintByExampleImageEncoder`` keys (``model.vision_model.*`` or ``model.*``) -> ours."""
+    """diffusers ``PaintByExampleImageEncoder`` keys (``model.[vision_model.]*``) -> ours."""
     tower, mapper, head = {}, {}, {}
     for key, tensor in state_dict.items():
         if key.startswith("model."):

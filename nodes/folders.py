@@ -28,7 +28,7 @@ def default_folder() -> str:
 
 
 def register() -> None:
-    """Register the folder key with an extension filter, keeping paths from extra_model_paths.yaml."""
+    """Register the key with an extension filter, keeping paths from extra_model_paths.yaml."""
     paths: list[str] = []
     existing = folder_paths.folder_names_and_paths.get(FOLDER_KEY)
     if existing is not None:

@@ -38,8 +38,8 @@ class Loader(io.ComfyNode):
                     options=DTYPE_CHOICES,
                     default="default",
                     tooltip=(
-                        "Weight precision. 'default' lets ComfyUI pick for your device (fp16 on most "
-                        "GPUs, fp32 on CPU); fp32 is the most exact, bf16/fp16 halve the memory."
+                        "Weight precision. 'default' lets ComfyUI pick for your device (fp16 on "
+                        "most GPUs, fp32 on CPU); fp32 is the most exact, bf16/fp16 halve memory."
                     ),
                 ),
             ],

@@ -21,7 +21,7 @@ import torch
 
 from ..exemplar_core.encoder import ExemplarEncoder
 from ..exemplar_core.keymap import ldm_unet_kwargs, ldm_vae_ddconfig
-from .types import ExemplarEncoderHandle
+from .types import EncoderContainer, ExemplarEncoderHandle
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,13 @@ def build_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHand
     """PbECheckpoint -> exemplar encoder in a ModelPatcher (loaded to the device on use)."""
     load_device = mm.text_encoder_device()
     offload_device = mm.text_encoder_offload_device()
-    if dtype is None:
-        dtype = mm.text_encoder_dtype(load_device)
+    if dtype is None:  # a plain torch module (no manual-cast ops): fp32 unless the device does fp16
+        if mm.should_use_fp16(load_device):
+            dtype = torch.float16
+        elif mm.should_use_bf16(load_device):
+            dtype = torch.bfloat16
+        else:
+            dtype = torch.float32
     encoder = ExemplarEncoder(ckpt.configs.encoder)
     _check_keys(
         "exemplar encoder", set(encoder.state_dict().keys()), set(ckpt.encoder.keys()), ckpt.source
@@ -118,7 +123,7 @@ def build_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHand
     encoder.load_state_dict(ckpt.encoder, strict=True)
     encoder = encoder.to(device=offload_device, dtype=dtype).eval().requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(
-        encoder, load_device=load_device, offload_device=offload_device
+        EncoderContainer(encoder), load_device=load_device, offload_device=offload_device
     )
     return ExemplarEncoderHandle(patcher, ckpt.configs.encoder, dtype, ckpt.source)
 

@@ -16,6 +16,16 @@ NODE_PREFIX = "PaintByExample."
 CATEGORY = "paint-by-example"
 
 
+class EncoderContainer(torch.nn.Module):
+    """Holds the ExemplarEncoder for ComfyUI's ModelPatcher, which sets bookkeeping attributes
+    (``device``, ``model_loaded_weight_memory``...) on the module it manages; the encoder's own
+    read-only ``device`` property must not be one of them."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+
 @dataclass
 class ExemplarEncoderHandle:
     """What flows through a PBE_ENCODER socket.
@@ -32,7 +42,7 @@ class ExemplarEncoderHandle:
 
     @property
     def encoder(self) -> torch.nn.Module:
-        return self.patcher.model  # type: ignore[attr-defined]
+        return self.patcher.model.encoder  # type: ignore[attr-defined]
 
     @property
     def out_dim(self) -> int:

@@ -1,0 +1,145 @@
+"""Exemplar encode node: exemplar image(s) -> positive and negative CONDITIONING."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import comfy.model_management as mm
+import torch
+from comfy_api.latest import io
+
+from ..exemplar_core.preprocess import ExemplarError, preprocess_exemplar
+from .checks import PaintByExampleInputError, check_image, check_mask
+from .types import CATEGORY, NODE_PREFIX, ExemplarEncoderHandle, PbEEncoder
+
+
+class Combine(str, Enum):
+    SEPARATE = "one per exemplar"
+    MEAN = "mean"
+    CONCAT = "concat tokens"
+
+
+class ResizeMode(str, Enum):
+    SQUASH = "squash"
+    CENTER_CROP = "center_crop"
+
+
+def combine_embeddings(embeds: torch.Tensor, how: Combine) -> torch.Tensor:
+    """embeds [B, 1, D] -> [B, 1, D] (separate), [1, 1, D] (mean) or [1, B, D] (concat)."""
+    if how == Combine.MEAN:
+        return embeds.mean(dim=0, keepdim=True)
+    if how == Combine.CONCAT:
+        return embeds.reshape(1, -1, embeds.shape[-1])
+    return embeds
+
+
+def encode_exemplars(
+    handle: ExemplarEncoderHandle,
+    images: torch.Tensor,
+    exemplar_mask: torch.Tensor | None,
+    mode: str,
+    fill: float,
+) -> torch.Tensor:
+    """images [B, H, W, 3] 0..1 -> embeddings [B, 1, D] (float32, intermediate device)."""
+    try:
+        pixels = preprocess_exemplar(images, handle.config, exemplar_mask, mode=mode, fill=fill)
+    except ExemplarError as err:
+        raise PaintByExampleInputError(str(err)) from err
+    mm.load_model_gpu(handle.patcher)
+    device = handle.patcher.load_device
+    with torch.inference_mode():
+        embeds = handle.encoder(pixels.to(device=device, dtype=handle.dtype))
+    return embeds.float().to(mm.intermediate_device())
+
+
+class ExemplarEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_PREFIX + "ExemplarEncode",
+            display_name="Paint-by-Example Exemplar Encode",
+            category=CATEGORY,
+            description=(
+                "Encodes the exemplar (the object to paint in) into Paint-by-Example's one-token "
+                "condition. Negative is the model's learned unconditional vector, not an empty "
+                "image. An optional exemplar mask crops to the object and fills its background."
+            ),
+            inputs=[
+                PbEEncoder.Input(
+                    "encoder", tooltip="The exemplar encoder from the Paint-by-Example Loader."
+                ),
+                io.Image.Input(
+                    "exemplar",
+                    tooltip="Exemplar image(s), at least 16 px a side; a batch gives one "
+                    "condition each unless combined.",
+                ),
+                io.Combo.Input(
+                    "combine",
+                    options=Combine,
+                    default=Combine.SEPARATE,
+                    tooltip=(
+                        "Several exemplars: keep one condition per exemplar (batch), average "
+                        "their embeddings into one, or concatenate them as tokens of one condition."
+                    ),
+                ),
+                io.Combo.Input(
+                    "resize",
+                    options=ResizeMode,
+                    default=ResizeMode.SQUASH,
+                    tooltip=(
+                        "How the exemplar is fitted to the encoder's square input: squash (as the "
+                        "official model was trained) or centre crop (diffusers' behaviour)."
+                    ),
+                ),
+                io.Float.Input(
+                    "background_fill",
+                    default=1.0,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Grey level (0 black .. 1 white) that replaces the background "
+                    "outside the exemplar mask.",
+                ),
+                io.Mask.Input(
+                    "exemplar_mask",
+                    optional=True,
+                    tooltip="Optional object mask of the exemplar (1 = object): crops to the "
+                    "object's box and fills the rest with background_fill.",
+                ),
+            ],
+            outputs=[
+                io.Conditioning.Output(
+                    display_name="positive",
+                    tooltip="The exemplar condition, [B, 1, D] (D = 768 for the published model).",
+                ),
+                io.Conditioning.Output(
+                    display_name="negative",
+                    tooltip="The learned unconditional vector (Paint-by-Example's negative).",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        encoder: ExemplarEncoderHandle,
+        exemplar: torch.Tensor,
+        combine: str = Combine.SEPARATE.value,
+        resize: str = ResizeMode.SQUASH.value,
+        background_fill: float = 1.0,
+        exemplar_mask: torch.Tensor | None = None,
+    ) -> io.NodeOutput:
+        if not isinstance(encoder, ExemplarEncoderHandle):
+            raise PaintByExampleInputError(
+                f"'encoder' must be the PBE_ENCODER output of the Paint-by-Example Loader, got "
+                f"{type(encoder).__name__}"
+            )
+        images = check_image(exemplar, "exemplar")
+        if exemplar_mask is not None:
+            exemplar_mask = check_mask(exemplar_mask, "exemplar_mask")
+        embeds = encode_exemplars(encoder, images, exemplar_mask, resize, background_fill)
+        positive = combine_embeddings(embeds, Combine(combine))
+        with torch.inference_mode():
+            uncond = encoder.encoder.learnable_vector.detach().float()
+        negative = uncond.to(positive.device).expand(positive.shape[0], 1, -1).clone()
+        return io.NodeOutput([[positive, {}]], [[negative, {}]])

@@ -1,0 +1,57 @@
+"""The pack's V3 extension: version check, model folder registration and the node list."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import folders
+
+log = logging.getLogger(__name__)
+
+# Oldest ComfyUI this pack is tested against (also `requires-comfyui` in pyproject.toml).
+MIN_COMFYUI_VERSION = (0, 3, 64)
+
+
+def comfyui_version() -> tuple[int, ...] | None:
+    try:
+        from comfyui_version import __version__
+    except ImportError:
+        return None
+    try:
+        return tuple(int(part) for part in __version__.split(".")[:3])
+    except ValueError:
+        return None
+
+
+def check_comfyui_version() -> None:
+    version = comfyui_version()
+    if version is not None and version < MIN_COMFYUI_VERSION:
+        wanted = ".".join(map(str, MIN_COMFYUI_VERSION))
+        have = ".".join(map(str, version))
+        raise RuntimeError(
+            f"Paint-by-Example nodes need ComfyUI {wanted} or newer (this is {have}): update "
+            f"ComfyUI, or install an older release of this pack"
+        )
+
+
+def node_list() -> list[type[io.ComfyNode]]:
+    from .bezier_mask import MaskBezierJitter
+    from .encode import ExemplarEncode
+    from .guidance import SimilarityGuidanceNode
+    from .loader import Loader
+    from .sampler import ExemplarInpaintSampler
+
+    return [Loader, ExemplarEncode, MaskBezierJitter, ExemplarInpaintSampler,
+            SimilarityGuidanceNode]
+
+
+class PaintByExampleExtension(ComfyExtension):
+    async def on_load(self) -> None:
+        folders.register()
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        check_comfyui_version()
+        folders.register()
+        return node_list()

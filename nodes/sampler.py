@@ -1,0 +1,275 @@
+"""Exemplar inpaint sampler node: crop around the mask, sample natively, decode, stitch back.
+
+Per image: plan a context window around the mask (``exemplar_core.crop``), resize it to the
+processing resolution, grey out the edit area and VAE-encode it (the masked-image latent), sample
+with ComfyUI's own sampler (progress bar, live preview, interrupt, memory management), decode,
+optionally colour-match (``exemplar_core.color``) and blend the window back so everything outside
+the mask's feather band is the source, pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import comfy.model_management as mm
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import node_helpers
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+from ..exemplar_core import crop, inpaint
+from ..exemplar_core.color import match_color
+from ..exemplar_core.guidance import DEFAULT_SIMILARITY
+from .checks import (
+    PaintByExampleInputError,
+    check_batch,
+    check_edit_mask_content,
+    check_image,
+    check_mask,
+    check_same_size,
+)
+from .model_builder import is_pbe_model, size_multiple
+from .types import CATEGORY, NODE_PREFIX
+
+
+def _condition_batch(conditioning: object, what: str, context_dim: int | None) -> int:
+    """Validate a CONDITIONING list; return its batch size (N or 1 is checked by the caller)."""
+    if not isinstance(conditioning, list) or not conditioning:
+        raise PaintByExampleInputError(
+            f"{what} must be a CONDITIONING from Paint-by-Example Exemplar Encode"
+        )
+    batches = set()
+    for item in conditioning:
+        tensor = item[0] if isinstance(item, (list, tuple)) and item else None
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3:
+            raise PaintByExampleInputError(
+                f"{what} is not a CONDITIONING [B, tokens, D]: connect Exemplar Encode"
+            )
+        if context_dim is not None and tensor.shape[-1] != context_dim:
+            raise PaintByExampleInputError(
+                f"{what} has {tensor.shape[-1]}-d tokens but the model expects {context_dim}-d: "
+                f"encode the exemplar with the encoder of the same checkpoint (a text prompt "
+                f"or another model's condition does not fit)"
+            )
+        if not torch.isfinite(tensor).all():
+            raise PaintByExampleInputError(f"{what} has NaN or infinite values")
+        batches.add(tensor.shape[0])
+    if len(batches) != 1:
+        raise PaintByExampleInputError(f"{what} mixes batch sizes {sorted(batches)}")
+    return batches.pop()
+
+
+def _select(conditioning: list, index: int, batch: int) -> list:
+    """Item ``index`` of a batched CONDITIONING (the only item when its batch is 1)."""
+    if batch == 1:
+        return conditioning
+    return [[t[0][index : index + 1], dict(t[1])] for t in conditioning]
+
+
+def _context_dim(model) -> int | None:
+    return model.model.model_config.unet_config.get("context_dim")
+
+
+def _to_bchw(image: torch.Tensor) -> torch.Tensor:
+    return image.permute(0, 3, 1, 2)
+
+
+def _to_bhwc(image: torch.Tensor) -> torch.Tensor:
+    return image.permute(0, 2, 3, 1)
+
+
+class ExemplarInpaintSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_PREFIX + "InpaintSampler",
+            display_name="Paint-by-Example Inpaint Sampler",
+            category=CATEGORY,
+            description=(
+                "Paints the exemplar into the masked area. Crops a window around the mask with "
+                "context, works at the processing resolution with ComfyUI's samplers, and "
+                "stitches the result back: outside the mask's feather band the output is the "
+                "source, pixel for pixel. N images take N or 1 masks and N or 1 conditions."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="Paint-by-Example MODEL from the Loader "
+                               "(optionally through Similarity Guidance)."),
+                io.Vae.Input("vae", tooltip="The VAE from the same Paint-by-Example Loader."),
+                io.Conditioning.Input(
+                    "positive", tooltip="Exemplar condition from Exemplar Encode (positive)."
+                ),
+                io.Conditioning.Input(
+                    "negative", tooltip="Learned unconditional vector from Exemplar Encode "
+                    "(negative)."
+                ),
+                io.Image.Input("image", tooltip="Source image(s) to edit, any size."),
+                io.Mask.Input(
+                    "mask", tooltip="Edit mask, 1 (white) = repaint; the image's size. LoadImage "
+                    "turns transparent pixels into the mask."
+                ),
+                io.Int.Input(
+                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    tooltip="Noise seed; image i of a batch uses seed + i.",
+                ),
+                io.Int.Input(
+                    "steps", default=50, min=1, max=10000,
+                    tooltip="Sampling steps (the paper used 50 PLMS steps).",
+                ),
+                io.Float.Input(
+                    "similarity", default=DEFAULT_SIMILARITY, min=0.0, max=50.0, step=0.1,
+                    round=0.01,
+                    tooltip="Guidance scale s: higher follows the exemplar more closely (paper: "
+                    "5). A Similarity Guidance patch on the model takes precedence.",
+                ),
+                io.Combo.Input(
+                    "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim",
+                    tooltip="ComfyUI sampler (ddim with ddim_uniform matches the official "
+                    "DDIM timesteps).",
+                ),
+                io.Combo.Input(
+                    "scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
+                    default="ddim_uniform", tooltip="ComfyUI noise schedule.",
+                ),
+                io.Float.Input(
+                    "denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                    tooltip="1 = paint from pure noise (Paint-by-Example's setting); lower keeps "
+                    "more of the source under the mask.",
+                ),
+                io.Float.Input(
+                    "context_margin", default=0.25, min=0.0, max=4.0, step=0.05,
+                    tooltip="Context around the mask's box, as a share of its longer side, on "
+                    "each side of the processed window.",
+                ),
+                io.Int.Input(
+                    "resolution", default=512, min=64, max=2048, step=64,
+                    tooltip="Longer side of the processed window (the model was trained at 512).",
+                ),
+                io.Int.Input(
+                    "feather", default=16, min=0, max=256,
+                    tooltip="Pixels over which the edit blends into the source outside the mask.",
+                ),
+                io.Boolean.Input(
+                    "color_match", default=False,
+                    tooltip="Match the window's colours to the source's kept pixels (removes VAE "
+                    "colour drift).",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(
+                    display_name="IMAGE",
+                    tooltip="The edited image(s) at the source's full resolution.",
+                ),
+                io.Latent.Output(
+                    display_name="LATENT",
+                    tooltip="The sampled window latent(s) at processing size (resized to a "
+                    "common size when the windows differ).",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        vae,
+        positive,
+        negative,
+        image: torch.Tensor,
+        mask: torch.Tensor,
+        seed: int = 0,
+        steps: int = 50,
+        similarity: float = DEFAULT_SIMILARITY,
+        sampler_name: str = "ddim",
+        scheduler: str = "ddim_uniform",
+        denoise: float = 1.0,
+        context_margin: float = 0.25,
+        resolution: int = 512,
+        feather: int = 16,
+        color_match: bool = False,
+    ) -> io.NodeOutput:
+        if not is_pbe_model(model):
+            raise PaintByExampleInputError(
+                "the MODEL is not a Paint-by-Example model: connect the MODEL output of the "
+                "Paint-by-Example Loader (an SD inpainting checkpoint has a different input "
+                "layout and conditioning)"
+            )
+        if not hasattr(vae, "encode") or not hasattr(vae, "decode"):
+            raise PaintByExampleInputError("'vae' must be a VAE (the Loader's VAE output)")
+        images = check_image(image, "image").float()
+        masks = check_mask(mask, "mask").float()
+        count = images.shape[0]
+        check_batch(masks.shape[0], count, "masks")
+        check_same_size(masks, images)
+        context_dim = _context_dim(model)
+        pos_batch = _condition_batch(positive, "positive", context_dim)
+        neg_batch = _condition_batch(negative, "negative", context_dim)
+        check_batch(pos_batch, count, "positive conditions")
+        check_batch(neg_batch, count, "negative conditions")
+        edit_masks = inpaint.binarize_edit_mask(masks.clamp(0, 1))
+        for index in range(masks.shape[0]):
+            check_edit_mask_content(edit_masks[index], index)
+        multiple = size_multiple(model, vae)
+        if resolution % multiple:
+            raise PaintByExampleInputError(
+                f"resolution {resolution} is not a multiple of {multiple}, which this model needs"
+            )
+
+        outputs, latents = [], []
+        for index in range(count):
+            edit = edit_masks[min(index, edit_masks.shape[0] - 1)]
+            result, latent = _edit_one(
+                model, vae, _select(positive, index, pos_batch),
+                _select(negative, index, neg_batch), images[index : index + 1], edit,
+                seed + index, steps, similarity, sampler_name, scheduler, denoise,
+                context_margin, resolution, feather, color_match, multiple,
+            )
+            outputs.append(result)
+            latents.append(latent)
+        return io.NodeOutput(torch.cat(outputs), {"samples": _stack(latents)})
+
+
+def _stack(latents: list[torch.Tensor]) -> torch.Tensor:
+    size = max(latents, key=lambda t: t.shape[-1] * t.shape[-2]).shape[-2:]
+    same = [t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="bilinear")
+            for t in latents]
+    return torch.cat(same)
+
+
+def _edit_one(
+    model, vae, positive, negative, source: torch.Tensor, edit_mask: torch.Tensor, seed: int,
+    steps: int, similarity: float, sampler_name: str, scheduler: str, denoise: float,
+    margin: float, resolution: int, feather: int, color_match: bool, multiple: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """source [1, H, W, 3], edit_mask [H, W] binary -> ([1, H, W, 3] edited, raw latent)."""
+    source_bchw = _to_bchw(source)
+    region = crop.plan_region(edit_mask, margin, resolution, feather, multiple)
+    window = crop.crop_image(source_bchw, region)  # [1, 3, h, w] 0..1
+    edit_window = inpaint.binarize_edit_mask(crop.crop_mask(edit_mask[None, None], region))
+    keep_window = inpaint.keep_from_edit(edit_window)
+    # Edit area grey (0 in -1..1), as the official masked image; VAE.encode takes 0..1 pixels.
+    masked = window * keep_window + 0.5 * edit_window
+    masked_latent = vae.encode(_to_bhwc(masked))
+    if denoise < 1.0:
+        start = vae.encode(_to_bhwc(window))
+    else:  # Paint-by-Example starts from pure noise: nothing of the source leaks in
+        start = torch.zeros_like(masked_latent)
+    extra = {"concat_latent_image": masked_latent, "concat_mask": edit_window}
+    positive = node_helpers.conditioning_set_values(positive, extra)
+    negative = node_helpers.conditioning_set_values(negative, extra)
+
+    start = comfy.sample.fix_empty_latent_channels(model, start)
+    noise = comfy.sample.prepare_noise(start, seed)
+    callback = latent_preview.prepare_callback(model, steps)
+    samples = comfy.sample.sample(
+        model, noise, steps, similarity, sampler_name, scheduler, positive, negative, start,
+        denoise=denoise, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
+    )
+    mm.throw_exception_if_processing_interrupted()
+    raw = _to_bchw(vae.decode(samples)[..., :3].float()).cpu().clamp(0, 1)
+    if color_match:
+        raw = match_color(raw, window, keep_window)
+    stitched = crop.stitch(source_bchw, raw, region, edit_mask[None, None], feather)
+    return _to_bhwc(stitched), samples.cpu()

@@ -1,0 +1,39 @@
+"""Host-test fixtures: a real ComfyUI from COMFYUI_PATH; every test here skips without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pbe_host
+import pytest
+
+HOST_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HOST_DIR in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.host)
+            if not pbe_host.COMFYUI_PATH:
+                item.add_marker(pytest.mark.skip(reason=pbe_host.SKIP_REASON))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """A model folder (registered like an extra_model_paths.yaml entry) with the tiny model."""
+    folder = tmp_path_factory.mktemp("pbe_models")
+    pbe_host.save_tiny_checkpoint(folder / pbe_host.TINY_MODEL_NAME)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def host(models_dir) -> pbe_host.Host:
+    return pbe_host.load_host(models_dir)
+
+
+@pytest.fixture(scope="session")
+def loaded(host):
+    """(MODEL, VAE, PBE_ENCODER) of the tiny checkpoint, through the Loader node."""
+    return host.run(
+        "PaintByExample.Loader", model_name=pbe_host.TINY_MODEL_NAME, weight_dtype="fp32"
+    )

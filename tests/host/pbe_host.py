@@ -1,0 +1,210 @@
+"""Harness for the host tests: a real ComfyUI (COMFYUI_PATH) in-process or as a server.
+
+In-process: ComfyUI's root goes first on sys.path (this repo's ``nodes/`` folder must never
+shadow ComfyUI's top-level ``nodes`` module), CPU mode is set before ``comfy.model_management`` is
+imported, and the pack is loaded the way ComfyUI loads it: by file path, as a package under a
+mangled module name (``nodes.load_custom_node``).
+
+Server: ``main.py --cpu`` on 127.0.0.1 with an ``extra_model_paths.yaml`` whose ``custom_nodes``
+entry names a folder holding a link to this repo, and whose ``paint_by_example`` entry names the
+test's model folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+SKIP_REASON = (
+    "COMFYUI_PATH is not set: point it at a ComfyUI checkout (e.g. COMFYUI_PATH=/work/ComfyUI) "
+    "to run the host tests"
+)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL_NAME = "tiny-pbe.safetensors"
+
+
+# ------------------------------------------------------------------------------------------
+# Tiny checkpoint in the project's single-file format
+# ------------------------------------------------------------------------------------------
+
+
+def tiny_model(seed: int = 1234, deterministic_vae: bool = True):
+    """A seeded tiny PaintByExampleModel (top-level ``exemplar_core``).
+
+    deterministic_vae: the VAE's log-variance is pinned to -30, so the posterior sample equals
+    its mean. ComfyUI encodes the posterior mean, the standalone editor samples it; with a random
+    tiny VAE the two would differ by O(1), with a trained VAE by very little.
+    """
+    from exemplar_core.model import ModelConfigs, PaintByExampleModel
+
+    torch.manual_seed(seed)
+    model = PaintByExampleModel(ModelConfigs.tiny()).eval()
+    if deterministic_vae:
+        latent = model.configs.vae["latent_channels"]
+        with torch.no_grad():
+            model.vae.quant_conv.weight[latent:] = 0
+            model.vae.quant_conv.bias[latent:] = -30.0
+    return model
+
+
+def save_tiny_checkpoint(path: Path, model=None) -> Path:
+    """Write the tiny model to ``path`` with exemplar_core.formats.save_single_file."""
+    from exemplar_core.formats import checkpoint_from_model, save_single_file
+
+    model = model if model is not None else tiny_model()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_single_file(checkpoint_from_model(model, metadata={"purpose": "host test"}), path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# In-process host
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Host:
+    """ComfyUI imported in this process with the pack loaded."""
+
+    package: str  # the pack's module name in sys.modules
+    nodes: ModuleType  # ComfyUI's top-level ``nodes``
+
+    def node(self, node_id: str):
+        return self.nodes.NODE_CLASS_MAPPINGS[node_id]
+
+    def module(self, name: str) -> ModuleType:
+        """A pack module, e.g. ``module("nodes.sampler")`` or ``module("exemplar_core.crop")``."""
+        return importlib.import_module(f"{self.package}.{name}")
+
+    def run(self, node_id: str, **inputs) -> tuple:
+        """Execute a V3 node's ``execute`` and return its outputs as a tuple."""
+        out = self.node(node_id).execute(**inputs)
+        return tuple(out.args)
+
+
+def _comfyui_first_on_path() -> None:
+    root = str(Path(COMFYUI_PATH).resolve())
+    while root in sys.path:
+        sys.path.remove(root)
+    sys.path.insert(0, root)
+    loaded = sys.modules.get("nodes")
+    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(root):
+        del sys.modules["nodes"]  # something imported the wrong `nodes`: drop it
+
+
+def load_host(models_dir: Path) -> Host:
+    """Import ComfyUI (CPU) and load this pack; ``models_dir`` is registered for our key the way
+    an extra_model_paths.yaml entry would be (before the pack registers its folder)."""
+    _comfyui_first_on_path()
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import folder_paths
+
+    folder_paths.add_model_folder_path("paint_by_example", str(models_dir))
+    import nodes
+
+    pack_dir = str(REPO_ROOT)
+    if not asyncio.run(nodes.load_custom_node(pack_dir, module_parent="custom_nodes")):
+        raise RuntimeError(f"ComfyUI could not load the pack from {pack_dir}; see the log")
+    package = pack_dir.replace(".", "_x_")
+    return Host(package=package, nodes=nodes)
+
+
+# ------------------------------------------------------------------------------------------
+# Server
+# ------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_extra_paths(base: Path, models_dir: Path) -> Path:
+    """extra_model_paths.yaml naming a custom_nodes folder (holding a link to this repo) and
+    the test's model folder."""
+    custom = base / "custom_nodes"
+    custom.mkdir(parents=True, exist_ok=True)
+    link = custom / "paint-by-example"
+    if not link.exists():
+        link.symlink_to(REPO_ROOT, target_is_directory=True)
+    yaml = base / "extra_model_paths.yaml"
+    yaml.write_text(
+        "pbe_test:\n"
+        f"    base_path: {base}\n"
+        "    custom_nodes: custom_nodes\n"
+        f"    paint_by_example: {models_dir}\n"
+    )
+    return yaml
+
+
+def comfyui_command(base: Path, yaml: Path, port: int, *extra: str) -> list[str]:
+    (base / "comfy" / "custom_nodes").mkdir(parents=True, exist_ok=True)  # start-up lists it
+    return [
+        sys.executable, str(Path(COMFYUI_PATH) / "main.py"), "--cpu",
+        "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+        "--disable-api-nodes", "--base-directory", str(base / "comfy"),
+        "--extra-model-paths-config", str(yaml), *extra,
+    ]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_server(base: Path, models_dir: Path, timeout: float = 120.0) -> Server:
+    yaml = write_extra_paths(base, models_dir)
+    port = free_port()
+    log_path = base / "comfyui.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 (kept open for the server's lifetime)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    process = subprocess.Popen(
+        comfyui_command(base, yaml, port), cwd=str(base), stdout=log_file,
+        stderr=subprocess.STDOUT, env=env,
+    )
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ComfyUI exited during start-up:\n{server.log()[-4000:]}")
+        try:
+            server.get("/system_stats")
+            return server
+        except OSError:
+            time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{server.log()[-4000:]}")

@@ -1,0 +1,417 @@
+"""In-process tests of every node inside the real ComfyUI (COMFYUI_PATH), on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import pbe_host
+import pytest
+import torch
+
+NODE_IDS = [
+    "PaintByExample.Loader",
+    "PaintByExample.ExemplarEncode",
+    "PaintByExample.MaskBezierJitter",
+    "PaintByExample.InpaintSampler",
+    "PaintByExample.SimilarityGuidance",
+]
+SIZE = 64
+
+
+def _image(seed: int = 0, batch: int = 1, size: int = SIZE) -> torch.Tensor:
+    return torch.rand(batch, size, size, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def _mask(batch: int = 1, box=(16, 40, 20, 44), size: int = SIZE) -> torch.Tensor:
+    y0, y1, x0, x1 = box
+    mask = torch.zeros(batch, size, size)
+    mask[:, y0:y1, x0:x1] = 1.0
+    return mask
+
+
+@pytest.fixture(scope="module")
+def conditioning(host, loaded):
+    _, _, encoder = loaded
+    return host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(7, size=40)
+    )
+
+
+def _sample(host, loaded, conditioning, **overrides):
+    model, vae, _ = loaded
+    positive, negative = conditioning
+    inputs = dict(
+        model=model, vae=vae, positive=positive, negative=negative, image=_image(),
+        mask=_mask(), seed=3, steps=2, resolution=SIZE, feather=4,
+    )
+    inputs.update(overrides)
+    return host.run("PaintByExample.InpaintSampler", **inputs)
+
+
+# ---------------------------------------------------------------------------------- schema
+
+
+def test_pack_registers_every_node_through_the_v3_entry_point(host):
+    import sys
+
+    root = sys.modules[host.package]
+    assert hasattr(root, "comfy_entrypoint")
+    assert not hasattr(root, "NODE_CLASS_MAPPINGS")  # V1 mappings would disable the entry point
+    for node_id in NODE_IDS:
+        assert node_id in host.nodes.NODE_CLASS_MAPPINGS
+        assert host.nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("Paint-by-Example")
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_every_input_and_output_has_a_tooltip(host, node_id):
+    schema = host.node(node_id).GET_SCHEMA()
+    assert schema.category == "paint-by-example"
+    assert len(schema.description) > 40
+    for item in list(schema.inputs) + list(schema.outputs):
+        assert item.tooltip, f"{node_id}: {getattr(item, 'id', item)} has no tooltip"
+
+
+# ---------------------------------------------------------------------------------- loader
+
+
+def test_loader_lists_models_from_an_extra_model_paths_folder(host, models_dir):
+    folders = host.module("nodes.folders")
+    assert pbe_host.TINY_MODEL_NAME in folders.list_models()
+    assert str(models_dir) in folders.search_paths()
+    assert folders.default_folder().endswith("paint_by_example")
+
+
+def test_loader_reports_a_missing_model_with_the_folder_to_use(host):
+    message = host.node("PaintByExample.Loader").validate_inputs(model_name="nope.safetensors")
+    assert isinstance(message, str)
+    assert "paint_by_example" in message and "nope.safetensors" in message
+    assert "extra_model_paths.yaml" in message
+
+
+def test_loader_returns_native_model_vae_and_managed_encoder(host, loaded):
+    import comfy.model_patcher
+    import comfy.sd
+
+    model, vae, encoder = loaded
+    assert isinstance(model, comfy.model_patcher.ModelPatcher)
+    assert model.object_patches["concat_keys"] == ("masked_image", "mask_inverted")
+    assert isinstance(vae, comfy.sd.VAE)
+    assert isinstance(encoder.patcher, comfy.model_patcher.ModelPatcher)
+    assert encoder.out_dim == model.model.model_config.unet_config["context_dim"]
+
+
+def test_loader_weight_dtype_choice_is_applied(host):
+    model, vae, encoder = host.run(
+        "PaintByExample.Loader", model_name=pbe_host.TINY_MODEL_NAME, weight_dtype="bf16"
+    )
+    assert model.model.get_dtype() == torch.bfloat16
+    assert vae.vae_dtype == torch.bfloat16
+    assert encoder.dtype == torch.bfloat16
+
+
+def test_native_unet_predicts_what_the_core_unet_predicts(host, loaded):
+    model, _, _ = loaded
+    core = pbe_host.tiny_model()
+    x = torch.randn(2, 9, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500, 20])
+    context = torch.randn(2, 1, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        native = model.model.diffusion_model(x, t, context=context)
+        reference = core.unet(x, t, encoder_hidden_states=context).sample
+    assert torch.allclose(native, reference, atol=1e-4), (native - reference).abs().max()
+
+
+def test_stock_inpaint_conditioning_feeds_the_unet_masked_latent_then_keep_mask(host, loaded):
+    """The patched concat layout gives [x, masked latent, keep] with keep = 1 - mask."""
+    import nodes
+
+    model, vae, encoder = loaded
+    positive, negative = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(5, size=32)
+    )
+    aligned = _mask(box=(16, 40, 24, 48))  # 8-aligned: exact at latent size
+    positive, negative, latent = nodes.InpaintModelConditioning().encode(
+        positive, negative, _image(), vae, aligned, noise_mask=True
+    )
+    seen = []
+    patched = model.clone()
+
+    def spy(apply, args):  # BaseModel concatenates c_concat after the noisy latent
+        seen.append(torch.cat([args["input"], args["c"]["c_concat"]], dim=1))
+        return apply(args["input"], args["timestep"], **args["c"])
+
+    patched.set_model_unet_function_wrapper(spy)
+    nodes.KSampler().sample(patched, 0, 1, 5.0, "euler", "normal", positive, negative, latent)
+    unet_in = seen[0]
+    assert unet_in.shape[1] == 9
+    masked_latent = model.model.process_latent_in(positive[0][1]["concat_latent_image"])
+    assert torch.allclose(unet_in[0, 4:8], masked_latent[0], atol=1e-5)
+    keep = 1.0 - aligned[0, ::8, ::8]
+    assert torch.equal(unet_in[0, 8], keep)
+
+
+# ---------------------------------------------------------------------------------- encode
+
+
+def test_encode_gives_one_token_per_exemplar_and_the_learned_negative(host, loaded):
+    _, _, encoder = loaded
+    positive, negative = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(1, batch=3, size=32)
+    )
+    assert positive[0][0].shape == (3, 1, 32)
+    learned = encoder.encoder.learnable_vector.detach().float()
+    assert negative[0][0].shape == (3, 1, 32)
+    assert torch.allclose(negative[0][0], learned.expand(3, 1, 32))
+
+
+def test_encode_matches_the_core_encoder(host, loaded):
+    from exemplar_core.preprocess import preprocess_exemplar
+
+    _, _, encoder = loaded
+    images = _image(2, batch=2, size=48)
+    positive, _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
+    core = pbe_host.tiny_model().encoder
+    with torch.no_grad():
+        reference = core(preprocess_exemplar(images, core.config))
+    assert torch.allclose(positive[0][0], reference, atol=1e-5)
+
+
+def test_several_exemplars_combine_by_mean_or_concatenated_tokens(host, loaded):
+    _, _, encoder = loaded
+    images = _image(3, batch=3, size=32)
+    (separate,), _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
+    (mean,), neg_mean = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images, combine="mean"
+    )
+    (concat,), _ = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images, combine="concat tokens"
+    )
+    assert torch.allclose(mean[0], separate[0].mean(0, keepdim=True), atol=1e-6)
+    assert concat[0].shape == (1, 3, 32) and torch.allclose(concat[0][0], separate[0][:, 0])
+    assert neg_mean[0][0].shape == (1, 1, 32)
+
+
+def test_exemplar_mask_crops_to_the_object(host, loaded):
+    _, _, encoder = loaded
+    image = _image(4, size=48)
+    object_mask = torch.zeros(1, 48, 48)
+    object_mask[:, 8:40, 8:40] = 1
+    (with_mask,), _ = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=image,
+        exemplar_mask=object_mask,
+    )
+    (cropped,), _ = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=image[:, 8:40, 8:40]
+    )
+    assert torch.allclose(with_mask[0], cropped[0], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- bezier
+
+
+def test_bezier_node_is_the_trainer_function_deterministic_per_seed(host):
+    from exemplar_core.bezier import bezier_mask_from_mask
+
+    masks = _mask(batch=2)
+    (first,) = host.run("PaintByExample.MaskBezierJitter", mask=masks, seed=11)
+    (again,) = host.run("PaintByExample.MaskBezierJitter", mask=masks, seed=11)
+    (other,) = host.run("PaintByExample.MaskBezierJitter", mask=masks, seed=12)
+    assert first.shape == masks.shape
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert torch.equal(first, bezier_mask_from_mask(masks, seed=11, jitter=5, expand=0.4))
+    assert set(first.unique().tolist()) <= {0.0, 1.0}
+
+
+# ---------------------------------------------------------------------------------- sampler
+
+
+def test_sampler_output_keeps_the_source_outside_the_feather_band(host, loaded, conditioning):
+    crop = host.module("exemplar_core.crop")
+    image, mask = _image(), _mask()
+    out, latent = _sample(host, loaded, conditioning, image=image, mask=mask, feather=4)
+    assert out.shape == image.shape
+    band = crop.feather_alpha(mask[:, None], 4)[:, 0] > 0
+    assert torch.equal(out[~band], image[~band])
+    assert (out[mask > 0] - image[mask > 0]).abs().mean() > 0.01
+    assert latent["samples"].shape == (1, 4, SIZE // 8, SIZE // 8)
+
+
+def test_sampler_is_deterministic_per_seed(host, loaded, conditioning):
+    a, _ = _sample(host, loaded, conditioning, seed=5)
+    b, _ = _sample(host, loaded, conditioning, seed=5)
+    c, _ = _sample(host, loaded, conditioning, seed=6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sampler_batches_n_images_with_one_mask_and_one_condition(host, loaded, conditioning):
+    images = _image(9, batch=2)
+    out, latent = _sample(host, loaded, conditioning, image=images, mask=_mask(1))
+    assert out.shape == images.shape and latent["samples"].shape[0] == 2
+    single, _ = _sample(host, loaded, conditioning, image=images[1:], seed=4)
+    assert torch.allclose(out[1:], single, atol=1e-5)  # item i uses seed + i
+
+
+def test_sampler_takes_one_condition_per_image(host, loaded):
+    _, _, encoder = loaded
+    conditioning = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(1, batch=2, size=32)
+    )
+    out, _ = _sample(host, loaded, conditioning, image=_image(9, batch=2), mask=_mask(2))
+    assert out.shape[0] == 2
+
+
+def test_sampler_colour_match_and_partial_denoise_run(host, loaded, conditioning):
+    out, _ = _sample(host, loaded, conditioning, color_match=True, denoise=0.6)
+    assert out.shape == (1, SIZE, SIZE, 3) and torch.isfinite(out).all()
+
+
+def test_sampler_accepts_non_square_sources_larger_than_the_window(host, loaded, conditioning):
+    image = torch.rand(1, 96, 160, 3)
+    mask = torch.zeros(1, 96, 160)
+    mask[:, 30:50, 100:130] = 1
+    out, _ = _sample(host, loaded, conditioning, image=image, mask=mask)
+    assert out.shape == image.shape
+
+
+# ---------------------------------------------------------------------------------- guidance
+
+
+def _ksample(model, conditioning, vae, cfg, steps=3):
+    import nodes
+
+    positive, negative = conditioning
+    positive, negative, latent = nodes.InpaintModelConditioning().encode(
+        positive, negative, _image(), vae, _mask(), noise_mask=False
+    )
+    (out,) = nodes.KSampler().sample(
+        model, 1, steps, cfg, "euler", "normal", positive, negative, latent
+    )
+    return out["samples"]
+
+
+def test_guidance_scale_overrides_the_stock_ksampler_cfg(host, loaded, conditioning):
+    model, vae, _ = loaded
+    (patched,) = host.run("PaintByExample.SimilarityGuidance", model=model, similarity=4.0)
+    guided = _ksample(patched, conditioning, vae, cfg=1.0)
+    plain = _ksample(model, conditioning, vae, cfg=4.0)
+    assert torch.allclose(guided, plain, atol=1e-4)
+
+
+def test_guidance_interval_skips_the_unconditional_pass_outside_it(host, loaded, conditioning):
+    model, vae, _ = loaded
+    (patched,) = host.run(
+        "PaintByExample.SimilarityGuidance", model=model, similarity=5.0, sigma_low=0.0,
+        sigma_high=3.0,
+    )
+    batches = []
+    spy = patched.clone()
+
+    def record(apply, args):  # the wrapper sees sigmas (converted to timesteps further in)
+        batches.append((float(args["timestep"][0]), args["input"].shape[0]))
+        return apply(args["input"], args["timestep"], **args["c"])
+
+    spy.set_model_unet_function_wrapper(record)
+    _ksample(spy, conditioning, vae, cfg=5.0, steps=4)
+    by_sigma = batches
+    assert any(s > 3.0 for s, _ in by_sigma) and any(s <= 3.0 for s, _ in by_sigma), by_sigma
+    for sigma, batch in by_sigma:
+        assert batch == (2 if sigma <= 3.0 else 1), by_sigma
+
+
+def test_guidance_schedule_and_rescale_change_the_result(host, loaded, conditioning):
+    model, vae, _ = loaded
+    base = _ksample(
+        host.run("PaintByExample.SimilarityGuidance", model=model, similarity=8.0)[0],
+        conditioning, vae, cfg=1.0,
+    )
+    linear = _ksample(
+        host.run(
+            "PaintByExample.SimilarityGuidance", model=model, similarity=8.0,
+            schedule="linear", similarity_end=1.0,
+        )[0],
+        conditioning, vae, cfg=1.0,
+    )
+    rescaled = _ksample(
+        host.run(
+            "PaintByExample.SimilarityGuidance", model=model, similarity=8.0, rescale_phi=0.7
+        )[0],
+        conditioning, vae, cfg=1.0,
+    )
+    assert not torch.allclose(base, linear, atol=1e-4)
+    assert not torch.allclose(base, rescaled, atol=1e-4)
+
+
+def test_guided_model_works_with_sampler_custom_and_our_sampler(host, loaded, conditioning):
+    from comfy_extras.nodes_custom_sampler import BasicScheduler, KSamplerSelect, SamplerCustom
+
+    import nodes
+
+    model, vae, _ = loaded
+    (patched,) = host.run("PaintByExample.SimilarityGuidance", model=model, similarity=5.0)
+    positive, negative, latent = nodes.InpaintModelConditioning().encode(
+        *conditioning, _image(), vae, _mask(), noise_mask=False
+    )
+    (sampler,) = KSamplerSelect().get_sampler("euler")
+    (sigmas,) = BasicScheduler().get_sigmas(patched, "normal", 2, 1.0)
+    out = SamplerCustom().sample(patched, True, 0, 1.0, positive, negative, sampler, sigmas, latent)
+    assert torch.isfinite(out[0]["samples"]).all()
+    image, _ = _sample(host, (patched, vae, None), conditioning)
+    assert image.shape == (1, SIZE, SIZE, 3)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def _error(host, node_id, **inputs) -> str:
+    errors = host.module("nodes.checks")
+    with pytest.raises(errors.PaintByExampleInputError) as info:
+        host.run(node_id, **inputs)
+    return str(info.value)
+
+
+def test_bad_inputs_give_clear_messages(host, loaded, conditioning):
+    model, vae, encoder = loaded
+    positive, negative = conditioning
+    sampler = "PaintByExample.InpaintSampler"
+    base = dict(model=model, vae=vae, positive=positive, negative=negative, image=_image(),
+                mask=_mask(), steps=1, resolution=SIZE)
+
+    assert "mask is 32x32 but the image is 64x64" in _error(
+        host, sampler, **{**base, "mask": torch.ones(1, 32, 32)}
+    )
+    assert "3 masks for 2 image(s)" in _error(
+        host, sampler, **{**base, "image": _image(batch=2), "mask": _mask(3)}
+    )
+    assert "is empty" in _error(host, sampler, **{**base, "mask": torch.zeros(1, SIZE, SIZE)})
+    assert "whole image" in _error(host, sampler, **{**base, "mask": torch.ones(1, SIZE, SIZE)})
+    nan_image = _image()
+    nan_image[0, 0, 0, 0] = float("nan")
+    assert "NaN" in _error(host, sampler, **{**base, "image": nan_image})
+    not_pbe = model.clone()
+    not_pbe.model_options.pop("paint_by_example")
+    assert "not a Paint-by-Example model" in _error(host, sampler, **{**base, "model": not_pbe})
+    text_like = [[torch.zeros(1, 77, 768), {}]]
+    assert "768-d tokens" in _error(host, sampler, **{**base, "positive": text_like})
+    two = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(batch=2))
+    assert "2 positive conditions for 3 image(s)" in _error(
+        host, sampler, **{**base, "image": _image(batch=3), "positive": two[0]}
+    )
+
+    encode = "PaintByExample.ExemplarEncode"
+    assert "at least 16 px" in _error(host, encode, encoder=encoder, exemplar=_image(size=12))
+    nan_exemplar = _image(size=32)
+    nan_exemplar[..., 0] = float("nan")
+    assert "NaN" in _error(host, encode, encoder=encoder, exemplar=nan_exemplar)
+    assert "PBE_ENCODER" in _error(host, encode, encoder=model, exemplar=_image(size=32))
+    assert "does not fit" in _error(
+        host, encode, encoder=encoder, exemplar=_image(batch=2, size=32),
+        exemplar_mask=torch.ones(3, 32, 32),
+    )
+
+    bezier = "PaintByExample.MaskBezierJitter"
+    assert "is empty" in _error(host, bezier, mask=torch.zeros(1, 32, 32))
+    nan_mask = _mask()
+    nan_mask[0, 0, 0] = float("nan")
+    assert "NaN" in _error(host, bezier, mask=nan_mask)
+
+    guidance = "PaintByExample.SimilarityGuidance"
+    assert "needs a Paint-by-Example MODEL" in _error(host, guidance, model=not_pbe)
+    assert "interval" in _error(host, guidance, model=model, sigma_low=5.0, sigma_high=1.0)

@@ -1,0 +1,154 @@
+"""The headless runner against a stand-in ComfyUI HTTP server (stdlib), no ComfyUI needed.
+
+The real server is exercised by tests/host/test_server.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from exemplar_core import headless
+
+WORKFLOW = Path(__file__).resolve().parents[1] / "workflows/api/basic_exemplar_edit.json"
+
+
+class FakeComfy(BaseHTTPRequestHandler):
+    state: dict = {}
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/upload/image":
+            name = data.split(b'filename="')[1].split(b'"')[0].decode()
+            self.state.setdefault("uploads", []).append(name)
+            self._send(200, json.dumps({"name": name, "subfolder": "", "type": "input"}).encode())
+        elif self.path == "/prompt":
+            prompt = json.loads(data)["prompt"]
+            self.state["prompt"] = prompt
+            if self.state.get("reject"):
+                body = {"error": {"message": "Prompt outputs failed validation"},
+                        "node_errors": {"1": {"class_type": "PaintByExample.Loader",
+                                              "errors": [{"details": "model not found"}]}}}
+                self._send(400, json.dumps(body).encode())
+            else:
+                self._send(200, json.dumps({"prompt_id": "p1", "number": 0}).encode())
+
+    def do_GET(self):
+        if self.path.startswith("/history/p1"):
+            if self.state.get("fail"):
+                status = {"status_str": "error", "completed": False, "messages": [
+                    ["execution_error", {"node_id": "6", "node_type": "X",
+                                         "exception_type": "ValueError",
+                                         "exception_message": "mask 0 is empty"}]]}
+                entry = {"status": status, "outputs": {}}
+            else:
+                entry = {"status": {"status_str": "success", "completed": True},
+                         "outputs": {"7": {"images": [{"filename": "out.png", "subfolder": "",
+                                                       "type": "output"}]}}}
+            self._send(200, json.dumps({"p1": entry}).encode())
+        elif self.path.startswith("/view?"):
+            self._send(200, b"PNGDATA", "image/png")
+        else:  # /ws included: the runner falls back to polling /history
+            self._send(404, b"{}")
+
+
+@pytest.fixture()
+def fake_server():
+    FakeComfy.state = {}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeComfy)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", FakeComfy.state
+    httpd.shutdown()
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    paths = {}
+    for name in ("source", "mask", "exemplar"):
+        paths[name] = tmp_path / f"{name}.png"
+        paths[name].write_bytes(b"\x89PNG fake " + name.encode())
+    return paths
+
+
+def _args(server, inputs, out, *extra):
+    return [str(WORKFLOW), "--server", server, "--source", str(inputs["source"]),
+            "--mask", str(inputs["mask"]), "--exemplar", str(inputs["exemplar"]),
+            "--out", str(out), "--quiet", *extra]
+
+
+def test_uploads_sets_inputs_queues_and_downloads(fake_server, inputs, tmp_path):
+    server, state = fake_server
+    code = headless.main(_args(server, inputs, tmp_path / "out", "--model", "m.safetensors",
+                               "--seed", "9", "--set", "sampler.resolution=256",
+                               "--set", "encode.resize=center_crop"))
+    assert code == 0
+    assert (tmp_path / "out/out.png").read_bytes() == b"PNGDATA"
+    prompt = state["prompt"]
+    assert state["uploads"] == ["source.png", "mask.png", "exemplar.png"]
+    assert prompt["2"]["inputs"]["image"] == "source.png"
+    assert prompt["3"]["inputs"]["image"] == "mask.png"
+    assert prompt["1"]["inputs"]["model_name"] == "m.safetensors"
+    assert prompt["6"]["inputs"]["seed"] == 9 and prompt["6"]["inputs"]["resolution"] == 256
+    assert prompt["5"]["inputs"]["resize"] == "center_crop"
+
+
+def test_validation_rejection_exits_one_with_the_node_errors(fake_server, inputs, tmp_path,
+                                                             capsys):
+    server, state = fake_server
+    state["reject"] = True
+    assert headless.main(_args(server, inputs, tmp_path)) == headless.EXIT_SERVER_ERROR
+    err = capsys.readouterr().err
+    assert "failed validation" in err and "model not found" in err
+
+
+def test_execution_error_exits_one_with_the_exception_message(fake_server, inputs, tmp_path,
+                                                              capsys):
+    server, state = fake_server
+    state["fail"] = True
+    assert headless.main(_args(server, inputs, tmp_path)) == headless.EXIT_SERVER_ERROR
+    assert "mask 0 is empty" in capsys.readouterr().err
+
+
+def test_unknown_title_and_unreachable_server_are_usage_errors(inputs, tmp_path, capsys):
+    code = headless.main(_args("http://127.0.0.1:9", inputs, tmp_path, "--set", "nope.x=1"))
+    assert code == headless.EXIT_USAGE
+    prompt = json.loads(WORKFLOW.read_text())
+    with pytest.raises(headless.HeadlessError, match="no node titled 'nope'"):
+        headless.set_input(prompt, "nope.steps", 1)
+    with pytest.raises(headless.HeadlessError, match="link from another node"):
+        headless.set_input(prompt, "sampler.model", 1)
+
+
+def test_ui_format_workflow_is_refused_with_a_hint(tmp_path, capsys):
+    ui = Path(__file__).resolve().parents[1] / "workflows/basic_exemplar_edit.json"
+    assert headless.main([str(ui), "--quiet"]) == headless.EXIT_USAGE
+    assert "not an API-format workflow" in capsys.readouterr().err
+
+
+def test_multipart_body_carries_fields_and_file():
+    body, kind = headless.encode_multipart({"type": "input"}, {"image": ("a.png", b"DATA")})
+    boundary = kind.split("boundary=")[1]
+    assert body.startswith(f"--{boundary}".encode())
+    assert body.endswith(f"--{boundary}--\r\n".encode())
+    assert b'name="type"\r\n\r\ninput' in body and b'filename="a.png"' in body and b"DATA" in body
+
+
+def test_help_runs():
+    with pytest.raises(SystemExit) as info:
+        headless.main(["--help"])
+    assert info.value.code == 0
