@@ -104,6 +104,46 @@ class ModelConfigs:
         )
         return cls(unet, vae, encoder)
 
+    @classmethod
+    def mini(cls) -> ModelConfigs:
+        """The miniature world's model (64 px, VAE factor 4): same family and code paths as the
+        published one, small enough to train on two CPU cores (see docs/miniature-world.md)."""
+        unet = {
+            "sample_size": 16,
+            "in_channels": 9,
+            "out_channels": 4,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "block_out_channels": [64, 128],
+            "layers_per_block": 1,
+            "cross_attention_dim": 64,
+            "attention_head_dim": 4,
+            "norm_num_groups": 32,
+        }
+        vae = {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D"] * 3,
+            "up_block_types": ["UpDecoderBlock2D"] * 3,
+            "block_out_channels": [32, 64, 64],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "sample_size": 64,
+            "scaling_factor": 1.0,
+        }
+        encoder = EncoderConfig(
+            backbone="mini-vit",
+            image_size=32,
+            patch_size=8,
+            width=64,
+            layers=2,
+            heads=2,
+            mapper_layers=2,
+            out_dim=64,
+        )
+        return cls(unet, vae, encoder)
+
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent pixel (8 for SD1)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exemplar_core.editor import Editor, EditError, EditSettings
+from exemplar_core.editor import EditError, Editor, EditSettings
 from exemplar_core.preprocess import ExemplarError
 
 FAST = EditSettings(steps=2, size=64, feather=4, scheduler="ddim")
@@ -43,7 +43,9 @@ def test_result_has_source_size_and_is_untouched_outside_the_feather_band(editor
 
 def test_no_paste_back_returns_the_processed_window(editor):
     source, mask, exemplar = _inputs()
-    res = editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "paste_back": False}))
+    res = editor.edit(
+        source, mask, exemplar, EditSettings(**{**FAST.__dict__, "paste_back": False})
+    )
     assert res.image.shape == (1, 3, res.region.height, res.region.width)
 
 
@@ -52,7 +54,10 @@ def test_whole_image_mode_processes_the_whole_image_at_multiples_of_the_model_si
     s = EditSettings(**{**FAST.__dict__, "whole_image": True, "paste_back": False})
     res = editor.edit(source, mask, exemplar, s)
     assert (res.region.x0, res.region.y0, res.region.x1, res.region.y1) == (0, 0, 130, 90)
-    assert res.region.width % editor.size_multiple == 0 and res.region.height % editor.size_multiple == 0
+    assert (
+        res.region.width % editor.size_multiple == 0
+        and res.region.height % editor.size_multiple == 0
+    )
 
 
 def test_empty_mask_returns_source_unchanged_with_a_warning(editor, caplog):
@@ -87,7 +92,9 @@ def test_scale_one_skips_the_unconditional_pass(editor, monkeypatch):
 
 def test_colour_match_moves_kept_area_statistics_towards_the_source(editor):
     source, mask, exemplar = _inputs()
-    plain = editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "paste_back": False}))
+    plain = editor.edit(
+        source, mask, exemplar, EditSettings(**{**FAST.__dict__, "paste_back": False})
+    )
     s = EditSettings(**{**FAST.__dict__, "paste_back": False, "color_match": True})
     matched = editor.edit(source, mask, exemplar, s)
     from exemplar_core import crop
@@ -95,7 +102,9 @@ def test_colour_match_moves_kept_area_statistics_towards_the_source(editor):
     window = crop.crop_image(source, matched.region)
     keep = crop.crop_mask(1 - mask, matched.region) > 0.5
     err_plain = (plain.raw.mean(dim=(2, 3)) - (window * keep).sum((2, 3)) / keep.sum()).abs().sum()
-    err_matched = (matched.raw.mean(dim=(2, 3)) - (window * keep).sum((2, 3)) / keep.sum()).abs().sum()
+    err_matched = (
+        (matched.raw.mean(dim=(2, 3)) - (window * keep).sum((2, 3)) / keep.sum()).abs().sum()
+    )
     assert err_matched < err_plain
 
 

@@ -40,9 +40,15 @@ class FakeComfy(BaseHTTPRequestHandler):
             prompt = json.loads(data)["prompt"]
             self.state["prompt"] = prompt
             if self.state.get("reject"):
-                body = {"error": {"message": "Prompt outputs failed validation"},
-                        "node_errors": {"1": {"class_type": "PaintByExample.Loader",
-                                              "errors": [{"details": "model not found"}]}}}
+                body = {
+                    "error": {"message": "Prompt outputs failed validation"},
+                    "node_errors": {
+                        "1": {
+                            "class_type": "PaintByExample.Loader",
+                            "errors": [{"details": "model not found"}],
+                        }
+                    },
+                }
                 self._send(400, json.dumps(body).encode())
             else:
                 self._send(200, json.dumps({"prompt_id": "p1", "number": 0}).encode())
@@ -50,15 +56,31 @@ class FakeComfy(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/history/p1"):
             if self.state.get("fail"):
-                status = {"status_str": "error", "completed": False, "messages": [
-                    ["execution_error", {"node_id": "6", "node_type": "X",
-                                         "exception_type": "ValueError",
-                                         "exception_message": "mask 0 is empty"}]]}
+                status = {
+                    "status_str": "error",
+                    "completed": False,
+                    "messages": [
+                        [
+                            "execution_error",
+                            {
+                                "node_id": "6",
+                                "node_type": "X",
+                                "exception_type": "ValueError",
+                                "exception_message": "mask 0 is empty",
+                            },
+                        ]
+                    ],
+                }
                 entry = {"status": status, "outputs": {}}
             else:
-                entry = {"status": {"status_str": "success", "completed": True},
-                         "outputs": {"7": {"images": [{"filename": "out.png", "subfolder": "",
-                                                       "type": "output"}]}}}
+                entry = {
+                    "status": {"status_str": "success", "completed": True},
+                    "outputs": {
+                        "7": {
+                            "images": [{"filename": "out.png", "subfolder": "", "type": "output"}]
+                        }
+                    },
+                }
             self._send(200, json.dumps({"p1": entry}).encode())
         elif self.path.startswith("/view?"):
             self._send(200, b"PNGDATA", "image/png")
@@ -86,16 +108,40 @@ def inputs(tmp_path):
 
 
 def _args(server, inputs, out, *extra):
-    return [str(WORKFLOW), "--server", server, "--source", str(inputs["source"]),
-            "--mask", str(inputs["mask"]), "--exemplar", str(inputs["exemplar"]),
-            "--out", str(out), "--quiet", *extra]
+    return [
+        str(WORKFLOW),
+        "--server",
+        server,
+        "--source",
+        str(inputs["source"]),
+        "--mask",
+        str(inputs["mask"]),
+        "--exemplar",
+        str(inputs["exemplar"]),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_uploads_sets_inputs_queues_and_downloads(fake_server, inputs, tmp_path):
     server, state = fake_server
-    code = headless.main(_args(server, inputs, tmp_path / "out", "--model", "m.safetensors",
-                               "--seed", "9", "--set", "sampler.resolution=256",
-                               "--set", "encode.resize=center_crop"))
+    code = headless.main(
+        _args(
+            server,
+            inputs,
+            tmp_path / "out",
+            "--model",
+            "m.safetensors",
+            "--seed",
+            "9",
+            "--set",
+            "sampler.resolution=256",
+            "--set",
+            "encode.resize=center_crop",
+        )
+    )
     assert code == 0
     assert (tmp_path / "out/out.png").read_bytes() == b"PNGDATA"
     prompt = state["prompt"]
@@ -107,8 +153,7 @@ def test_uploads_sets_inputs_queues_and_downloads(fake_server, inputs, tmp_path)
     assert prompt["5"]["inputs"]["resize"] == "center_crop"
 
 
-def test_validation_rejection_exits_one_with_the_node_errors(fake_server, inputs, tmp_path,
-                                                             capsys):
+def test_validation_rejection_exits_one_with_the_node_errors(fake_server, inputs, tmp_path, capsys):
     server, state = fake_server
     state["reject"] = True
     assert headless.main(_args(server, inputs, tmp_path)) == headless.EXIT_SERVER_ERROR
@@ -116,8 +161,9 @@ def test_validation_rejection_exits_one_with_the_node_errors(fake_server, inputs
     assert "failed validation" in err and "model not found" in err
 
 
-def test_execution_error_exits_one_with_the_exception_message(fake_server, inputs, tmp_path,
-                                                              capsys):
+def test_execution_error_exits_one_with_the_exception_message(
+    fake_server, inputs, tmp_path, capsys
+):
     server, state = fake_server
     state["fail"] = True
     assert headless.main(_args(server, inputs, tmp_path)) == headless.EXIT_SERVER_ERROR

@@ -35,8 +35,14 @@ CLIP_CFG = CLIPVisionConfig(
     projection_dim=32,
 )
 OUR_CFG = EncoderConfig(
-    backbone="tiny-vit", image_size=32, patch_size=8, width=32, layers=4, heads=2,
-    mapper_layers=1, out_dim=32,
+    backbone="tiny-vit",
+    image_size=32,
+    patch_size=8,
+    width=32,
+    layers=4,
+    heads=2,
+    mapper_layers=1,
+    out_dim=32,
 )
 
 
@@ -97,7 +103,9 @@ def _parity_setup():
 
 
 def _pipeline(model, image_encoder, scheduler: str) -> PaintByExamplePipeline:
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     return PaintByExamplePipeline(
         vae=model.vae,
         image_encoder=image_encoder,
@@ -126,8 +134,14 @@ def _run_both(mask: torch.Tensor, mask_resize: str, steps: int = 4):
         ).images[0]
     editor = Editor(model, device="cpu", progress=False)
     settings = EditSettings(
-        steps=steps, scale=5.0, seed=11, scheduler="ddim", size=64, whole_image=True,
-        paste_back=False, mask_resize=mask_resize,
+        steps=steps,
+        scale=5.0,
+        seed=11,
+        scheduler="ddim",
+        size=64,
+        whole_image=True,
+        paste_back=False,
+        mask_resize=mask_resize,
     )
     ours = editor.edit(source, mask, exemplar, settings).image[0].permute(1, 2, 0).numpy()
     return ours, reference
