@@ -18,9 +18,36 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: VmHWM), so a later reading covers only what follows.
+    Returns False where the kernel does not support it (the reading then covers the whole run)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident set size in MiB (Linux reports KiB)."""
+    """Peak resident set size in MiB since start or the last ``reset_peak_rss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a peak-memory window (RSS on CPU, max allocated on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -18,11 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
 
-from .common import alternate, materialise, peak_memory_mb, print_table, summarise, write_report
+from .common import (
+    alternate,
+    materialise,
+    peak_memory_mb,
+    print_table,
+    reset_peak_memory,
+    summarise,
+    write_report,
+)
 
 WEIGHT_SEED = 1234
 
@@ -67,9 +76,7 @@ def worker_editor(args) -> dict:
     editor = Editor(model, device=device, dtype=_dtype(args.dtype, device), progress=False)
     source, mask, exemplar = make_inputs(args.width, args.height, tuple(args.box))
     settings = EditSettings(steps=args.steps, scale=5.0, seed=0, scheduler="pndm", size=args.size)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     start = time.perf_counter()
     result = editor.edit(source, mask, exemplar, settings)
     if device.type == "cuda":
@@ -123,9 +130,7 @@ def worker_diffusers(args) -> dict:
         size = (int(args.height * scale) // 8 * 8, int(args.width * scale) // 8 * 8)
         source = F.interpolate(source, size=size, mode="bilinear", antialias=True)
         mask = F.interpolate(mask, size=size, mode="bilinear")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    reset_peak_memory(device)
     start = time.perf_counter()
     with torch.no_grad():
         out = pipe(
@@ -176,6 +181,13 @@ def cmd_same(args) -> dict:
         "editor": _worker_argv("editor", args, size, size, box),
         "diffusers": _worker_argv("diffusers", args, size, size, box),
     }
+    if os.environ.get("COMFYUI_PATH"):  # the node, in a real ComfyUI
+        sides["node"] = [
+            "bench.nodes", "worker", "node", "--width", str(size), "--height", str(size),
+            "--box", *map(str, box), "--steps", str(args.steps), "--size", str(size),
+        ]  # fmt: skip
+    else:
+        print("COMFYUI_PATH is not set: the node side is skipped (editor and diffusers only)")
     results = alternate(sides, args.repeats)
     keys = ("seconds", "peak_mb")
     summary = summarise(results, keys)
@@ -218,8 +230,6 @@ def cmd_large(args) -> dict:
 def _available_memory_bytes(device: str) -> int:
     if _device(device).type == "cuda":
         return torch.cuda.get_device_properties(0).total_memory
-    import os
-
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 

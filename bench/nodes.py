@@ -1,0 +1,271 @@
+"""Node benchmarks in a real ComfyUI (COMFYUI_PATH must name a checkout).
+
+    python -m bench.nodes interval [--size 256 --steps 10 --repeats 2]
+    python -m bench.nodes repeat
+
+``interval``: UNet evaluations and wall time of the Inpaint Sampler with Similarity Guidance over
+the whole schedule against a guidance interval covering half the steps (outside it the
+unconditional pass is skipped). SD1.5-sized random weights.
+
+``repeat``: a real server runs the basic workflow, then the same workflow with only the seed
+changed; per-node timings from the server's websocket events show that the second run loads no
+model and does not recompute the exemplar embedding.
+
+The node side of ``python -m bench.inference same`` also runs here (``worker``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .common import REPO, peak_memory_mb, reset_peak_memory, write_report
+
+HOST_DIR = REPO / "tests" / "host"
+
+
+def _require_comfyui() -> None:
+    if not os.environ.get("COMFYUI_PATH"):
+        raise SystemExit("error: set COMFYUI_PATH to a ComfyUI checkout (e.g. /work/ComfyUI)")
+
+
+def load_host():
+    _require_comfyui()
+    sys.path.insert(0, str(HOST_DIR))
+    import pbe_host
+
+    return pbe_host, pbe_host.load_host(Path(tempfile.mkdtemp(prefix="pbe-bench-models-")))
+
+
+def native_parts(host, seed_model):
+    """MODEL, VAE and encoder built by the pack's own builders from an in-memory checkpoint."""
+    from exemplar_core.formats import checkpoint_from_model
+
+    builder = host.module("nodes.model_builder")
+    ckpt = checkpoint_from_model(seed_model)
+    parts = builder.build_model(ckpt), builder.build_vae(ckpt), builder.build_encoder(ckpt)
+    return parts
+
+
+def _inputs(width: int, height: int, box):
+    from .inference import make_inputs
+
+    source, mask, exemplar = make_inputs(width, height, box)
+    return source.permute(0, 2, 3, 1), mask[:, 0], exemplar.permute(0, 2, 3, 1)
+
+
+def worker_node(args) -> dict:
+    """One measured edit through the Exemplar Encode + Inpaint Sampler nodes."""
+    from .inference import build_model
+
+    _, host = load_host()
+    model = build_model()
+    unet, vae, encoder = native_parts(host, model)
+    del model
+    image, mask, exemplar = _inputs(args.width, args.height, tuple(args.box))
+    device = torch.device("cpu")
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    positive, negative = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar
+    )
+    result, _ = host.run(
+        "PaintByExample.InpaintSampler", model=unet, vae=vae, positive=positive,
+        negative=negative, image=image, mask=mask, seed=0, steps=args.steps, similarity=5.0,
+        sampler_name=args.sampler, scheduler=args.scheduler, resolution=args.size,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "peak_mb": peak_memory_mb(device),
+        "output": f"{result.shape[2]}x{result.shape[1]}",
+        "sampler": f"{args.sampler}/{args.scheduler}",
+    }
+
+
+def cmd_interval(args) -> dict:
+    """Full guidance against a guidance interval covering half the steps."""
+    import comfy.samplers
+
+    from .inference import build_model
+
+    _, host = load_host()
+    unet, vae, encoder = native_parts(host, build_model())
+    size = args.size
+    box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    image, mask, exemplar = _inputs(size, size, box)
+    positive, negative = host.run(
+        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar
+    )
+    sampling = unet.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(sampling, args.scheduler, args.steps)
+    step_sigmas = sorted(float(s) for s in sigmas[:-1])
+    # the upper half of the schedule (the early, high-noise steps) keeps guidance
+    lo = (step_sigmas[len(step_sigmas) // 2 - 1] + step_sigmas[len(step_sigmas) // 2]) / 2
+    hi = step_sigmas[-1] + 1.0
+    variants = {
+        "full": dict(similarity=5.0),
+        "interval": dict(similarity=5.0, sigma_low=lo, sigma_high=hi),
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, options in variants.items():
+            (patched,) = host.run("PaintByExample.SimilarityGuidance", model=unet, **options)
+            spy = patched.clone()
+            evaluations = []
+
+            def count(apply, call, evaluations=evaluations):
+                evaluations.append(call["input"].shape[0])
+                return apply(call["input"], call["timestep"], **call["c"])
+
+            spy.set_model_unet_function_wrapper(count)
+            start = time.perf_counter()
+            host.run(
+                "PaintByExample.InpaintSampler", model=spy, vae=vae, positive=positive,
+                negative=negative, image=image, mask=mask, seed=0, steps=args.steps,
+                similarity=5.0, sampler_name=args.sampler, scheduler=args.scheduler,
+                resolution=size,
+            )  # fmt: skip
+            seconds = time.perf_counter() - start
+            runs[name].append({"seconds": seconds, "unet_sample_evaluations": sum(evaluations),
+                               "unet_calls": len(evaluations)})  # fmt: skip
+            print(f"  {name}: {runs[name][-1]}", flush=True)
+    summary = {
+        name: {
+            "seconds": statistics.median(r["seconds"] for r in rs),
+            "unet_sample_evaluations": rs[0]["unet_sample_evaluations"],
+        }
+        for name, rs in runs.items()
+    }
+    full, part = summary["full"], summary["interval"]
+    print(f"{'variant':<10}{'seconds':>10}{'UNet sample evals':>20}")
+    for name, row in summary.items():
+        print(f"{name:<10}{row['seconds']:>10.2f}{row['unet_sample_evaluations']:>20}")
+    print(
+        f"interval/full: time {part['seconds'] / full['seconds']:.2f}, evaluations "
+        f"{part['unet_sample_evaluations'] / full['unet_sample_evaluations']:.2f}"
+    )
+    return {
+        "benchmark": "guidance_interval", "size": size, "steps": args.steps,
+        "sampler": f"{args.sampler}/{args.scheduler}", "sigma_interval": [lo, hi],
+        "step_sigmas": step_sigmas, "runs": runs, "median": summary,
+    }  # fmt: skip
+
+
+def _timed_prompt(client, websocket_cls, prompt: dict) -> dict:
+    """Queue a prompt and time each node from the websocket's events."""
+    url = client.server.replace("http", "ws", 1) + f"/ws?clientId={client.client_id}"
+    ws = websocket_cls(url, 300)
+    try:
+        prompt_id = client.queue(prompt)
+        timings: dict[str, float] = {}
+        cached: list[str] = []
+        current, since = None, time.perf_counter()
+        for message in ws.messages():
+            kind, data = message.get("type"), message.get("data", {})
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            now = time.perf_counter()
+            if kind == "execution_cached":
+                cached = list(data.get("nodes", []))
+            elif kind == "executing":
+                if current is not None:
+                    timings[current] = timings.get(current, 0.0) + now - since
+                current, since = data.get("node"), now
+                if current is None:
+                    break
+            elif kind == "execution_error":
+                raise RuntimeError(f"the workflow failed: {data.get('exception_message')}")
+        return {"timings": timings, "cached": cached}
+    finally:
+        ws.close()
+
+
+def cmd_repeat(args) -> dict:
+    from exemplar_core import headless
+
+    _require_comfyui()
+    sys.path.insert(0, str(HOST_DIR))
+    import pbe_host
+
+    base = Path(tempfile.mkdtemp(prefix="pbe-bench-server-"))
+    models = base / "models"
+    pbe_host.save_tiny_checkpoint(models / pbe_host.TINY_MODEL_NAME)
+    inputs = base / "inputs"
+    inputs.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (96, 80), (90, 140, 60)).save(inputs / "source.png")
+    mask = Image.new("L", (96, 80), 0)
+    mask.paste(255, (30, 20, 70, 60))
+    mask.save(inputs / "mask.png")
+    Image.new("RGB", (48, 48), (200, 40, 40)).save(inputs / "exemplar.png")
+    server = pbe_host.start_server(base, models)
+    try:
+        client = headless.Client(server.url)
+        prompt = json.loads((REPO / "workflows" / "api" / "basic_exemplar_edit.json").read_text())
+        for title, name in (("source", "source.png"), ("mask", "mask.png"),
+                            ("exemplar", "exemplar.png")):  # fmt: skip
+            node = headless.find_node(prompt, title)
+            prompt[node]["inputs"]["image"] = client.upload_image(inputs / name)
+        headless.set_all(prompt, "PaintByExample.Loader", "model_name", pbe_host.TINY_MODEL_NAME)
+        headless.set_all(prompt, "PaintByExample.InpaintSampler", "steps", 4)
+        headless.set_all(prompt, "PaintByExample.InpaintSampler", "resolution", 64)
+        results = []
+        for seed in (1, 2):
+            headless.set_all(prompt, "PaintByExample.InpaintSampler", "seed", seed)
+            results.append(_timed_prompt(client, headless.WebSocket, prompt))
+    finally:
+        server.stop()
+    names = {node: data["class_type"] for node, data in prompt.items()}
+    print(f"{'node':<36}{'first run s':>12}{'seed changed s':>16}")
+    for node in sorted(names, key=int):
+        first = results[0]["timings"].get(node)
+        second = results[1]["timings"].get(node)
+        label = f"{node} {names[node]}"
+        shown = "cached" if node in results[1]["cached"] else f"{second:.3f}" if second else "-"
+        print(f"{label:<36}{first if first is not None else 0:>12.3f}{shown:>16}")
+    reran = [names[n] for n in results[1]["timings"] if n not in results[1]["cached"]]
+    print(f"re-executed after a seed change: {', '.join(sorted(set(reran)))}")
+    return {"benchmark": "repeat", "nodes": names, "runs": results, "reexecuted": reran}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.nodes", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("interval", help="guidance interval: UNet evaluations and time")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--scheduler", default="ddim_uniform")
+    p.add_argument("--out", default="out/bench/guidance_interval.json")
+    r = sub.add_parser("repeat", help="re-queue with a new seed: what the server recomputes")
+    r.add_argument("--out", default="out/bench/repeat_runs.json")
+    w = sub.add_parser("worker", help="internal: one measured node edit in this process")
+    w.add_argument("side", choices=("node",))
+    for name in ("--width", "--height", "--steps", "--size"):
+        w.add_argument(name, type=int, required=True)
+    w.add_argument("--box", type=int, nargs=4, required=True)
+    w.add_argument("--sampler", default="ddim")
+    w.add_argument("--scheduler", default="ddim_uniform")
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        print(json.dumps(worker_node(args)))
+        return 0
+    report = cmd_interval(args) if args.command == "interval" else cmd_repeat(args)
+    write_report(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
