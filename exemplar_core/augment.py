@@ -111,7 +111,10 @@ def warp_affine(image: torch.Tensor, matrix: np.ndarray) -> torch.Tensor:
     # align_corners=True maps -1/1 to the corner pixel centres, so "reflection" padding reflects
     # about those centres: cv2's BORDER_REFLECT_101.
     grid = torch.stack(
-        [2.0 * source[..., 0] / max(width - 1, 1) - 1.0, 2.0 * source[..., 1] / max(height - 1, 1) - 1.0],
+        [
+            2.0 * source[..., 0] / max(width - 1, 1) - 1.0,
+            2.0 * source[..., 1] / max(height - 1, 1) - 1.0,
+        ],
         dim=-1,
     )
     out = F.grid_sample(
@@ -132,7 +135,7 @@ def rotation_matrix(angle: float, width: int, height: int) -> np.ndarray:
 
 
 def affine_from_points(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The 2x3 affine mapping three source points [3, 2] onto three target points (cv2 semantics)."""
+    """The 2x3 affine mapping 3 source points [3, 2] onto 3 target points (cv2 semantics)."""
     lhs = np.hstack([source.astype(np.float64), np.ones((3, 1))])
     return np.linalg.solve(lhs, target.astype(np.float64)).T
 
@@ -142,7 +145,11 @@ def three_point_warp(rng: random.Random, size: int, shift: float) -> np.ndarray:
     centre = size // 2
     half = size // 3
     anchors = np.array(
-        [[centre + half, centre + half], [centre + half, centre - half], [centre - half, centre - half]],
+        [
+            [centre + half, centre + half],
+            [centre + half, centre - half],
+            [centre - half, centre - half],
+        ],
         dtype=np.float64,
     )
     moved = anchors + np.array([[rng.uniform(-shift, shift) for _ in range(2)] for _ in range(3)])
@@ -166,15 +173,17 @@ def crop_reference(image: torch.Tensor, box: tuple[int, int, int, int], pad: int
     """The box crop of ``image [3, H, W]``, each side padded by ``min(pad, distance to border)``."""
     _, height, width = image.shape
     x0, y0, x1, y1 = box
-    return image[:, max(y0 - pad, 0) : min(y1 + pad, height), max(x0 - pad, 0) : min(x1 + pad, width)]
+    return image[
+        :, max(y0 - pad, 0) : min(y1 + pad, height), max(x0 - pad, 0) : min(x1 + pad, width)
+    ]
 
 
-def draw_reference_params(
-    rng: random.Random, spec: ReferenceAugment, size: int
-) -> ReferenceParams:
+def draw_reference_params(rng: random.Random, spec: ReferenceAugment, size: int) -> ReferenceParams:
     """Draw which reference transforms apply and their parameters (official order and rates)."""
     hflip = rng.random() < spec.hflip_p
-    angle = rng.uniform(-spec.rotate_limit, spec.rotate_limit) if rng.random() < spec.rotate_p else None
+    angle = (
+        rng.uniform(-spec.rotate_limit, spec.rotate_limit) if rng.random() < spec.rotate_p else None
+    )
     blur = rng.choice(spec.blur_kernels) if rng.random() < spec.blur_p else None
     warp = None
     if rng.random() < spec.warp_p:

@@ -36,7 +36,7 @@ DEFAULT_EXTEND_SHARE = 0.4
 
 
 def _quadratic_point(p0: float, p1: float, p2: float, t: float) -> float:
-    """One coordinate of a quadratic Bezier curve, with the ``bezier`` package's float arithmetic."""
+    """One coordinate of a quadratic Bezier, with the ``bezier`` package's float arithmetic."""
     lambda1 = 1.0 - t
     return (lambda1 * p0 + (2.0 * t) * p1) * lambda1 + (t * t) * p2
 
@@ -84,7 +84,7 @@ def bezier_polygon(
 
 
 def fill_polygon(points: Sequence[Point], width: int, height: int) -> np.ndarray:
-    """Rasterise a polygon with PIL (as the official code): ``[height, width]`` float32, 1 = inside."""
+    """Rasterise a polygon with PIL (as the official code): ``[H, W]`` float32, 1 = inside."""
     canvas = Image.new("L", (width, height), 0)
     if len(points) >= 3:
         ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in points], fill=255)

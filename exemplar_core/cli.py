@@ -157,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_edit_command(sub)
     from . import convert
+    from .demo import add_demo_command
 
     convert.register(sub)
+    add_demo_command(sub)
     return parser
 
 

@@ -73,8 +73,9 @@ def test_warp_moves_anchors_by_at_most_fifty_pixels_at_224():
 def test_hflip_mirrors_the_reference():
     image = torch.zeros(3, 8, 8)
     image[:, :, :2] = 1.0
-    params = draw_reference_params(random.Random(0), ReferenceAugment(hflip_p=1, rotate_p=0,
-                                   blur_p=0, warp_p=0), 8)
+    params = draw_reference_params(
+        random.Random(0), ReferenceAugment(hflip_p=1, rotate_p=0, blur_p=0, warp_p=0), 8
+    )
     flipped = apply_reference_params(image, params)
     assert torch.equal(flipped, image.flip(-1))
 
@@ -124,8 +125,9 @@ def test_augmented_reference_is_squashed_to_the_encoder_size():
 
 def test_mask_kind_is_bezier_half_the_time():
     rng = random.Random(0)
-    kinds = Counter(draw_edit_mask((30, 30, 60, 60), 100, 100, rng, PairSpec())[2] for _ in
-                    range(1000))
+    kinds = Counter(
+        draw_edit_mask((30, 30, 60, 60), 100, 100, rng, PairSpec())[2] for _ in range(1000)
+    )
     assert kinds["bezier"] / 1000 == pytest.approx(0.5, abs=0.05)
 
 

@@ -1,0 +1,114 @@
+"""The trainer config: official defaults, --set overrides, documented --print-config, warm-up."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import tomllib
+
+from train.__main__ import main
+from train.config import (
+    SECTIONS,
+    ConfigError,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+    to_toml,
+)
+from train.trainer import warmup_factor
+
+
+def _minimal(tmp_path, text: str = ""):
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\ninit = "random"\n[data]\npath = "a.jsonl"\n' + text)
+    return path
+
+
+def test_defaults_are_the_official_recipe():
+    config = TrainConfig()
+    assert config.train.lr == 1e-5
+    assert config.train.warmup_steps == 10000 and config.train.warmup_start == 1e-6
+    assert config.train.betas == [0.9, 0.999] and config.train.weight_decay == 0.01
+    assert config.train.batch_size == 4 and config.train.seed == 23
+    assert config.train.cond_dropout == 0.2
+    assert (config.data.min_area, config.data.max_area) == (0.02, 0.8)
+    assert config.data.bezier_p == 0.5 and config.data.extend_share == 0.4
+    assert config.data.zoom_share == 0.6 and config.data.resolution == 512
+    assert config.subject.prior_weight == 1.0
+
+
+def test_every_option_is_documented():
+    for cls in SECTIONS.values():
+        for f in dataclasses.fields(cls):
+            assert len(f.metadata.get("help", "")) > 10, f"{cls.__name__}.{f.name}"
+
+
+def test_print_config_is_valid_toml_that_round_trips(tmp_path):
+    config = load_config(_minimal(tmp_path), ["train.lr=3e-6", "data.classes=['dog']"])
+    text = to_toml(config)
+    assert "# AdamW learning rate" in text
+    again = config_from_dict(tomllib.loads(text))
+    assert again == config
+
+
+def test_set_overrides_parse_toml_values(tmp_path):
+    config = load_config(
+        _minimal(tmp_path),
+        ["train.lr=2e-5", "train.ema=false", "train.mixed_precision=bf16", "out_dir=/tmp/x"],
+    )
+    assert config.train.lr == 2e-5 and config.train.ema is False
+    assert config.train.mixed_precision == "bf16" and config.out_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=1", "unknown option"),
+        ("train.mixed_precision=fp8", "not one of"),
+        ("train.batch_size=0", "batch_size must be >= 1"),
+        ("data.min_area=0.9", "min_area"),
+        ("model.init=sd", "model.path"),
+    ],
+)
+def test_bad_options_fail_with_a_clear_message(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_minimal(tmp_path), [override])
+
+
+def test_sd_start_needs_clip_weights(tmp_path):
+    with pytest.raises(ConfigError, match="model.clip"):
+        load_config(_minimal(tmp_path), ["model.init=sd", "model.path=x.safetensors"])
+
+
+def test_subject_mode_with_prior_needs_class_exemplars(tmp_path):
+    with pytest.raises(ConfigError, match="class_exemplars"):
+        load_config(_minimal(tmp_path), ["subject.enabled=true", "subject.path=s.jsonl"])
+
+
+def test_cli_print_config_prints_documented_defaults(capsys):
+    assert main(["--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "lr = 1e-05" in out and "# linear warm-up steps" in out
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):
+    assert main(["--config", str(_minimal(tmp_path)), "--set", "train.lr=-1"]) == 2
+    assert "train.lr must be > 0" in capsys.readouterr().err
+
+
+def test_warmup_rises_linearly_from_1e_6_to_1():
+    assert warmup_factor(0, 10000, 1e-6) == pytest.approx(1e-6)
+    assert warmup_factor(5000, 10000, 1e-6) == pytest.approx(0.5, abs=1e-5)
+    assert warmup_factor(10000, 10000, 1e-6) == 1.0
+    assert warmup_factor(50000, 10000, 1e-6) == 1.0
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((__import__("pathlib").Path(__file__).parents[1] / "train" / "configs").glob("*.toml")),
+    ids=lambda p: p.name,
+)
+def test_example_configs_load(path):
+    config = load_config(path)
+    assert config.out_dir.startswith("runs/")

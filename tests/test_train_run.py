@@ -1,0 +1,227 @@
+"""End-to-end runs of the tiny trainer on CPU: overfitting, exact resume, export, NaN, logs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_support import make_images, tiny_config, write_jsonl
+
+import train.trainer as trainer
+from train.trainer import Trainer, TrainingError, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_jsonl(folder / "ann.jsonl", make_images(folder, 7))
+
+
+# 4 optimiser steps of 2 micro-batches each, a checkpoint every 2 steps, validation at step 4.
+RUN = {"max_steps": 4, "grad_accum": 2, "checkpoint_every": 2, "validate_every": 4}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("full")
+    summary = train(tiny_config(out, data, train=RUN))
+    return out, summary
+
+
+def _final_state(out):
+    return load_file(str(out / "checkpoints" / "step-00000004" / "trainable.safetensors"))
+
+
+def test_loss_falls_when_overfitting_a_fixed_batch(tmp_path, data):
+    t = Trainer(tiny_config(tmp_path, data, train={"lr": 2e-3}))
+    t.setup()
+    batch = next(t._batches())
+    losses = []
+    for _ in range(12):
+        t.generators["noise"].manual_seed(0)  # same noise and timesteps: a fixed target
+        loss = t.training_step(batch)
+        t.accelerator.backward(loss)
+        t.optimizer.step()
+        t.optimizer.zero_grad()
+        losses.append(loss.item())
+    t._close_logs()
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_run_writes_checkpoints_models_validation_and_logs(uninterrupted):
+    out, summary = uninterrupted
+    assert summary["step"] == 4 and summary["ranks_in_sync"]
+    assert summary["samples"] == 4 * 2 * 2  # steps x accumulation x batch
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000004"
+    assert (out / "models" / "pbe-step-00000002.safetensors").is_file()
+    assert (out / "models" / "pbe-final.safetensors").is_file()
+    from PIL import Image
+
+    grid = Image.open(out / "validation" / "step-00000004.png")
+    assert grid.size == (4 * 64, 1 * 64)  # source | masked | exemplar | edit, one held-out pair
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "logs")).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_second"} <= scalars
+    assert "validation" in events.Tags()["images"]
+    assert len(events.Scalars("train/loss")) == 4
+
+
+def test_exported_model_round_trips_into_the_editor_with_ema_weights(uninterrupted):
+    from exemplar_core.editor import Editor, EditSettings
+    from exemplar_core.formats import load_model
+
+    out, _ = uninterrupted
+    model = load_model(out / "models" / "pbe-final.safetensors")
+    ema = load_file(str(out / "checkpoints" / "step-00000004" / "ema.safetensors"))
+    trained = _final_state(out)
+    params = dict(model.named_parameters())
+    for name in trained:
+        torch.testing.assert_close(params[name].float(), ema[f"shadow.{name}"])
+    name = "unet.conv_in.weight"
+    assert not torch.equal(params[name].float(), trained[name])  # the EMA, not the raw weights
+    source = torch.rand(1, 3, 64, 64)
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1
+    settings = EditSettings(steps=2, size=64, whole_image=True)
+    result = Editor(model, device="cpu", progress=False).edit(
+        source, mask, torch.rand(1, 3, 40, 40), settings
+    )
+    assert result.image.shape == (1, 3, 64, 64) and torch.isfinite(result.image).all()
+
+
+def test_resume_after_a_crash_ends_with_identical_weights(
+    tmp_path, data, uninterrupted, monkeypatch
+):
+    out, _ = uninterrupted
+    config = tiny_config(tmp_path, data, train=RUN)
+    real_step = Trainer.training_step
+    calls = {"n": 0}
+
+    def crash_in_step_three(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # micro-batch 6 = second half of optimiser step 3
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "training_step", crash_in_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-00000002"
+    assert not (tmp_path / "checkpoints" / "step-00000004").exists()
+    monkeypatch.setattr(Trainer, "training_step", real_step)
+    summary = train(config, resume=True)
+    assert summary["step"] == 4 and summary["samples"] == 16
+    resumed, full = _final_state(tmp_path), _final_state(out)
+    assert resumed.keys() == full.keys()
+    for key in full:
+        assert torch.equal(resumed[key], full[key]), key
+    ema_a = load_file(str(tmp_path / "checkpoints" / "step-00000004" / "ema.safetensors"))
+    ema_b = load_file(str(out / "checkpoints" / "step-00000004" / "ema.safetensors"))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_b)
+    opt_a = torch.load(tmp_path / "checkpoints" / "step-00000004" / "optimizer.pt")
+    opt_b = torch.load(out / "checkpoints" / "step-00000004" / "optimizer.pt")
+    assert all(
+        torch.equal(opt_a["state"][i]["exp_avg_sq"], opt_b["state"][i]["exp_avg_sq"])
+        for i in opt_b["state"]
+    )
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, data, monkeypatch):
+    config = tiny_config(tmp_path, data, train={"max_steps": 4, "checkpoint_every": 2})
+    real_loss = trainer.diffusion_loss
+    calls = {"n": 0}
+
+    def nan_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer, "diffusion_loss", nan_at_step_three)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3.*step-00000002"):
+        train(config)
+    latest = tmp_path / "checkpoints" / "step-00000002"
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-00000002"
+    state = load_file(str(latest / "trainable.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert json.loads((latest / "state.json").read_text())["step"] == 2
+
+
+def test_fine_tuning_starts_from_an_exported_model(tmp_path, data, uninterrupted):
+    from exemplar_core.formats import load_model
+
+    out, _ = uninterrupted
+    start = out / "models" / "pbe-final.safetensors"
+    config = tiny_config(
+        tmp_path,
+        data,
+        model={"init": "pbe", "path": str(start)},
+        train={"max_steps": 1, "ema": False},
+    )
+    t = Trainer(config)
+    t.setup()
+    reference = load_model(start)
+    torch.testing.assert_close(t.model.unet.conv_in.weight, reference.unet.conv_in.weight)
+    t._close_logs()
+
+
+def test_bf16_checkpointing_min_snr_and_per_batch_dropout_train(tmp_path, data):
+    config = tiny_config(
+        tmp_path,
+        data,
+        train={
+            "max_steps": 2,
+            "mixed_precision": "bf16",
+            "gradient_checkpointing": True,
+            "min_snr_gamma": 5.0,
+            "cond_dropout_mode": "per_batch",
+            "max_grad_norm": 1.0,
+        },
+    )
+    summary = train(config)
+    state = load_file(str(tmp_path / "checkpoints" / "step-00000002" / "trainable.safetensors"))
+    assert summary["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_sigkilled_process_resumes_to_identical_weights(tmp_path, data, uninterrupted):
+    """A real SIGKILL of `python -m train` right after its first checkpoint, then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from train.config import to_toml
+
+    out, _ = uninterrupted
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(to_toml(tiny_config(tmp_path / "run", data, train=RUN)))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "2"}
+    command = [sys.executable, "-m", "train", "--config", str(config_file)]
+    process = subprocess.Popen(
+        command, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
+    while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if (tmp_path / "run" / "summary.json").exists():
+        pytest.skip("the run finished before the kill landed (machine too fast for this race)")
+    assert latest.read_text() == "step-00000002"
+    resumed = subprocess.run(
+        command + ["--resume"], cwd=repo, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = _final_state(tmp_path / "run")
+    full = _final_state(out)
+    assert all(torch.equal(final[k], full[k]) for k in full)

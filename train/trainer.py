@@ -1,0 +1,766 @@
+"""The training loop: self-reference pairs, frozen CLIP tower + VAE, ε-MSE, EMA, exact resume.
+
+One process per device through HF accelerate (``accelerate launch`` for DDP; a plain ``python
+-m train`` is one process). Layout under ``out_dir``::
+
+    checkpoints/step-00002000/   resumable state (trained weights, optimiser, scheduler, EMA, RNG,
+                                 data position); written to a temporary folder, then renamed
+    checkpoints/latest           name of the newest complete checkpoint (atomic replace)
+    models/pbe-step-00002000.safetensors, models/pbe-final.safetensors   exported models
+    validation/step-00001000.png validation grids; logs/ TensorBoard; train.log; summary.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from exemplar_core.augment import PairSpec
+from exemplar_core.config import SCHEDULE
+from exemplar_core.model import PaintByExampleModel
+
+from .config import TrainConfig
+from .dataset import (
+    DataPosition,
+    EpochBatchSampler,
+    PairDataset,
+    RepeatedDataset,
+    collate_pairs,
+    pair_spec,
+)
+from .ema import EMA
+from .model_init import build_model
+from .readers import BoxFilter, ImageRecord, ReadStats, read_dataset, require_records
+
+log = logging.getLogger("train")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (diverged loss, inconsistent resume state)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# loss and schedule
+
+
+def warmup_factor(step: int, warmup_steps: int, start: float) -> float:
+    """LambdaLinearScheduler (f_start -> f_max = 1 linearly over the warm-up, then constant 1)."""
+    if warmup_steps <= 0 or step >= warmup_steps:
+        return 1.0
+    return start + (1.0 - start) * step / warmup_steps
+
+
+def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float):
+    """Min-SNR-γ weights for ε-prediction: min(SNR, γ) / SNR, per sample [B]."""
+    alpha = alphas_cumprod[timesteps]
+    snr = alpha / (1 - alpha)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def diffusion_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    timesteps: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    min_snr_gamma: float,
+    prior_split: int = 0,
+    prior_weight: float = 1.0,
+) -> torch.Tensor:
+    """ε-MSE averaged over C, H, W then the batch (official), optional min-SNR weighting.
+
+    With ``prior_split`` > 0 the first ``prior_split`` samples are the subject and the rest the
+    prior: loss = subject loss + prior_weight * prior loss (min-SNR on the subject part only,
+    as diffusers' DreamBooth script).
+    """
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    weights = torch.ones_like(per_sample)
+    if min_snr_gamma > 0:
+        weights = min_snr_weights(timesteps, alphas_cumprod, min_snr_gamma)
+    if prior_split <= 0:
+        return (per_sample * weights).mean()
+    subject = (per_sample[:prior_split] * weights[:prior_split]).mean()
+    return subject + prior_weight * per_sample[prior_split:].mean()
+
+
+def draw_dropout(
+    size: int,
+    probability: float,
+    mode: str,
+    generator: torch.Generator,
+    shared: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """Which samples get the learned vector instead of their condition: bool [size].
+
+    ``per_sample``: independent draws. ``per_batch`` (the official code): one draw for the whole
+    batch from ``shared``, a generator seeded alike on every rank, so all ranks agree.
+    """
+    if mode == "per_batch":
+        dropped = bool(torch.rand(1, generator=shared) < probability)
+        return torch.full((size,), dropped, device=device)
+    return torch.rand(size, generator=generator, device=generator.device).to(device) < probability
+
+
+class Denoiser(nn.Module):
+    """The trained path in one module (what DDP wraps): mapper head -> condition dropout -> UNet.
+
+    The frozen tower's pooled output comes in precomputed; the dropout uses ``torch.where`` so
+    every trained parameter stays in the graph (zero gradient when dropped), as DDP requires.
+    """
+
+    def __init__(self, model: PaintByExampleModel) -> None:
+        super().__init__()
+        self.unet = model.unet
+        self.encoder = model.encoder
+
+    def forward(
+        self,
+        noisy: torch.Tensor,
+        timesteps: torch.Tensor,
+        masked_latent: torch.Tensor,
+        keep_latent: torch.Tensor,
+        pooled: torch.Tensor,
+        drop: torch.Tensor,
+    ) -> torch.Tensor:
+        """noisy, masked_latent [B, 4, h, w]; keep_latent [B, 1, h, w]; pooled [B, W]; drop [B]."""
+        condition = self.encoder.project(pooled)
+        uncond = self.encoder.unconditional(condition.shape[0]).to(condition.dtype)
+        condition = torch.where(drop[:, None, None], uncond, condition)
+        x = torch.cat([noisy, masked_latent, keep_latent.to(noisy.dtype)], dim=1)
+        return self.unet(x, timesteps, encoder_hidden_states=condition).sample
+
+
+def trainable_parameters(model: PaintByExampleModel) -> list[nn.Parameter]:
+    return list(model.unet.parameters()) + model.encoder.trainable_parameters()
+
+
+def freeze_for_training(model: PaintByExampleModel) -> None:
+    """CLIP tower and VAE frozen (eval mode); UNet and encoder head trained."""
+    model.requires_grad_(False)
+    for p in trainable_parameters(model):
+        p.requires_grad_(True)
+    model.train()
+    model.vae.eval()
+    model.encoder.tower.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class PreparedData:
+    train: list[ImageRecord]
+    validation: list[ImageRecord]
+    stats: ReadStats
+    subject: list[ImageRecord] | None = None
+    class_records: list[ImageRecord] | None = None
+
+
+def prepare_data(config: TrainConfig) -> PreparedData:
+    """Read and filter annotations; raises DatasetError before any model is loaded."""
+    d, s = config.data, config.subject
+    if s.enabled:
+        subject, stats = read_dataset(s.format, s.path, s.image_root, BoxFilter(0.0, 1.0))
+        require_records(subject, stats, "subject annotation file", s.path)
+        class_records = None
+        if s.class_data:
+            filt = BoxFilter(d.min_area, d.max_area, tuple(str(c) for c in s.class_names))
+            class_records, cstats = read_dataset(
+                s.class_data_format, s.class_data, s.class_image_root, filt
+            )
+            require_records(class_records, cstats, "class dataset", s.class_data)
+        return PreparedData(subject, subject[:1], stats, subject, class_records)
+    filt = BoxFilter(
+        d.min_area,
+        d.max_area,
+        tuple(str(c) for c in d.classes),
+        tuple(str(i) for i in d.skip_images),
+        d.skip_crowd,
+    )
+    records, stats = read_dataset(d.format, d.path, d.image_root, filt)
+    require_records(records, stats, "annotation file", d.path)
+    order = list(range(len(records)))
+    random.Random(config.train.seed).shuffle(order)
+    held = order[: d.val_count] if len(records) > d.val_count else []
+    held_set = set(held)
+    train = [records[i] for i in order if i not in held_set]
+    validation = [records[i] for i in held] or [records[order[0]]]
+    return PreparedData(train, validation, stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint files
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    pointer = out_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = out_dir / "checkpoints" / pointer.read_text(encoding="utf-8").strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def _rng_state(generators: dict[str, torch.Generator]) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    for key, generator in generators.items():
+        generator.set_state(state["generators"][key])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Builds everything from a config and runs to ``max_steps`` (or resumes to it)."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.config = config
+        self.resume = resume
+        self.out_dir = Path(config.out_dir)
+        self.step = 0
+        self.consumed = 0  # micro-batches consumed by this rank (the data position)
+        self.skipped = 0
+        self.samples = 0
+        self.data_checksum = 0.0  # sum of this rank's target pixels (shows the ranks' shards)
+        self.last_checkpoint: Path | None = None
+
+    # -- setup -----------------------------------------------------------------------------
+    def _setup_logging(self) -> None:
+        if self.accelerator.is_main_process:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(self.out_dir / "train.log")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+            self._log_handler = handler
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+
+        cfg, t = self.config, self.config.train
+        self.data = prepare_data(cfg)  # fails before any model loads
+        # accelerate keeps its settings in process-wide singletons; clear them (not the process
+        # group) so several runs with different settings can follow each other in one process.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        from datetime import timedelta
+
+        from accelerate.utils import InitProcessGroupKwargs
+
+        self.accelerator = Accelerator(
+            mixed_precision=t.mixed_precision,
+            gradient_accumulation_steps=t.grad_accum,
+            cpu=t.cpu,
+            # Ranks wait for the main process while it validates or writes checkpoints.
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=t.dist_timeout))],
+        )
+        acc = self.accelerator
+        self._setup_logging()
+        log.info("data: %s", self.data.stats.summary())
+        if t.allow_tf32 and torch.cuda.is_available():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.device = acc.device
+        self.model = build_model(cfg.model, t.seed).to(self.device)
+        enc = self.model.encoder.config
+        self.spec: PairSpec = pair_spec(cfg.data, enc.image_size, enc.mean, enc.std)
+        if cfg.subject.enabled:
+            self._prepare_prior()
+        freeze_for_training(self.model)
+        if t.gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+        self.params = trainable_parameters(self.model)
+        self.denoiser = Denoiser(self.model)
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, eps=t.adam_eps
+        )
+        # Stepped once per optimiser step here (not through accelerate, which would step it once
+        # per process), so the warm-up means the same on 1 or 64 GPUs.
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: warmup_factor(step, t.warmup_steps, t.warmup_start)
+        )
+        self.denoiser, self.optimizer = acc.prepare(self.denoiser, self.optimizer)
+        self.ema = None
+        if t.ema and acc.is_main_process:
+            names = {id(p): n for n, p in self.model.named_parameters()}
+            self.ema = EMA(self.params, t.ema_decay, [names[id(p)] for p in self.params])
+        from diffusers import DDPMScheduler
+
+        self.noise_scheduler = DDPMScheduler(**SCHEDULE)
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
+        rank = acc.process_index
+        self.generators = {
+            "noise": torch.Generator(device=self.device).manual_seed(t.seed + 7919 * (rank + 1)),
+            "shared": torch.Generator().manual_seed(t.seed),  # same draws on every rank
+        }
+        self._build_loaders()
+        self.max_steps = t.max_steps or max(1, t.epochs * self.batches_per_epoch // t.grad_accum)
+        if self.resume:
+            self._load_checkpoint()
+        self.writer = None
+        if acc.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "logs"))
+            (self.out_dir / "config.toml").write_text(_to_toml(cfg), encoding="utf-8")
+
+    def _prepare_prior(self) -> None:
+        from .subject import ExemplarSource, PriorDataset, generate_prior, read_manifest
+
+        s, acc = self.config.subject, self.accelerator
+        self.prior_dataset = None
+        if s.num_prior <= 0:
+            return
+        prior_dir = Path(s.prior_dir) if s.prior_dir else self.out_dir / "prior"
+        exemplars = ExemplarSource(
+            s.class_exemplars, self.data.class_records, self.config.data.ref_pad
+        )
+        existing = read_manifest(prior_dir)
+        acc.wait_for_everyone()  # every rank has read the same state before any writes
+        generate_prior(
+            self.model,
+            self.data.subject,
+            exemplars,
+            s.num_prior,
+            self.spec,
+            prior_dir,
+            self.config.train.seed,
+            s.prior_steps,
+            s.prior_scale,
+            s.prior_scheduler,
+            self.device,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            progress=acc.is_main_process,
+            existing=existing,
+        )
+        acc.wait_for_everyone()
+        entries = read_manifest(prior_dir)[: s.num_prior]
+        self.prior_dataset = PriorDataset(prior_dir, entries, self.spec, self.config.train.seed)
+
+    def _loader(self, dataset, size: int, position: DataPosition) -> DataLoader:
+        t, acc = self.config.train, self.accelerator
+        sampler = EpochBatchSampler(
+            size, t.batch_size, t.seed, acc.process_index, acc.num_processes, position
+        )
+        workers = self.config.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_pairs,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=2 if workers else None,
+        )
+
+    def _build_loaders(self) -> None:
+        """Loaders starting at ``self.consumed`` micro-batches (each stream derives its epoch)."""
+        t, acc = self.config.train, self.accelerator
+        if self.config.subject.enabled:
+            base = PairDataset(self.data.train, self.spec, t.seed, salt="subject")
+            dataset = RepeatedDataset(base, self.config.subject.repeats)
+        else:
+            dataset = PairDataset(self.data.train, self.spec, t.seed)
+        self.batches_per_epoch = len(dataset) // (t.batch_size * acc.num_processes)
+        if self.batches_per_epoch == 0:
+            raise TrainingError(
+                f"{len(dataset)} training examples cannot fill one batch of {t.batch_size} on "
+                f"{acc.num_processes} process(es): add data or lower train.batch_size"
+            )
+        self.loaders = [self._loader(dataset, len(dataset), self._position(len(dataset)))]
+        if self.config.subject.enabled and self.prior_dataset is not None:
+            size = len(self.prior_dataset)
+            if size < t.batch_size * acc.num_processes:
+                raise TrainingError(
+                    f"{size} prior samples cannot fill one batch of {t.batch_size} per process: "
+                    "raise subject.num_prior"
+                )
+            self.loaders.append(self._loader(self.prior_dataset, size, self._position(size)))
+
+    def _position(self, size: int) -> DataPosition:
+        per_epoch = size // (self.config.train.batch_size * self.accelerator.num_processes)
+        epoch, batch = divmod(self.consumed, per_epoch)
+        return DataPosition(epoch, batch)
+
+    def _batches(self) -> Iterator[dict]:
+        iterators = [iter(loader) for loader in self.loaders]
+        while True:
+            parts = [next(it) for it in iterators]
+            if len(parts) == 1:
+                yield parts[0]
+                continue
+            batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "skipped"}
+            batch["skipped"] = sum(p["skipped"] for p in parts)
+            batch["prior_split"] = parts[0]["image"].shape[0]
+            yield batch
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return {names[id(p)]: p.detach().float().cpu().contiguous() for p in self.params}
+
+    def save_checkpoint(self, export: bool = True) -> Path:
+        from safetensors.torch import save_file
+
+        acc, t = self.accelerator, self.config.train
+        root = self.out_dir / "checkpoints"
+        name = f"step-{self.step:08d}"
+        final, tmp = root / name, root / f".tmp-{name}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        torch.save(_rng_state(self.generators), tmp / f"rng-{acc.process_index}.pt")
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.ema is not None:
+                save_file(self.ema.state_dict(), str(tmp / "ema.safetensors"))
+            state = {
+                "step": self.step,
+                "consumed": self.consumed,
+                "skipped": self.skipped,
+                "samples": self.samples,
+                "world_size": acc.num_processes,
+                "config": self.config.to_dict(),
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.replace(final)
+            _atomic_text(root / "latest", name)
+            self._prune_checkpoints(root, t.keep_checkpoints)
+            if export:
+                self.export(self.out_dir / "models" / f"pbe-{name}.safetensors")
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+        return final
+
+    def _prune_checkpoints(self, root: Path, keep: int) -> None:
+        done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+        for old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _load_checkpoint(self) -> None:
+        from safetensors.torch import load_file
+
+        acc = self.accelerator
+        path = latest_checkpoint(self.out_dir)
+        if path is None:
+            log.info("--resume: no checkpoint in %s, starting from scratch", self.out_dir)
+            return
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        if state["world_size"] != acc.num_processes:
+            raise TrainingError(
+                f"{path} was written by {state['world_size']} process(es) but this run has "
+                f"{acc.num_processes}; an exact resume needs the same number of processes"
+            )
+        trained = load_file(str(path / "trainable.safetensors"))
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for key, value in trained.items():
+                params[key].copy_(value.to(params[key].dtype))
+        self.optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        )
+        self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        if self.ema is not None and (path / "ema.safetensors").is_file():
+            self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device="cpu"))
+            self.ema.shadow = [s.to(self.device) for s in self.ema.shadow]
+        rng = torch.load(path / f"rng-{acc.process_index}.pt", weights_only=True)
+        _set_rng_state(rng, self.generators)
+        self.step, self.consumed = state["step"], state["consumed"]
+        self.skipped, self.samples = state["skipped"], state["samples"]
+        self.last_checkpoint = path
+        self._build_loaders()
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def export(self, path: Path) -> Path:
+        """Write the model (EMA weights when kept) in the project's single-file format."""
+        from exemplar_core.formats import checkpoint_from_model, save_single_file
+
+        t = self.config.train
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metadata = {
+            "training_step": str(self.step),
+            "training_config": self.config.to_json(),
+            "ema": str(self.ema is not None),
+        }
+        if self.ema is not None:
+            self.ema.swap_in()
+        try:
+            ckpt = checkpoint_from_model(self.model, metadata=metadata)
+            save_single_file(ckpt, path, dtype=None if t.export_dtype == "fp32" else t.export_dtype)
+        finally:
+            if self.ema is not None:
+                self.ema.swap_out()
+        return path
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> None:
+        from .validation import render_validation, save_grid, validation_pairs
+
+        t = self.config.train
+        if not self.accelerator.is_main_process:
+            return
+        pairs = validation_pairs(self.data.validation, self.spec, t.seed)
+        if not pairs:
+            log.warning("no readable validation image: skipping validation")
+            return
+        if self.ema is not None:
+            self.ema.swap_in()
+        try:
+            grid = render_validation(
+                self.model, pairs, t.val_steps, t.val_scale, t.val_scheduler, t.seed, self.device
+            )
+        finally:
+            if self.ema is not None:
+                self.ema.swap_out()
+            freeze_for_training(self.model)
+        save_grid(grid, self.out_dir / "validation" / f"step-{self.step:08d}.png")
+        if self.writer is not None:
+            self.writer.add_image("validation", grid, self.step)
+
+    # -- training --------------------------------------------------------------------------
+    def training_step(self, batch: dict) -> torch.Tensor:
+        t, acc = self.config.train, self.accelerator
+        gen = self.generators["noise"]
+        model = self.model
+        with torch.no_grad(), acc.autocast():
+            image = batch["image"].to(self.device)
+            latents = model.encode_latent(image, generator=gen).float()
+            masked = model.encode_latent(batch["masked_image"].to(self.device), generator=gen)
+            keep = F.interpolate(
+                batch["keep_mask"].to(self.device), size=latents.shape[-2:], mode="bilinear"
+            )
+            pooled = model.encoder.pooled(batch["reference"].to(self.device)).float()
+        size = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=gen, device=self.device)
+        timesteps = torch.randint(
+            0,
+            self.noise_scheduler.config.num_train_timesteps,
+            (size,),
+            generator=gen,
+            device=self.device,
+        )
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        drop = draw_dropout(
+            size, t.cond_dropout, t.cond_dropout_mode, gen, self.generators["shared"], self.device
+        )
+        with acc.autocast():
+            pred = self.denoiser(noisy, timesteps, masked.float(), keep, pooled, drop)
+        return diffusion_loss(
+            pred,
+            noise,
+            timesteps,
+            self.alphas_cumprod,
+            t.min_snr_gamma,
+            batch.get("prior_split", 0),
+            self.config.subject.prior_weight,
+        )
+
+    def _check_finite(self, loss: torch.Tensor) -> float:
+        value = self.accelerator.reduce(loss.detach().float(), reduction="mean").item()
+        if not math.isfinite(value):
+            where = self.last_checkpoint or "none yet (no checkpoint was written)"
+            raise TrainingError(
+                f"the loss became {value} at step {self.step + 1}: training stopped. The last good "
+                f"checkpoint is {where} (resume with --resume). Usual causes: fp16 overflow (use "
+                "bf16), a learning rate too high, or corrupt data"
+            )
+        return value
+
+    def run(self) -> dict:
+        self.setup()
+        acc, t = self.accelerator, self.config.train
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=self.max_steps,
+            initial=self.step,
+            desc="training",
+            unit="step",
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+        )
+        batches = self._batches()
+        window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
+        window_samples, grad_norm = 0, 0.0
+        try:
+            while self.step < self.max_steps:
+                batch = next(batches)
+                self.consumed += 1
+                self.skipped += int(batch["skipped"])
+                self.data_checksum += float(batch["image"].double().sum())
+                with acc.accumulate(self.denoiser):
+                    loss = self.training_step(batch)
+                    value = self._check_finite(loss)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
+                        grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                window_loss += value
+                window_count += 1
+                micro = batch["image"].shape[0] * acc.num_processes
+                window_samples += micro
+                self.samples += micro
+                if not acc.sync_gradients:
+                    continue
+                self.lr_scheduler.step()
+                self.step += 1
+                if self.ema is not None:
+                    self.ema.update()
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
+                if self.step % t.log_every == 0 or self.step == self.max_steps:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    self._log_scalars(
+                        window_loss / window_count, grad_norm, window_samples / elapsed
+                    )
+                    window_loss, window_count, window_samples = 0.0, 0, 0
+                    window_start = time.perf_counter()
+                if self.step % t.checkpoint_every == 0 and self.step < self.max_steps:
+                    self.save_checkpoint()
+                if t.validate_every and self.step % t.validate_every == 0:
+                    self.validate()
+        except BaseException:
+            self._close_logs()
+            raise
+        finally:
+            bar.close()
+            # Release the DataLoader iterators (and their worker processes) here, in order,
+            # rather than in a destructor after the process group is gone.
+            batches.close()
+        self.save_checkpoint(export=False)
+        if acc.is_main_process:
+            self.export(self.out_dir / "models" / "pbe-final.safetensors")
+        if not (t.validate_every and self.step % t.validate_every == 0):
+            self.validate()
+        return self._finish()
+
+    def _log_scalars(self, loss: float, grad_norm: float, throughput: float) -> None:
+        if self.writer is None:
+            return
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.writer.add_scalar("train/loss", loss, self.step)
+        self.writer.add_scalar("train/lr", lr, self.step)
+        self.writer.add_scalar("train/grad_norm", grad_norm, self.step)
+        self.writer.add_scalar("train/samples_per_second", throughput, self.step)
+        self.writer.add_scalar("data/skipped_total", self.skipped, self.step)
+        log.info(
+            "step %d loss %.5f lr %.3e grad_norm %.3f %.1f samples/s skipped %d",
+            self.step,
+            loss,
+            lr,
+            grad_norm,
+            throughput,
+            self.skipped,
+        )
+
+    def _close_logs(self) -> None:
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
+            self.writer = None
+        handler = getattr(self, "_log_handler", None)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            self._log_handler = None
+
+    def _finish(self) -> dict:
+        """Check that every rank holds the same weights; write summary.json."""
+        acc = self.accelerator
+        checksum = torch.tensor(
+            [
+                float(sum(p.detach().double().sum().item() for p in self.params)),
+                float(sum(p.detach().double().abs().sum().item() for p in self.params)),
+            ],
+            device=self.device,
+            dtype=torch.float64,
+        )
+        gathered = acc.gather(checksum[None]).cpu().tolist()
+        data = torch.tensor([[self.data_checksum]], device=self.device, dtype=torch.float64)
+        data_sums = [row[0] for row in acc.gather(data).cpu().tolist()]
+        in_sync = all(row == gathered[0] for row in gathered)
+        summary = {
+            "step": self.step,
+            "world_size": acc.num_processes,
+            "rank_checksums": gathered,
+            "ranks_in_sync": in_sync,
+            "rank_data_checksums": data_sums,
+            "skipped_samples": self.skipped,
+            "samples": self.samples,
+            "last_checkpoint": str(self.last_checkpoint),
+        }
+        if acc.is_main_process:
+            _atomic_text(self.out_dir / "summary.json", json.dumps(summary, indent=1))
+            log.info("finished at step %d; ranks in sync: %s", self.step, in_sync)
+            self._close_logs()
+        acc.end_training()
+        # Tear the process group down explicitly while every rank is still here: leaving it to
+        # interpreter shutdown let a gloo destructor wait forever on a peer that had gone.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        if not in_sync:
+            raise TrainingError(f"the ranks' weights diverged: checksums {gathered}")
+        return summary
+
+
+def _to_toml(config: TrainConfig) -> str:
+    from .config import to_toml
+
+    return to_toml(config)
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Run (or resume) a training run; returns the summary written to summary.json."""
+    return Trainer(config, resume=resume).run()
+
+
+__all__ = ["Trainer", "TrainingError", "diffusion_loss", "train", "warmup_factor"]
