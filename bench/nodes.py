@@ -93,11 +93,11 @@ def worker_node(args) -> dict:
 
 def cmd_interval(args) -> dict:
     """Full guidance against a guidance interval covering half the steps."""
-    import comfy.samplers
-
     from .inference import build_model
 
     _, host = load_host()
+    import comfy.samplers  # importable once load_host has put ComfyUI on sys.path
+
     unet, vae, encoder = native_parts(host, build_model())
     size = args.size
     box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
