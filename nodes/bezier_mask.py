@@ -78,6 +78,7 @@ class MaskBezierJitter(io.ComfyNode):
             raise PaintByExampleInputError(
                 f"jitter must be >= 0 and box_expansion in 0..1, got {jitter} and {box_expansion}"
             )
-        out = bezier_mask_from_mask(masks.cpu(), seed=int(seed), jitter=int(jitter),
-                                    expand=float(box_expansion))
+        out = bezier_mask_from_mask(
+            masks.cpu(), seed=int(seed), jitter=int(jitter), expand=float(box_expansion)
+        )
         return io.NodeOutput(out)

@@ -43,13 +43,21 @@ def node_list() -> list[type[io.ComfyNode]]:
     from .loader import Loader
     from .sampler import ExemplarInpaintSampler
 
-    return [Loader, ExemplarEncode, MaskBezierJitter, ExemplarInpaintSampler,
-            SimilarityGuidanceNode]
+    return [
+        Loader,
+        ExemplarEncode,
+        MaskBezierJitter,
+        ExemplarInpaintSampler,
+        SimilarityGuidanceNode,
+    ]
 
 
 class PaintByExampleExtension(ComfyExtension):
     async def on_load(self) -> None:
         folders.register()
+        copied = folders.install_example_inputs()
+        if copied:
+            log.info("Paint-by-Example: example inputs for the templates: %s", ", ".join(copied))
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         check_comfyui_version()

@@ -92,3 +92,30 @@ def missing_message(name: str) -> str:
         f"a '{FOLDER_KEY}:' entry to extra_model_paths.yaml, then refresh. Nothing is downloaded "
         f"automatically."
     )
+
+
+PACK_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_PREFIX = "pbe_example_"
+
+
+def install_example_inputs() -> list[str]:
+    """Copy the bundled example images into ComfyUI's input folder as ``pbe_example_*.png`` so the
+    templates run as soon as the pack is installed. A file of that name that is already there is
+    left alone (never overwritten); returns the names copied."""
+    import shutil
+
+    if not PACK_EXAMPLES_DIR.is_dir():
+        return []
+    target = Path(folder_paths.get_input_directory())
+    copied = []
+    for source in sorted(PACK_EXAMPLES_DIR.glob("*.png")):
+        destination = target / f"{EXAMPLE_PREFIX}{source.name}"
+        if destination.exists():
+            continue
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, destination)
+            copied.append(destination.name)
+        except OSError:  # a read-only input folder must not stop the pack from loading
+            continue
+    return copied

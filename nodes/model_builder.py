@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # ComfyUI's concat keys for Paint-by-Example's UNet input [x, masked-image latent, keep mask].
 PBE_CONCAT_KEYS = ("masked_image", "mask_inverted")
+NATIVE_SIZE_KEY = "paint_by_example_native_size"
 MODEL_MARKER = "paint_by_example"  # model_options key set on every MODEL this pack builds
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -74,9 +75,7 @@ def build_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
     manual_cast = mm.unet_manual_cast(dtype, load_device, supported)
     model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model({}, "")
-    _check_keys(
-        "UNet", set(model.diffusion_model.state_dict().keys()), set(sd.keys()), ckpt.source
-    )
+    _check_keys("UNet", set(model.diffusion_model.state_dict().keys()), set(sd.keys()), ckpt.source)
     model = model.to(offload_device)
     model.load_model_weights(dict(sd), "")
     patcher = comfy.model_patcher.ModelPatcher(
@@ -84,7 +83,17 @@ def build_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
     )
     patcher.add_object_patch("concat_keys", PBE_CONCAT_KEYS)
     patcher.model_options[MODEL_MARKER] = True
+    patcher.model_options[NATIVE_SIZE_KEY] = native_size(ckpt)
     return patcher
+
+
+def native_size(ckpt) -> int:
+    """The resolution the model was trained at: UNet sample size x VAE factor (512 for SD1)."""
+    return int(ckpt.configs.unet.get("sample_size", 64)) * ckpt.configs.vae_scale_factor
+
+
+def model_native_size(model: comfy.model_patcher.ModelPatcher) -> int:
+    return int(model.model_options.get(NATIVE_SIZE_KEY, 512))
 
 
 def build_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
@@ -92,7 +101,8 @@ def build_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
     ddconfig = ldm_vae_ddconfig(ckpt.configs.vae)
     embed_dim = ddconfig.pop("embed_dim")
     vae = comfy.sd.VAE(
-        sd=dict(ckpt.vae), config={"params": {"ddconfig": ddconfig, "embed_dim": embed_dim}},
+        sd=dict(ckpt.vae),
+        config={"params": {"ddconfig": ddconfig, "embed_dim": embed_dim}},
         dtype=dtype,
     )
     _check_keys(

@@ -30,7 +30,7 @@ from .checks import (
     check_mask,
     check_same_size,
 )
-from .model_builder import is_pbe_model, size_multiple
+from .model_builder import is_pbe_model, model_native_size, size_multiple
 from .types import CATEGORY, NODE_PREFIX
 
 
@@ -94,64 +94,100 @@ class ExemplarInpaintSampler(io.ComfyNode):
                 "source, pixel for pixel. N images take N or 1 masks and N or 1 conditions."
             ),
             inputs=[
-                io.Model.Input("model", tooltip="Paint-by-Example MODEL from the Loader "
-                               "(optionally through Similarity Guidance)."),
+                io.Model.Input(
+                    "model",
+                    tooltip="Paint-by-Example MODEL from the Loader "
+                    "(optionally through Similarity Guidance).",
+                ),
                 io.Vae.Input("vae", tooltip="The VAE from the same Paint-by-Example Loader."),
                 io.Conditioning.Input(
                     "positive", tooltip="Exemplar condition from Exemplar Encode (positive)."
                 ),
                 io.Conditioning.Input(
-                    "negative", tooltip="Learned unconditional vector from Exemplar Encode "
-                    "(negative)."
+                    "negative",
+                    tooltip="Learned unconditional vector from Exemplar Encode (negative).",
                 ),
                 io.Image.Input("image", tooltip="Source image(s) to edit, any size."),
                 io.Mask.Input(
-                    "mask", tooltip="Edit mask, 1 (white) = repaint; the image's size. LoadImage "
-                    "turns transparent pixels into the mask."
+                    "mask",
+                    tooltip="Edit mask, 1 (white) = repaint; the image's size. LoadImage "
+                    "turns transparent pixels into the mask.",
                 ),
                 io.Int.Input(
-                    "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
                     tooltip="Noise seed; image i of a batch uses seed + i.",
                 ),
                 io.Int.Input(
-                    "steps", default=50, min=1, max=10000,
+                    "steps",
+                    default=50,
+                    min=1,
+                    max=10000,
                     tooltip="Sampling steps (the paper used 50 PLMS steps).",
                 ),
                 io.Float.Input(
-                    "similarity", default=DEFAULT_SIMILARITY, min=0.0, max=50.0, step=0.1,
+                    "similarity",
+                    default=DEFAULT_SIMILARITY,
+                    min=0.0,
+                    max=50.0,
+                    step=0.1,
                     round=0.01,
                     tooltip="Guidance scale s: higher follows the exemplar more closely (paper: "
                     "5). A Similarity Guidance patch on the model takes precedence.",
                 ),
                 io.Combo.Input(
-                    "sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddim",
+                    "sampler_name",
+                    options=comfy.samplers.KSampler.SAMPLERS,
+                    default="ddim",
                     tooltip="ComfyUI sampler (ddim with ddim_uniform matches the official "
                     "DDIM timesteps).",
                 ),
                 io.Combo.Input(
-                    "scheduler", options=comfy.samplers.KSampler.SCHEDULERS,
-                    default="ddim_uniform", tooltip="ComfyUI noise schedule.",
+                    "scheduler",
+                    options=comfy.samplers.KSampler.SCHEDULERS,
+                    default="ddim_uniform",
+                    tooltip="ComfyUI noise schedule.",
                 ),
                 io.Float.Input(
-                    "denoise", default=1.0, min=0.01, max=1.0, step=0.01,
+                    "denoise",
+                    default=1.0,
+                    min=0.01,
+                    max=1.0,
+                    step=0.01,
                     tooltip="1 = paint from pure noise (Paint-by-Example's setting); lower keeps "
                     "more of the source under the mask.",
                 ),
                 io.Float.Input(
-                    "context_margin", default=0.25, min=0.0, max=4.0, step=0.05,
+                    "context_margin",
+                    default=0.25,
+                    min=0.0,
+                    max=4.0,
+                    step=0.05,
                     tooltip="Context around the mask's box, as a share of its longer side, on "
                     "each side of the processed window.",
                 ),
                 io.Int.Input(
-                    "resolution", default=512, min=64, max=2048, step=64,
-                    tooltip="Longer side of the processed window (the model was trained at 512).",
+                    "resolution",
+                    default=0,
+                    min=0,
+                    max=2048,
+                    step=16,
+                    tooltip="Longer side of the processed window. 0 = the model's own training "
+                    "resolution (512 for the published model, 64 for the embedded mini model).",
                 ),
                 io.Int.Input(
-                    "feather", default=16, min=0, max=256,
+                    "feather",
+                    default=16,
+                    min=0,
+                    max=256,
                     tooltip="Pixels over which the edit blends into the source outside the mask.",
                 ),
                 io.Boolean.Input(
-                    "color_match", default=False,
+                    "color_match",
+                    default=False,
                     tooltip="Match the window's colours to the source's kept pixels (removes VAE "
                     "colour drift).",
                 ),
@@ -185,7 +221,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
         scheduler: str = "ddim_uniform",
         denoise: float = 1.0,
         context_margin: float = 0.25,
-        resolution: int = 512,
+        resolution: int = 0,
         feather: int = 16,
         color_match: bool = False,
     ) -> io.NodeOutput:
@@ -211,7 +247,8 @@ class ExemplarInpaintSampler(io.ComfyNode):
         for index in range(masks.shape[0]):
             check_edit_mask_content(edit_masks[index], index)
         multiple = size_multiple(model, vae)
-        if resolution % multiple:
+        resolution = resolution or model_native_size(model)
+        if resolution < multiple or resolution % multiple:
             raise PaintByExampleInputError(
                 f"resolution {resolution} is not a multiple of {multiple}, which this model needs"
             )
@@ -220,10 +257,23 @@ class ExemplarInpaintSampler(io.ComfyNode):
         for index in range(count):
             edit = edit_masks[min(index, edit_masks.shape[0] - 1)]
             result, latent = _edit_one(
-                model, vae, _select(positive, index, pos_batch),
-                _select(negative, index, neg_batch), images[index : index + 1], edit,
-                seed + index, steps, similarity, sampler_name, scheduler, denoise,
-                context_margin, resolution, feather, color_match, multiple,
+                model,
+                vae,
+                _select(positive, index, pos_batch),
+                _select(negative, index, neg_batch),
+                images[index : index + 1],
+                edit,
+                seed + index,
+                steps,
+                similarity,
+                sampler_name,
+                scheduler,
+                denoise,
+                context_margin,
+                resolution,
+                feather,
+                color_match,
+                multiple,
             )
             outputs.append(result)
             latents.append(latent)
@@ -232,15 +282,30 @@ class ExemplarInpaintSampler(io.ComfyNode):
 
 def _stack(latents: list[torch.Tensor]) -> torch.Tensor:
     size = max(latents, key=lambda t: t.shape[-1] * t.shape[-2]).shape[-2:]
-    same = [t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="bilinear")
-            for t in latents]
+    same = [
+        t if t.shape[-2:] == size else F.interpolate(t, size=size, mode="bilinear") for t in latents
+    ]
     return torch.cat(same)
 
 
 def _edit_one(
-    model, vae, positive, negative, source: torch.Tensor, edit_mask: torch.Tensor, seed: int,
-    steps: int, similarity: float, sampler_name: str, scheduler: str, denoise: float,
-    margin: float, resolution: int, feather: int, color_match: bool, multiple: int,
+    model,
+    vae,
+    positive,
+    negative,
+    source: torch.Tensor,
+    edit_mask: torch.Tensor,
+    seed: int,
+    steps: int,
+    similarity: float,
+    sampler_name: str,
+    scheduler: str,
+    denoise: float,
+    margin: float,
+    resolution: int,
+    feather: int,
+    color_match: bool,
+    multiple: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """source [1, H, W, 3], edit_mask [H, W] binary -> ([1, H, W, 3] edited, raw latent)."""
     source_bchw = _to_bchw(source)
@@ -263,8 +328,18 @@ def _edit_one(
     noise = comfy.sample.prepare_noise(start, seed)
     callback = latent_preview.prepare_callback(model, steps)
     samples = comfy.sample.sample(
-        model, noise, steps, similarity, sampler_name, scheduler, positive, negative, start,
-        denoise=denoise, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        model,
+        noise,
+        steps,
+        similarity,
+        sampler_name,
+        scheduler,
+        positive,
+        negative,
+        start,
+        denoise=denoise,
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
         seed=seed,
     )
     mm.throw_exception_if_processing_interrupted()

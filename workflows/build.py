@@ -20,7 +20,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 API_DIR = HERE / "api"
-DEFAULT_MODEL = "paint-by-example.safetensors"
+DEFAULT_MODEL = "pbe-mini.safetensors"  # the embedded model: templates run on install
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,8 @@ NODE_SPECS: dict[str, Spec] = {
         inputs=(("image", "COMBO"),), outputs=(("IMAGE", "IMAGE"), ("MASK", "MASK")), upload=True
     ),
     "LoadImageMask": Spec(
-        inputs=(("image", "COMBO"), ("channel", "COMBO")), outputs=(("MASK", "MASK"),),
+        inputs=(("image", "COMBO"), ("channel", "COMBO")),
+        outputs=(("MASK", "MASK"),),
         upload=True,
     ),
     "SaveImage": Spec(inputs=(("images", "IMAGE"), ("filename_prefix", "STRING"))),
@@ -58,18 +59,31 @@ NODE_SPECS: dict[str, Spec] = {
     ),
     "InpaintModelConditioning": Spec(
         inputs=(
-            ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
-            ("pixels", "IMAGE"), ("mask", "MASK"), ("noise_mask", "BOOLEAN"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("vae", "VAE"),
+            ("pixels", "IMAGE"),
+            ("mask", "MASK"),
+            ("noise_mask", "BOOLEAN"),
         ),
         outputs=(
-            ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent", "LATENT"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent", "LATENT"),
         ),
     ),
     "KSampler": Spec(
         inputs=(
-            ("model", "MODEL"), ("seed", "INT"), ("steps", "INT"), ("cfg", "FLOAT"),
-            ("sampler_name", "COMBO"), ("scheduler", "COMBO"), ("positive", "CONDITIONING"),
-            ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("denoise", "FLOAT"),
+            ("model", "MODEL"),
+            ("seed", "INT"),
+            ("steps", "INT"),
+            ("cfg", "FLOAT"),
+            ("sampler_name", "COMBO"),
+            ("scheduler", "COMBO"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+            ("denoise", "FLOAT"),
         ),
         outputs=(("LATENT", "LATENT"),),
         seeded=("seed",),
@@ -80,8 +94,12 @@ NODE_SPECS: dict[str, Spec] = {
     ),
     "PaintByExample.ExemplarEncode": Spec(
         inputs=(
-            ("encoder", "PBE_ENCODER"), ("exemplar", "IMAGE"), ("combine", "COMBO"),
-            ("resize", "COMBO"), ("background_fill", "FLOAT"), ("exemplar_mask", "MASK"),
+            ("encoder", "PBE_ENCODER"),
+            ("exemplar", "IMAGE"),
+            ("combine", "COMBO"),
+            ("resize", "COMBO"),
+            ("background_fill", "FLOAT"),
+            ("exemplar_mask", "MASK"),
         ),
         outputs=(("positive", "CONDITIONING"), ("negative", "CONDITIONING")),
     ),
@@ -92,19 +110,34 @@ NODE_SPECS: dict[str, Spec] = {
     ),
     "PaintByExample.InpaintSampler": Spec(
         inputs=(
-            ("model", "MODEL"), ("vae", "VAE"), ("positive", "CONDITIONING"),
-            ("negative", "CONDITIONING"), ("image", "IMAGE"), ("mask", "MASK"), ("seed", "INT"),
-            ("steps", "INT"), ("similarity", "FLOAT"), ("sampler_name", "COMBO"),
-            ("scheduler", "COMBO"), ("denoise", "FLOAT"), ("context_margin", "FLOAT"),
-            ("resolution", "INT"), ("feather", "INT"), ("color_match", "BOOLEAN"),
+            ("model", "MODEL"),
+            ("vae", "VAE"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("image", "IMAGE"),
+            ("mask", "MASK"),
+            ("seed", "INT"),
+            ("steps", "INT"),
+            ("similarity", "FLOAT"),
+            ("sampler_name", "COMBO"),
+            ("scheduler", "COMBO"),
+            ("denoise", "FLOAT"),
+            ("context_margin", "FLOAT"),
+            ("resolution", "INT"),
+            ("feather", "INT"),
+            ("color_match", "BOOLEAN"),
         ),
         outputs=(("IMAGE", "IMAGE"), ("LATENT", "LATENT")),
         seeded=("seed",),
     ),
     "PaintByExample.SimilarityGuidance": Spec(
         inputs=(
-            ("model", "MODEL"), ("similarity", "FLOAT"), ("schedule", "COMBO"),
-            ("similarity_end", "FLOAT"), ("sigma_low", "FLOAT"), ("sigma_high", "FLOAT"),
+            ("model", "MODEL"),
+            ("similarity", "FLOAT"),
+            ("schedule", "COMBO"),
+            ("similarity_end", "FLOAT"),
+            ("sigma_low", "FLOAT"),
+            ("sigma_high", "FLOAT"),
             ("rescale_phi", "FLOAT"),
         ),
         outputs=(("MODEL", "MODEL"),),
@@ -141,25 +174,65 @@ class Workflow:
 
 def _loaders(x: int = 0) -> list[Node]:
     return [
-        Node(1, "PaintByExample.Loader", "loader",
-             {"model_name": DEFAULT_MODEL, "weight_dtype": "default"}, (x, 0)),
-        Node(2, "LoadImage", "source", {"image": "source.png"}, (x, 260)),
-        Node(3, "LoadImageMask", "mask", {"image": "mask.png", "channel": "red"}, (x, 620)),
-        Node(4, "LoadImage", "exemplar", {"image": "exemplar.png"}, (x, 860)),
-        Node(5, "PaintByExample.ExemplarEncode", "encode",
-             {"encoder": Link(1, 2), "exemplar": Link(4, 0), "combine": "one per exemplar",
-              "resize": "squash", "background_fill": 1.0}, (x + 380, 700)),
+        Node(
+            1,
+            "PaintByExample.Loader",
+            "loader",
+            {"model_name": DEFAULT_MODEL, "weight_dtype": "default"},
+            (x, 0),
+        ),
+        Node(2, "LoadImage", "source", {"image": "pbe_example_source.png"}, (x, 260)),
+        Node(
+            3,
+            "LoadImageMask",
+            "mask",
+            {"image": "pbe_example_mask.png", "channel": "red"},
+            (x, 620),
+        ),
+        Node(4, "LoadImage", "exemplar", {"image": "pbe_example_exemplar.png"}, (x, 860)),
+        Node(
+            5,
+            "PaintByExample.ExemplarEncode",
+            "encode",
+            {
+                "encoder": Link(1, 2),
+                "exemplar": Link(4, 0),
+                "combine": "one per exemplar",
+                "resize": "squash",
+                "background_fill": 1.0,
+            },
+            (x + 380, 700),
+        ),
     ]
 
 
-def _sampler(node_id: int, title: str, model: Link, mask: Link, similarity: float,
-             pos: tuple[int, int]) -> Node:
-    return Node(node_id, "PaintByExample.InpaintSampler", title, {
-        "model": model, "vae": Link(1, 1), "positive": Link(5, 0), "negative": Link(5, 1),
-        "image": Link(2, 0), "mask": mask, "seed": 0, "steps": 50, "similarity": similarity,
-        "sampler_name": "ddim", "scheduler": "ddim_uniform", "denoise": 1.0,
-        "context_margin": 0.25, "resolution": 512, "feather": 16, "color_match": False,
-    }, pos)
+def _sampler(
+    node_id: int, title: str, model: Link, mask: Link, similarity: float, pos: tuple[int, int]
+) -> Node:
+    return Node(
+        node_id,
+        "PaintByExample.InpaintSampler",
+        title,
+        {
+            "model": model,
+            "vae": Link(1, 1),
+            "positive": Link(5, 0),
+            "negative": Link(5, 1),
+            "image": Link(2, 0),
+            "mask": mask,
+            "seed": 0,
+            "steps": 50,
+            "similarity": similarity,
+            "sampler_name": "ddim",
+            "scheduler": "ddim_uniform",
+            "denoise": 1.0,
+            "context_margin": 0.25,
+            "resolution": 0,
+            "feather": 16,
+            "color_match": False,
+        },
+        pos,
+    )
 
 
 def _save(node_id: int, title: str, images: Link, prefix: str, pos: tuple[int, int]) -> Node:
@@ -170,7 +243,8 @@ WORKFLOWS: list[Workflow] = [
     Workflow(
         "basic_exemplar_edit",
         "Paint the exemplar into the masked area with the Paint-by-Example sampler.",
-        _loaders() + [
+        _loaders()
+        + [
             _sampler(6, "sampler", Link(1, 0), Link(3, 0), 5.0, (800, 200)),
             _save(7, "save", Link(6, 0), "pbe_edit", (1200, 200)),
         ],
@@ -178,50 +252,109 @@ WORKFLOWS: list[Workflow] = [
     Workflow(
         "stock_ksampler_edit",
         "The same edit from stock nodes: InpaintModelConditioning + KSampler + VAEDecode.",
-        _loaders() + [
-            Node(6, "InpaintModelConditioning", "inpaint conditioning", {
-                "positive": Link(5, 0), "negative": Link(5, 1), "vae": Link(1, 1),
-                "pixels": Link(2, 0), "mask": Link(3, 0), "noise_mask": True,
-            }, (800, 200)),
-            Node(7, "KSampler", "ksampler", {
-                "model": Link(1, 0), "seed": 0, "steps": 50, "cfg": 5.0,
-                "sampler_name": "ddim", "scheduler": "ddim_uniform", "positive": Link(6, 0),
-                "negative": Link(6, 1), "latent_image": Link(6, 2), "denoise": 1.0,
-            }, (1150, 200)),
-            Node(8, "VAEDecode", "decode", {"samples": Link(7, 0), "vae": Link(1, 1)},
-                 (1500, 200)),
+        _loaders()
+        + [
+            Node(
+                6,
+                "InpaintModelConditioning",
+                "inpaint conditioning",
+                {
+                    "positive": Link(5, 0),
+                    "negative": Link(5, 1),
+                    "vae": Link(1, 1),
+                    "pixels": Link(2, 0),
+                    "mask": Link(3, 0),
+                    "noise_mask": True,
+                },
+                (800, 200),
+            ),
+            Node(
+                7,
+                "KSampler",
+                "ksampler",
+                {
+                    "model": Link(1, 0),
+                    "seed": 0,
+                    "steps": 50,
+                    "cfg": 5.0,
+                    "sampler_name": "ddim",
+                    "scheduler": "ddim_uniform",
+                    "positive": Link(6, 0),
+                    "negative": Link(6, 1),
+                    "latent_image": Link(6, 2),
+                    "denoise": 1.0,
+                },
+                (1150, 200),
+            ),
+            Node(8, "VAEDecode", "decode", {"samples": Link(7, 0), "vae": Link(1, 1)}, (1500, 200)),
             _save(9, "save", Link(8, 0), "pbe_stock", (1750, 200)),
         ],
     ),
     Workflow(
         "similarity_sweep",
         "One edit at similarity 2, 5 and 9, plus a scheduled, rescaled Similarity Guidance.",
-        _loaders() + [
+        _loaders()
+        + [
             _sampler(6, "similarity 2", Link(1, 0), Link(3, 0), 2.0, (800, 0)),
             _sampler(7, "similarity 5", Link(1, 0), Link(3, 0), 5.0, (800, 420)),
             _sampler(8, "similarity 9", Link(1, 0), Link(3, 0), 9.0, (800, 840)),
-            Node(9, "PaintByExample.SimilarityGuidance", "guidance 9 to 3, rescaled", {
-                "model": Link(1, 0), "similarity": 9.0, "schedule": "linear",
-                "similarity_end": 3.0, "sigma_low": 0.0, "sigma_high": 1000.0,
-                "rescale_phi": 0.7,
-            }, (400, 1260)),
+            Node(
+                9,
+                "PaintByExample.SimilarityGuidance",
+                "guidance 9 to 3, rescaled",
+                {
+                    "model": Link(1, 0),
+                    "similarity": 9.0,
+                    "schedule": "linear",
+                    "similarity_end": 3.0,
+                    "sigma_low": 0.0,
+                    "sigma_high": 1000.0,
+                    "rescale_phi": 0.7,
+                },
+                (400, 1260),
+            ),
             _sampler(10, "guided", Link(9, 0), Link(3, 0), 5.0, (800, 1260)),
-            Node(11, "ImageBatch", "batch 2+5", {"image1": Link(6, 0), "image2": Link(7, 0)},
-                 (1200, 200)),
-            Node(12, "ImageBatch", "batch +9", {"image1": Link(11, 0), "image2": Link(8, 0)},
-                 (1200, 400)),
-            Node(13, "ImageBatch", "batch +guided", {"image1": Link(12, 0),
-                                                     "image2": Link(10, 0)}, (1200, 600)),
+            Node(
+                11,
+                "ImageBatch",
+                "batch 2+5",
+                {"image1": Link(6, 0), "image2": Link(7, 0)},
+                (1200, 200),
+            ),
+            Node(
+                12,
+                "ImageBatch",
+                "batch +9",
+                {"image1": Link(11, 0), "image2": Link(8, 0)},
+                (1200, 400),
+            ),
+            Node(
+                13,
+                "ImageBatch",
+                "batch +guided",
+                {"image1": Link(12, 0), "image2": Link(10, 0)},
+                (1200, 600),
+            ),
             _save(14, "save", Link(13, 0), "pbe_sweep", (1450, 400)),
         ],
     ),
     Workflow(
         "bezier_mask_demo",
         "Reshape the mask's box into the paper's Bezier shape, then edit with it.",
-        _loaders() + [
-            Node(6, "PaintByExample.MaskBezierJitter", "bezier", {
-                "mask": Link(3, 0), "seed": 0, "jitter": 5, "box_expansion": 0.4,
-            }, (400, 620)),
+        _loaders()
+        + [
+            Node(
+                6,
+                "PaintByExample.MaskBezierJitter",
+                "bezier",
+                {
+                    "mask": Link(3, 0),
+                    "seed": 0,
+                    "jitter": 5,
+                    "box_expansion": 0.4,
+                },
+                (400, 620),
+            ),
             _sampler(7, "sampler", Link(1, 0), Link(6, 0), 5.0, (800, 200)),
             _save(8, "save", Link(7, 0), "pbe_bezier_edit", (1200, 200)),
             Node(9, "MaskToImage", "mask preview", {"mask": Link(6, 0)}, (800, 700)),
@@ -255,7 +388,9 @@ def to_api(workflow: Workflow) -> dict[str, Any]:
             value = node.inputs[name]
             inputs[name] = [str(value.node), value.output] if isinstance(value, Link) else value
         prompt[str(node.id)] = {
-            "class_type": node.class_type, "inputs": inputs, "_meta": {"title": node.title}
+            "class_type": node.class_type,
+            "inputs": inputs,
+            "_meta": {"title": node.title},
         }
     return prompt
 
@@ -279,30 +414,57 @@ def to_ui(workflow: Workflow) -> dict[str, Any]:
             if isinstance(value, Link):
                 source_spec = NODE_SPECS[by_id[value.node].class_type]
                 link_id = len(links) + 1
-                links.append([link_id, value.node, value.output, node.id, len(inputs),
-                              source_spec.outputs[value.output][1]])
+                links.append(
+                    [
+                        link_id,
+                        value.node,
+                        value.output,
+                        node.id,
+                        len(inputs),
+                        source_spec.outputs[value.output][1],
+                    ]
+                )
                 out_links.setdefault((value.node, value.output), []).append(link_id)
                 entry["link"] = link_id
             inputs.append(entry)
         if spec.upload:
             widgets.append("image")
-        ui_nodes.append({
-            "id": node.id, "type": node.class_type, "title": node.title,
-            "pos": list(node.pos), "size": [320, 120], "flags": {}, "order": order, "mode": 0,
-            "inputs": inputs, "outputs": [], "properties": {"Node name for S&R": node.class_type},
-            "widgets_values": widgets,
-        })
+        ui_nodes.append(
+            {
+                "id": node.id,
+                "type": node.class_type,
+                "title": node.title,
+                "pos": list(node.pos),
+                "size": [320, 120],
+                "flags": {},
+                "order": order,
+                "mode": 0,
+                "inputs": inputs,
+                "outputs": [],
+                "properties": {"Node name for S&R": node.class_type},
+                "widgets_values": widgets,
+            }
+        )
     for ui_node in ui_nodes:
         spec = NODE_SPECS[ui_node["type"]]
         ui_node["outputs"] = [
-            {"name": name, "type": kind, "links": out_links.get((ui_node["id"], i), []),
-             "slot_index": i}
+            {
+                "name": name,
+                "type": kind,
+                "links": out_links.get((ui_node["id"], i), []),
+                "slot_index": i,
+            }
             for i, (name, kind) in enumerate(spec.outputs)
         ]
     return {
-        "last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes,
-        "links": links, "groups": [], "config": {},
-        "extra": {"info": {"description": workflow.description}}, "version": 0.4,
+        "last_node_id": max(by_id),
+        "last_link_id": len(links),
+        "nodes": ui_nodes,
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"info": {"description": workflow.description}},
+        "version": 0.4,
     }
 
 
@@ -324,7 +486,9 @@ def ui_to_api(ui: dict[str, Any]) -> dict[str, Any]:
                 source, output = link_source[sockets[name]]
                 inputs[name] = [str(source), output]
         prompt[str(node["id"])] = {
-            "class_type": node["type"], "inputs": inputs, "_meta": {"title": node["title"]}
+            "class_type": node["type"],
+            "inputs": inputs,
+            "_meta": {"title": node["title"]},
         }
     return prompt
 
