@@ -44,8 +44,11 @@ class MapperAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, T, W] -> [B, T, W]."""
         batch, tokens, width = x.shape
-        qkv = self.c_qkv(x).view(batch, tokens, 3, self.heads, width // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, heads, T, head_width]
+        head_width = width // self.heads
+        # The official xf.py layout: c_qkv's output is per head [q_h, k_h, v_h] (for the
+        # published single head simply [q, k, v]).
+        qkv = self.c_qkv(x).view(batch, tokens, self.heads, 3 * head_width).transpose(1, 2)
+        q, k, v = qkv.split(head_width, dim=-1)  # each [B, heads, T, head_width]
         out = F.scaled_dot_product_attention(q, k, v)
         return self.c_proj(out.transpose(1, 2).reshape(batch, tokens, width))
 

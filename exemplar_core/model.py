@@ -125,7 +125,9 @@ class ModelConfigs:
             "out_channels": 3,
             "down_block_types": ["DownEncoderBlock2D"] * 3,
             "up_block_types": ["UpDecoderBlock2D"] * 3,
-            "block_out_channels": [32, 64, 64],
+            # 64 channels everywhere: GroupNorm(32) over 32 channels would be instance norm,
+            # which erases each image's absolute colour (ComfyUI's VAE always uses 32 groups).
+            "block_out_channels": [64, 64, 64],
             "layers_per_block": 1,
             "latent_channels": 4,
             "norm_num_groups": 32,

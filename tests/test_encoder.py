@@ -68,3 +68,16 @@ def test_other_open_clip_backbones_build_from_their_name():
     assert enc.proj_out.weight.shape == (768, 768)
     with pytest.raises(ConfigError, match="no model config"):
         EncoderConfig.from_open_clip("not-a-model")
+
+
+def test_multi_head_mapper_uses_the_official_per_head_qkv_layout():
+    from exemplar_core.encoder import MapperAttention
+
+    torch.manual_seed(0)
+    attn = MapperAttention(8, heads=2)
+    x = torch.randn(2, 3, 8)
+    # xf.py: qkv.view(bs, n_ctx, heads, -1) then split into q, k, v of head width each
+    q, k, v = torch.split(attn.c_qkv(x).view(2, 3, 2, -1), 4, dim=-1)
+    weights = torch.einsum("bthc,bshc->bhts", q, k).div(2.0).softmax(-1)
+    expected = attn.c_proj(torch.einsum("bhts,bshc->bthc", weights, v).reshape(2, 3, 8))
+    assert torch.allclose(attn(x), expected, atol=1e-6)
