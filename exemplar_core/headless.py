@@ -319,10 +319,15 @@ def _log(quiet: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def wait_websocket(client: Client, prompt_id: str, timeout: float, quiet: bool) -> None:
-    """Follow progress until the prompt finishes; raises on execution errors."""
+def open_websocket(client: Client, timeout: float) -> WebSocket:
+    """Connect to the server's event stream for this client (before queueing, so that no event
+    of a prompt that finishes at once is missed)."""
     ws_url = client.server.replace("http", "ws", 1) + f"/ws?clientId={client.client_id}"
-    ws = WebSocket(ws_url, timeout=timeout)
+    return WebSocket(ws_url, timeout=timeout)
+
+
+def wait_websocket(ws: WebSocket, prompt_id: str, quiet: bool) -> None:
+    """Follow progress until the prompt finishes; raises on execution errors. Closes ``ws``."""
     try:
         for message in ws.messages():
             kind, data = message.get("type"), message.get("data", {})
@@ -425,12 +430,23 @@ def run(options: RunOptions) -> list[Path]:
     for target, value in options.sets:
         set_input(prompt, target, value)
 
-    prompt_id = client.queue(prompt)
-    _log(options.quiet, f"queued prompt {prompt_id}")
     try:
-        wait_websocket(client, prompt_id, options.timeout, options.quiet)
+        ws: WebSocket | None = open_websocket(client, options.timeout)
     except OSError as err:  # no websocket (proxy, old server): poll instead
+        ws = None
         _log(options.quiet, f"websocket unavailable ({err}); polling /history")
+    try:
+        prompt_id = client.queue(prompt)
+    except BaseException:
+        if ws is not None:
+            ws.close()
+        raise
+    _log(options.quiet, f"queued prompt {prompt_id}")
+    if ws is not None:
+        try:
+            wait_websocket(ws, prompt_id, options.quiet)
+        except OSError as err:  # the stream broke off: poll instead
+            _log(options.quiet, f"websocket lost ({err}); polling /history")
     entry = wait_history(client, prompt_id, options.timeout, options.quiet)
     status = entry.get("status", {})
     if status.get("status_str") == "error" or status.get("completed") is False:
