@@ -742,11 +742,8 @@ class Trainer:
             log.info("finished at step %d; ranks in sync: %s", self.step, in_sync)
             self._close_logs()
         acc.end_training()
-        # Tear the process group down explicitly while every rank is still here: leaving it to
-        # interpreter shutdown let a gloo destructor wait forever on a peer that had gone.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            torch.distributed.barrier()  # no rank leaves while another still needs it
         if not in_sync:
             raise TrainingError(f"the ranks' weights diverged: checksums {gathered}")
         return summary
@@ -758,9 +755,23 @@ def _to_toml(config: TrainConfig) -> str:
     return to_toml(config)
 
 
+# Multi-process runs keep their finished Trainer here until the process leaves with os._exit
+# (train/__main__.py). Freeing it would free DDP's reducer, which drops the last reference to the
+# gloo process group; that destructor joins gloo worker threads that may be waiting for the GIL
+# this thread holds: a deadlock seen at exit of 2-process CPU runs (py-spy: Reducer dealloc ->
+# ~ProcessGroupGloo -> thread::join, worker blocked in gil_scoped_acquire).
+_FINISHED: list[Trainer] = []
+
+
 def train(config: TrainConfig, resume: bool = False) -> dict:
     """Run (or resume) a training run; returns the summary written to summary.json."""
-    return Trainer(config, resume=resume).run()
+    trainer = Trainer(config, resume=resume)
+    try:
+        return trainer.run()
+    finally:
+        accelerator = getattr(trainer, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1:
+            _FINISHED.append(trainer)  # also when the run failed: its reducer holds the group
 
 
 __all__ = ["Trainer", "TrainingError", "diffusion_loss", "train", "warmup_factor"]
