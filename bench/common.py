@@ -41,6 +41,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def pick_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; any other name as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a peak-memory window (RSS on CPU, max allocated on CUDA)."""
     if device.type == "cuda":

@@ -27,6 +27,7 @@ from .common import (
     alternate,
     materialise,
     peak_memory_mb,
+    pick_device,
     print_table,
     reset_peak_memory,
     summarise,
@@ -34,12 +35,6 @@ from .common import (
 )
 
 WEIGHT_SEED = 1234
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _dtype(name: str, device: torch.device) -> torch.dtype:
@@ -71,7 +66,7 @@ def make_inputs(width: int, height: int, box: tuple[int, int, int, int]):
 def worker_editor(args) -> dict:
     from exemplar_core.editor import Editor, EditSettings
 
-    device = _device(args.device)
+    device = pick_device(args.device)
     model = build_model()
     editor = Editor(model, device=device, dtype=_dtype(args.dtype, device), progress=False)
     source, mask, exemplar = make_inputs(args.width, args.height, tuple(args.box))
@@ -102,16 +97,16 @@ def worker_diffusers(args) -> dict:
     from exemplar_core.editor import make_scheduler
     from exemplar_core.keymap import encoder_to_diffusers
 
-    device = _device(args.device)
+    device = pick_device(args.device)
     dtype = _dtype(args.dtype, device)
     model = build_model()
     clip = CLIPVisionConfig(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
         image_size=224, patch_size=14, hidden_act="quick_gelu", projection_dim=768,
     )  # fmt: skip
-    with torch.device("meta"):
-        image_encoder = PaintByExampleImageEncoder(clip)
-    image_encoder.to_empty(device="cpu")
+    # Built for real, not on meta: transformers keeps non-persistent buffers (position_ids) that
+    # no state dict restores, and to_empty() would leave them as garbage indices.
+    image_encoder = PaintByExampleImageEncoder(clip)
     level = any(k.startswith("model.vision_model.") for k in image_encoder.state_dict())
     image_encoder.load_state_dict(
         encoder_to_diffusers(model.encoder.state_dict(), vision_model_level=level), strict=False
@@ -185,6 +180,7 @@ def cmd_same(args) -> dict:
         sides["node"] = [
             "bench.nodes", "worker", "node", "--width", str(size), "--height", str(size),
             "--box", *map(str, box), "--steps", str(args.steps), "--size", str(size),
+            "--device", args.device,
         ]  # fmt: skip
     else:
         print("COMFYUI_PATH is not set: the node side is skipped (editor and diffusers only)")
@@ -228,7 +224,7 @@ def cmd_large(args) -> dict:
 
 
 def _available_memory_bytes(device: str) -> int:
-    if _device(device).type == "cuda":
+    if pick_device(device).type == "cuda":
         return torch.cuda.get_device_properties(0).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 

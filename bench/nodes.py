@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .common import REPO, peak_memory_mb, reset_peak_memory, write_report
+from .common import REPO, peak_memory_mb, pick_device, reset_peak_memory, write_report
 
 HOST_DIR = REPO / "tests" / "host"
 
@@ -37,12 +37,14 @@ def _require_comfyui() -> None:
         raise SystemExit("error: set COMFYUI_PATH to a ComfyUI checkout (e.g. /work/ComfyUI)")
 
 
-def load_host():
+def load_host(device: torch.device | None = None):
     _require_comfyui()
     sys.path.insert(0, str(HOST_DIR))
     import pbe_host
 
-    return pbe_host, pbe_host.load_host(Path(tempfile.mkdtemp(prefix="pbe-bench-models-")))
+    models = Path(tempfile.mkdtemp(prefix="pbe-bench-models-"))
+    cpu = device is None or device.type == "cpu"
+    return pbe_host, pbe_host.load_host(models, cpu=cpu)
 
 
 def native_parts(host, seed_model):
@@ -66,12 +68,12 @@ def worker_node(args) -> dict:
     """One measured edit through the Exemplar Encode + Inpaint Sampler nodes."""
     from .inference import build_model
 
-    _, host = load_host()
+    device = pick_device(args.device)
+    _, host = load_host(device)
     model = build_model()
     unet, vae, encoder = native_parts(host, model)
     del model
     image, mask, exemplar = _inputs(args.width, args.height, tuple(args.box))
-    device = torch.device("cpu")
     reset_peak_memory(device)
     start = time.perf_counter()
     positive, negative = host.run(
@@ -82,6 +84,8 @@ def worker_node(args) -> dict:
         negative=negative, image=image, mask=mask, seed=0, steps=args.steps, similarity=5.0,
         sampler_name=args.sampler, scheduler=args.scheduler, resolution=args.size,
     )  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
@@ -256,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("--width", "--height", "--steps", "--size"):
         w.add_argument(name, type=int, required=True)
     w.add_argument("--box", type=int, nargs=4, required=True)
+    w.add_argument("--device", default="cpu", help="cpu, or auto/cuda for ComfyUI on the GPU")
     w.add_argument("--sampler", default="ddim")
     w.add_argument("--scheduler", default="ddim_uniform")
     args = parser.parse_args(argv)

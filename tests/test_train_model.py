@@ -13,8 +13,10 @@ from train.trainer import (
     Denoiser,
     diffusion_loss,
     draw_dropout,
+    draw_timesteps,
     freeze_for_training,
     min_snr_weights,
+    timestep_weights,
     trainable_parameters,
 )
 
@@ -213,3 +215,32 @@ def test_clip_tower_reads_open_clip_and_transformers_files(tmp_path):
 
     with pytest.raises(ValueError, match="not a CLIP vision tower"):
         read_clip_tower(tmp_path / "bad.safetensors")
+
+
+def test_timestep_bias_weights_the_chosen_end_and_uniform_is_unchanged():
+    assert timestep_weights(1000, "none") is None
+    later = timestep_weights(1000, "later", multiplier=3.0, portion=0.25)
+    assert later[:750].eq(1).all() and later[750:].eq(3).all()
+    earlier = timestep_weights(1000, "earlier", multiplier=2.0, portion=0.1)
+    assert earlier[:100].eq(2).all() and earlier[100:].eq(1).all()
+    # 'none' draws exactly what torch.randint draws (the official sampling, bit for bit)
+    a = draw_timesteps(64, 1000, "none", 3.0, 0.25, torch.Generator().manual_seed(1))
+    b = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    drawn = draw_timesteps(40000, 1000, "later", 3.0, 0.25, torch.Generator().manual_seed(2))
+    share = (drawn >= 750).float().mean().item()
+    assert abs(share - 0.5) < 0.02  # 250 * 3 / (750 + 250 * 3)
+    assert drawn.min() >= 0 and drawn.max() < 1000
+
+
+def test_timestep_bias_settings_are_checked():
+    from train.config import ConfigError, load_config
+
+    for bad in (["train.timestep_bias_multiplier=0"], ["train.timestep_bias_portion=1"]):
+        try:
+            load_config(None, ["model.init=random", "data.path=x.jsonl",
+                               "train.timestep_bias=later", *bad])  # fmt: skip
+        except ConfigError as exc:
+            assert "timestep_bias" in str(exc)
+        else:
+            raise AssertionError(f"{bad} was accepted")

@@ -50,8 +50,10 @@ class ModelSection:
     )
     clip: str = opt(
         "",
-        "CLIP vision weights for the frozen tower (init sd / sd_inpaint): an open_clip pretrained "
-        "file (visual.* keys) or a transformers CLIPVisionModel file; never downloaded",
+        "CLIP vision weights for the frozen tower (init sd / sd_inpaint; optional for random, "
+        "e.g. the miniature world's tower from `python -m train.tower`): an open_clip pretrained "
+        "file (visual.* keys), a transformers CLIPVisionModel file or a tower.* file; never "
+        "downloaded",
     )
     encoder: dict = opt(
         {},
@@ -132,6 +134,15 @@ class TrainSection:
     cond_dropout_mode: DropoutMode = opt(
         "per_sample", "'per_sample' (default) or 'per_batch' (the official code's behaviour)"
     )
+    timestep_bias: Literal["none", "later", "earlier"] = opt(
+        "none",
+        "timestep sampling: 'none' (uniform, official); 'later' / 'earlier' multiply the sampling "
+        "weight of the noisiest / least noisy `timestep_bias_portion` of the timesteps by "
+        "`timestep_bias_multiplier` (as diffusers' SDXL script). 'later' trains more where the "
+        "exemplar decides colour and layout (the miniature world uses it)",
+    )
+    timestep_bias_multiplier: float = opt(2.0, "weight of the biased timesteps (> 0)")
+    timestep_bias_portion: float = opt(0.25, "share of the timesteps that get the bias (0..1)")
     min_snr_gamma: float = opt(0.0, "min-SNR loss weighting gamma (5 is typical); 0 = plain MSE")
     ema: bool = opt(True, "keep an EMA of the trained weights (used for validation and export)")
     ema_decay: float = opt(0.9999, "EMA decay (warmed up as min(decay, (1 + n) / (10 + n)))")
@@ -331,6 +342,13 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
     if t.max_steps < 0 or t.epochs < 0 or (t.max_steps == 0 and t.epochs == 0):
         raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
+    if t.timestep_bias != "none" and not (
+        t.timestep_bias_multiplier > 0 and 0 < t.timestep_bias_portion < 1
+    ):
+        raise ConfigError(
+            "train.timestep_bias needs timestep_bias_multiplier > 0 and 0 < timestep_bias_portion "
+            f"< 1, got {t.timestep_bias_multiplier} and {t.timestep_bias_portion}"
+        )
     if not 0.0 <= t.cond_dropout <= 1.0:
         raise ConfigError(f"train.cond_dropout must be in 0..1, got {t.cond_dropout}")
     if not 0.0 < t.ema_decay < 1.0:

@@ -1,11 +1,13 @@
 """Train the miniature world's model end to end with the project's own trainer, on a CPU.
 
-    python -m train.mini [--out runs/mini] [--steps 1400] [--vae-steps 1500]
+    python -m train.mini [--out runs/mini] [--steps 3200] [--vae-steps 1500] [--tower-steps 1500]
 
 Stages (each skipped when its output already exists, so an interrupted run continues):
 1. synthetic scenes (``train.synthetic``, 64 px, 4000 train / 200 test, seed 0);
 2. the VAE stage (``train.vae``: the mini AutoencoderKL on 32 px crops);
-3. the Paint-by-Example stage (``python -m train --config train/configs/mini.toml``), resumable.
+3. the tower stage (``train.tower``: the mini CLIP tower learns to name the training objects, a
+   stand-in for CLIP's pre-training; frozen afterwards, as CLIP is);
+4. the Paint-by-Example stage (``python -m train --config train/configs/mini.toml``), resumable.
 The result is ``OUT/train/models/pbe-final.safetensors`` (EMA weights, fp16). Copy it to
 ``models/pbe-mini.safetensors`` to make it the pack's embedded default.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from . import synthetic
 from .config import load_config
+from .tower import tower_config, train_tower
 from .vae import train_vae, vae_config
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "mini.toml"
@@ -26,8 +29,9 @@ CONFIG = Path(__file__).resolve().parent / "configs" / "mini.toml"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.mini", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/mini", help="working folder (runs/mini)")
-    p.add_argument("--steps", type=int, default=1400, help="main-stage optimiser steps (1400)")
+    p.add_argument("--steps", type=int, default=3200, help="main-stage optimiser steps (3200)")
     p.add_argument("--vae-steps", type=int, default=1500, help="VAE-stage steps (1500)")
+    p.add_argument("--tower-steps", type=int, default=1500, help="tower-stage steps (1500)")
     args = p.parse_args(argv)
     out = Path(args.out)
     timings: dict[str, float] = {}
@@ -45,11 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         train_vae(data / "train", out / "vae", vae_config("mini"), steps=args.vae_steps)
         timings["vae"] = time.perf_counter() - start
 
+    tower_file = out / "tower" / "tower.safetensors"
+    if not tower_file.exists():
+        start = time.perf_counter()
+        train_tower(data / "train.jsonl", out / "tower", tower_config("mini"), args.tower_steps)
+        timings["tower"] = time.perf_counter() - start
+
     from .trainer import train
 
     overrides = [
         f"out_dir={out / 'train'}",
         f"model.vae={vae_file}",
+        f"model.clip={tower_file}",
         f"data.path={data / 'train.jsonl'}",
         f"train.max_steps={args.steps}",
     ]

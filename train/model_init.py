@@ -217,6 +217,8 @@ def build_model(section: ModelSection, seed: int) -> PaintByExampleModel:
         model = PaintByExampleModel(configs)
         if vae_state is not None:
             _load(model.vae, vae_state, "VAE", section.vae)
+        if section.clip:  # e.g. the miniature world's tower from `python -m train.tower`
+            _load(model.encoder.tower, read_clip_tower(section.clip), "CLIP tower", section.clip)
         return model
     if section.init == "pbe":
         from exemplar_core.formats import load_model

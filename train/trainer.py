@@ -96,6 +96,39 @@ def diffusion_loss(
     return subject + prior_weight * per_sample[prior_split:].mean()
 
 
+def timestep_weights(
+    count: int, bias: str, multiplier: float = 2.0, portion: float = 0.25
+) -> torch.Tensor | None:
+    """Sampling weights over ``count`` timesteps, or None for uniform (``bias`` = 'none')."""
+    if bias == "none":
+        return None
+    weights = torch.ones(count)
+    span = max(1, round(count * portion))
+    if bias == "later":
+        weights[count - span :] *= multiplier
+    elif bias == "earlier":
+        weights[:span] *= multiplier
+    else:
+        raise ValueError(f"unknown timestep bias {bias!r}: none, later or earlier")
+    return weights
+
+
+def draw_timesteps(
+    size: int,
+    count: int,
+    bias: str,
+    multiplier: float,
+    portion: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``size`` training timesteps in [0, count), uniform or biased (``timestep_weights``)."""
+    weights = timestep_weights(count, bias, multiplier, portion)
+    if weights is None:
+        return torch.randint(0, count, (size,), generator=generator, device=generator.device)
+    weights = weights.to(generator.device)
+    return torch.multinomial(weights, size, replacement=True, generator=generator)
+
+
 def draw_dropout(
     size: int,
     probability: float,
@@ -579,12 +612,13 @@ class Trainer:
             pooled = model.encoder.pooled(batch["reference"].to(self.device)).float()
         size = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
-        timesteps = torch.randint(
-            0,
+        timesteps = draw_timesteps(
+            size,
             self.noise_scheduler.config.num_train_timesteps,
-            (size,),
-            generator=gen,
-            device=self.device,
+            t.timestep_bias,
+            t.timestep_bias_multiplier,
+            t.timestep_bias_portion,
+            gen,
         )
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         drop = draw_dropout(

@@ -105,13 +105,14 @@ def _comfyui_first_on_path() -> None:
         del sys.modules["nodes"]  # something imported the wrong `nodes`: drop it
 
 
-def load_host(models_dir: Path) -> Host:
-    """Import ComfyUI (CPU) and load this pack; ``models_dir`` is registered for our key the way
-    an extra_model_paths.yaml entry would be (before the pack registers its folder)."""
+def load_host(models_dir: Path, cpu: bool = True) -> Host:
+    """Import ComfyUI (CPU unless ``cpu`` is False, for the GPU benchmarks) and load this pack;
+    ``models_dir`` is registered for our key the way an extra_model_paths.yaml entry would be
+    (before the pack registers its folder)."""
     _comfyui_first_on_path()
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     import folder_paths
 
     folder_paths.add_model_folder_path("paint_by_example", str(models_dir))

@@ -1,0 +1,357 @@
+"""Training speed and memory: ``python -m train`` against a minimal diffusers + accelerate loop.
+
+    python -m bench.train throughput    [--architecture mini --resolution 64 --batch 16]
+    python -m bench.train checkpointing [--architecture mini --resolution 128 --batch 8]
+    python -m bench.train data          [--resolution 512 --samples 200 --gpu-rate 0]
+
+``throughput``: both sides train the same model (same architecture, random init from one seed,
+frozen tower and VAE), on the same synthetic scenes through the same pair dataset, with the same
+batch, resolution, precision, optimiser (AdamW) and gradient-checkpointing setting. Each run is a
+fresh process and the sides alternate; a run times ``--steps`` optimiser steps after
+``--warmup`` steps (data waits included) and reads the peak memory over that window (RSS on CPU,
+max allocated on CUDA). "ours" is the real trainer (EMA off, as the minimal loop has none; the
+EMA's cost is reported as its own side); "minimal" is the loop a user would write from the
+diffusers and accelerate docs.
+
+``checkpointing``: the trainer with and without UNet gradient checkpointing; the report gives
+the peak-memory ratio (target <= 0.6) and the time it costs.
+
+``data``: the pair pipeline alone (image decode, box choice, mask jitter, crop, reference
+augmentation) in one process with one thread: samples/s per CPU core at ``--resolution``, and
+how many cores keep one GPU fed at ``--gpu-rate`` samples/s (the training rate measured there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .common import (
+    alternate,
+    peak_memory_mb,
+    pick_device,
+    print_table,
+    reset_peak_memory,
+    summarise,
+    write_report,
+)
+
+DATA_SEED = 5
+
+
+def make_scenes(resolution: int, count: int, root: Path | None = None) -> Path:
+    """Synthetic scenes at ``resolution`` (cached under ``root``); returns the JSONL path."""
+    from train import synthetic
+
+    root = root or Path(tempfile.gettempdir()) / "pbe-bench-scenes"
+    out = root / f"{resolution}px-{count}"
+    jsonl = out / "train.jsonl"
+    if not jsonl.exists():
+        synthetic.main(["--out", str(out), "--train", str(count), "--test", "1", "--eval", "0",
+                        "--size", str(resolution), "--seed", str(DATA_SEED)])  # fmt: skip
+    return jsonl
+
+
+def trainer_config(args, out_dir: str, ema: bool, checkpointing: bool):
+    from train.config import load_config
+
+    device = pick_device(args.device)
+    overrides = [
+        f"out_dir={out_dir}",
+        "model.init=random",
+        f"model.architecture={args.architecture}",
+        "data.format=jsonl",
+        f"data.path={make_scenes(args.resolution, args.scenes)}",
+        f"data.resolution={args.resolution}",
+        f"data.num_workers={args.workers}",
+        "data.val_count=1",
+        f"train.batch_size={args.batch}",
+        f"train.max_steps={args.warmup + args.steps + 1}",
+        "train.lr=1e-5",
+        "train.warmup_steps=0",
+        f"train.mixed_precision={args.precision}",
+        f"train.gradient_checkpointing={str(checkpointing).lower()}",
+        f"train.ema={str(ema).lower()}",
+        "train.validate_every=0",
+        "train.val_steps=1",
+        "train.checkpoint_every=1000000",
+        "train.log_every=1000000",
+        "train.export_dtype=fp16",
+        f"train.cpu={str(device.type == 'cpu').lower()}",
+    ]
+    return load_config(None, overrides)
+
+
+class Window:
+    """Times the steps ``warmup + 1 .. warmup + steps`` and reads peak memory over them."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.calls = 0
+        self.start = self.seconds = self.peak = None
+
+    def tick(self) -> None:
+        """Call at the start of every step."""
+        self.calls += 1
+        if self.calls == self.warmup + 1:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            reset_peak_memory(self.device)
+            self.start = time.perf_counter()
+        elif self.calls == self.warmup + self.steps + 1:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.seconds = time.perf_counter() - self.start
+            self.peak = peak_memory_mb(self.device)
+
+    def result(self, batch: int) -> dict:
+        if self.seconds is None:
+            raise RuntimeError(f"only {self.calls} steps ran; the window needs more")
+        return {
+            "samples_per_s": batch * self.steps / self.seconds,
+            "step_s": self.seconds / self.steps,
+            "peak_mb": self.peak,
+        }
+
+
+def worker_ours(args, ema: bool, checkpointing: bool) -> dict:
+    """The project's trainer, timed from inside its own loop (training_step is wrapped)."""
+    from train.trainer import Trainer, train
+
+    window = Window(args.warmup, args.steps, pick_device(args.device))
+    original = Trainer.training_step
+
+    def timed_step(self, batch):
+        window.tick()
+        return original(self, batch)
+
+    Trainer.training_step = timed_step
+    try:
+        with tempfile.TemporaryDirectory(prefix="pbe-bench-train-") as out:
+            train(trainer_config(args, out, ema, checkpointing))
+    finally:
+        Trainer.training_step = original
+    return window.result(args.batch)
+
+
+def worker_minimal(args) -> dict:
+    """A minimal diffusers + accelerate training loop on the same model, data and settings."""
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+
+    from exemplar_core.config import SCHEDULE
+    from train.dataset import PairDataset, collate_pairs, pair_spec
+    from train.model_init import build_model
+    from train.readers import BoxFilter, read_dataset
+
+    device = pick_device(args.device)
+    config = trainer_config(args, tempfile.mkdtemp(), ema=False, checkpointing=args.checkpointing)
+    accelerator = Accelerator(mixed_precision=args.precision, cpu=device.type == "cpu")
+    model = build_model(config.model, config.train.seed)
+    model.requires_grad_(False)
+    trained = list(model.unet.parameters()) + model.encoder.trainable_parameters()
+    for p in trained:
+        p.requires_grad_(True)
+    if args.checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    model.to(accelerator.device)
+    model.vae.eval()
+    model.encoder.tower.eval()
+
+    d, enc = config.data, model.configs.encoder
+    records, _ = read_dataset(d.format, d.path, d.image_root, BoxFilter(d.min_area, d.max_area))
+    pairs = PairDataset(records, pair_spec(d, enc.image_size, enc.mean, enc.std), seed=0)
+
+    class Flat(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(pairs)
+
+        def __getitem__(self, i):
+            return pairs[(0, i)]
+
+    loader = torch.utils.data.DataLoader(
+        Flat(), batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
+        collate_fn=collate_pairs, persistent_workers=args.workers > 0,
+        pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    optimizer = torch.optim.AdamW(trained, lr=1e-5)
+    unet, optimizer, loader = accelerator.prepare(model.unet, optimizer, loader)
+    scheduler = DDPMScheduler(**SCHEDULE)
+    alphas = scheduler.alphas_cumprod.to(accelerator.device)
+    window = Window(args.warmup, args.steps, device)
+    total = args.warmup + args.steps + 1
+    step = 0
+    while step < total:
+        for batch in loader:
+            window.tick()
+            with torch.no_grad(), accelerator.autocast():
+                latents = model.encode_latent(batch["image"]).float()
+                masked = model.encode_latent(batch["masked_image"]).float()
+                keep = F.interpolate(batch["keep_mask"], size=latents.shape[-2:], mode="bilinear")
+                pooled = model.encoder.pooled(batch["reference"]).float()
+            with accelerator.autocast():
+                cond = model.encoder.project(pooled)
+                drop = torch.rand(cond.shape[0], device=cond.device) < 0.2
+                cond = torch.where(drop[:, None, None], model.encoder.unconditional(
+                    cond.shape[0]).to(cond.dtype), cond)  # fmt: skip
+                noise = torch.randn_like(latents)
+                t = torch.randint(0, len(alphas), (latents.shape[0],), device=latents.device)
+                noisy = scheduler.add_noise(latents, noise, t)
+                x = torch.cat([noisy, masked, keep.to(noisy.dtype)], dim=1)
+                pred = unet(x, t, encoder_hidden_states=cond).sample
+            loss = F.mse_loss(pred.float(), noise)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step >= total:
+                break
+    return window.result(args.batch)
+
+
+def _worker_argv(side: str, args) -> list[str]:
+    return [
+        "bench.train", "worker", side, "--architecture", args.architecture,
+        "--resolution", str(args.resolution), "--batch", str(args.batch),
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+        "--precision", args.precision, "--workers", str(args.workers),
+        "--scenes", str(args.scenes), *(["--checkpointing"] if args.checkpointing else []),
+    ]  # fmt: skip
+
+
+def cmd_throughput(args) -> dict:
+    make_scenes(args.resolution, args.scenes)  # once, outside the timed workers
+    sides = {
+        "ours": _worker_argv("ours", args),
+        "minimal": _worker_argv("minimal", args),
+        "ours_ema": _worker_argv("ours_ema", args),
+    }
+    results = alternate(sides, args.repeats)
+    keys = ("samples_per_s", "peak_mb")
+    summary = summarise(results, keys)
+    print_table(summary, keys, baseline="minimal")
+    ratio = summary["ours"]["samples_per_s"] / summary["minimal"]["samples_per_s"]
+    print(f"throughput ours/minimal: {ratio:.2f} (target >= 1.0)")
+    return {"benchmark": "train_throughput", "settings": _settings(args), "runs": results,
+            "median": summary, "throughput_ratio": ratio}  # fmt: skip
+
+
+def cmd_checkpointing(args) -> dict:
+    make_scenes(args.resolution, args.scenes)
+    off = argparse.Namespace(**{**vars(args), "checkpointing": False})
+    on = argparse.Namespace(**{**vars(args), "checkpointing": True})
+    sides = {"plain": _worker_argv("ours", off), "checkpointing": _worker_argv("ours", on)}
+    results = alternate(sides, args.repeats)
+    keys = ("samples_per_s", "peak_mb")
+    summary = summarise(results, keys)
+    print_table(summary, keys, baseline="plain")
+    ratio = summary["checkpointing"]["peak_mb"] / summary["plain"]["peak_mb"]
+    print(f"peak memory with/without checkpointing: {ratio:.2f} (target <= 0.6)")
+    return {"benchmark": "train_checkpointing", "settings": _settings(args), "runs": results,
+            "median": summary, "memory_ratio": ratio}  # fmt: skip
+
+
+def cmd_data(args) -> dict:
+    from exemplar_core.model import ModelConfigs
+    from train.config import DataSection
+    from train.dataset import PairDataset, pair_spec
+    from train.readers import BoxFilter, read_dataset
+
+    jsonl = make_scenes(args.resolution, args.scenes)
+    data = DataSection(format="jsonl", path=str(jsonl), resolution=args.resolution)
+    enc = ModelConfigs.published().encoder
+    records, _ = read_dataset(data.format, data.path, data.image_root,
+                              BoxFilter(data.min_area, data.max_area))  # fmt: skip
+    pairs = PairDataset(records, pair_spec(data, enc.image_size, enc.mean, enc.std), seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one core, as one DataLoader worker has
+    try:
+        for i in range(min(5, len(pairs))):  # warm-up (imports, first allocations)
+            pairs[(0, i)]
+        start = time.perf_counter()
+        for i in range(args.samples):
+            pairs[(1, i % len(pairs))]
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    rate = args.samples / seconds
+    report = {"benchmark": "train_data", "resolution": args.resolution, "samples": args.samples,
+              "samples_per_s_per_core": rate}  # fmt: skip
+    print(f"data pipeline at {args.resolution} px, full augmentation: "
+          f"{rate:.1f} samples/s per core")  # fmt: skip
+    if args.gpu_rate > 0:
+        cores = args.gpu_rate / rate
+        report["gpu_rate"] = args.gpu_rate
+        report["cores_per_gpu"] = cores
+        print(f"cores to feed one GPU at {args.gpu_rate:.1f} samples/s: {cores:.1f}")
+    return report
+
+
+def _settings(args) -> dict:
+    keys = ("architecture", "resolution", "batch", "steps", "warmup", "device", "precision",
+            "workers", "checkpointing")  # fmt: skip
+    return {k: getattr(args, k) for k in keys}
+
+
+def _common(p: argparse.ArgumentParser, architecture: str, resolution: int, batch: int) -> None:
+    p.add_argument("--architecture", default=architecture, choices=("published", "mini", "tiny"))
+    p.add_argument("--resolution", type=int, default=resolution)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--steps", type=int, default=10, help="timed optimiser steps per run")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    p.add_argument("--scenes", type=int, default=200, help="synthetic scenes to train on")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("throughput", help="the trainer against a minimal loop")
+    _common(p, "mini", 64, 16)
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", default="out/bench/train_throughput.json")
+    p = sub.add_parser("checkpointing", help="peak memory with and without checkpointing")
+    _common(p, "mini", 128, 8)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--out", default="out/bench/train_checkpointing.json")
+    p = sub.add_parser("data", help="the data pipeline alone, per core")
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--scenes", type=int, default=100)
+    p.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=0.0,
+        help="training samples/s measured on a GPU (gives cores per GPU)",
+    )
+    p.add_argument("--out", default="out/bench/train_data.json")
+    w = sub.add_parser("worker", help="internal: one measured run in this process")
+    w.add_argument("side", choices=("ours", "ours_ema", "minimal"))
+    _common(w, "mini", 64, 16)
+    w.add_argument("--checkpointing", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "worker":
+        if args.side == "minimal":
+            result = worker_minimal(args)
+        else:
+            ema = args.side == "ours_ema"
+            result = worker_ours(args, ema=ema, checkpointing=args.checkpointing)
+        print(json.dumps(result))
+        return 0
+    commands = {"throughput": cmd_throughput, "checkpointing": cmd_checkpointing, "data": cmd_data}
+    write_report(args.out, commands[args.command](args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
