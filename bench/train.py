@@ -296,7 +296,7 @@ def cmd_data(args) -> dict:
 def _settings(args) -> dict:
     keys = ("architecture", "resolution", "batch", "steps", "warmup", "device", "precision",
             "workers", "checkpointing")  # fmt: skip
-    return {k: getattr(args, k) for k in keys}
+    return {k: getattr(args, k, None) for k in keys}
 
 
 def _common(p: argparse.ArgumentParser, architecture: str, resolution: int, batch: int) -> None:

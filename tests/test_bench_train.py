@@ -51,3 +51,16 @@ def test_data_pipeline_rate_and_cores_per_gpu(tmp_path, capsys):
     assert report["samples_per_s_per_core"] > 0
     assert report["cores_per_gpu"] == pytest.approx(100.0 / report["samples_per_s_per_core"])
     assert "cores to feed one GPU" in capsys.readouterr().out
+
+
+def test_checkpointing_command_reports_the_memory_ratio(tmp_path, monkeypatch):
+    runs = iter([
+        {"samples_per_s": 4.0, "peak_mb": 1000.0},
+        {"samples_per_s": 3.0, "peak_mb": 550.0},
+    ])  # fmt: skip
+    monkeypatch.setattr("bench.train.alternate", lambda sides, repeats: {
+        name: [next(runs)] for name in sides})  # fmt: skip
+    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1})
+    report = bench_train.cmd_checkpointing(args)
+    assert report["memory_ratio"] == pytest.approx(0.55)
+    assert report["settings"]["architecture"] == "tiny"
