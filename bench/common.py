@@ -48,8 +48,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def release_freed_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS (glibc ``malloc_trim``), so that a peak
+    RSS window starts from live memory, not from what setup freed but the allocator kept."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a peak-memory window (RSS on CPU, max allocated on CUDA)."""
+    """Start a peak-memory window (RSS on CPU, max allocated on CUDA), after releasing freed
+    memory (``release_freed_memory``)."""
+    release_freed_memory()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
