@@ -548,14 +548,15 @@ def canonical_config(raw: Mapping[str, Any], class_name: str) -> dict[str, Any]:
     return out
 
 
-_CHECKED_UNET_KEYS = (
-    "in_channels",
-    "out_channels",
-    "down_block_types",
-    "up_block_types",
-    "block_out_channels",
-    "layers_per_block",
-    "cross_attention_dim",
+# The config keys a diffusers folder must agree on with what its weights' shapes show.
+_CHECKED_UNET_KEYS = tuple(
+    k for k in _CORE_UNET_KEYS if k not in ("sample_size", "attention_head_dim", "norm_num_groups")
+)
+_CHECKED_VAE_KEYS = tuple(
+    k
+    for k in _CORE_VAE_KEYS
+    if k not in ("down_block_types", "up_block_types", "norm_num_groups", "sample_size",
+                 "scaling_factor")  # fmt: skip
 )
 
 
@@ -616,18 +617,7 @@ def _read_diffusers(folder: Path, lazy: bool) -> PbECheckpoint:
     except (keymap.KeyMappingError, ConfigError, KeyError) as err:
         raise CheckpointError(f"{folder}: {err}") from err
     _check_config_matches(unet_config, derived_unet, _CHECKED_UNET_KEYS, folder / "unet")
-    _check_config_matches(
-        vae_config,
-        derived_vae,
-        (
-            "in_channels",
-            "out_channels",
-            "block_out_channels",
-            "layers_per_block",
-            "latent_channels",
-        ),
-        folder / "vae",
-    )
+    _check_config_matches(vae_config, derived_vae, _CHECKED_VAE_KEYS, folder / "vae")
     configs = ModelConfigs(unet_config, vae_config, encoder_config)
     return PbECheckpoint(unet, vae, encoder, configs, str(folder), {}, "diffusers")
 

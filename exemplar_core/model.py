@@ -62,6 +62,14 @@ class ModelConfigs:
     encoder: EncoderConfig
 
     @classmethod
+    def named(cls, name: str) -> ModelConfigs:
+        """The architecture called ``name``: 'published', 'tiny' or 'mini'."""
+        makers = {"published": cls.published, "tiny": cls.tiny, "mini": cls.mini}
+        if name not in makers:
+            raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(makers)}")
+        return makers[name]()
+
+    @classmethod
     def published(cls) -> ModelConfigs:
         return cls(dict(SD1_UNET_CONFIG), dict(SD1_VAE_CONFIG), EncoderConfig())
 

@@ -224,10 +224,10 @@ def test_timestep_bias_weights_the_chosen_end_and_uniform_is_unchanged():
     earlier = timestep_weights(1000, "earlier", multiplier=2.0, portion=0.1)
     assert earlier[:100].eq(2).all() and earlier[100:].eq(1).all()
     # 'none' draws exactly what torch.randint draws (the official sampling, bit for bit)
-    a = draw_timesteps(64, 1000, "none", 3.0, 0.25, torch.Generator().manual_seed(1))
+    a = draw_timesteps(64, 1000, None, torch.Generator().manual_seed(1))
     b = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
-    drawn = draw_timesteps(40000, 1000, "later", 3.0, 0.25, torch.Generator().manual_seed(2))
+    drawn = draw_timesteps(40000, 1000, later, torch.Generator().manual_seed(2))
     share = (drawn >= 750).float().mean().item()
     assert abs(share - 0.5) < 0.02  # 250 * 3 / (750 + 250 * 3)
     assert drawn.min() >= 0 and drawn.max() < 1000

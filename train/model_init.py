@@ -199,12 +199,7 @@ def build_model(section: ModelSection, seed: int) -> PaintByExampleModel:
     """The full model at the start point, fp32 on the CPU."""
     torch.manual_seed(seed)
     if section.init == "random":
-        architectures = {
-            "published": ModelConfigs.published,
-            "tiny": ModelConfigs.tiny,
-            "mini": ModelConfigs.mini,
-        }
-        configs = architectures[section.architecture]()
+        configs = ModelConfigs.named(section.architecture)
         if section.encoder:
             enc = encoder_config(section, configs.unet["cross_attention_dim"])
             configs = ModelConfigs(configs.unet, configs.vae, enc)

@@ -245,10 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 def tower_config(name: str) -> EncoderConfig:
     from exemplar_core.model import ModelConfigs
 
-    configs = {"mini": ModelConfigs.mini, "tiny": ModelConfigs.tiny}
-    if name not in configs:
-        raise ValueError(f"unknown encoder config {name!r}; choose one of {sorted(configs)}")
-    return configs[name]().encoder
+    return ModelConfigs.named(name).encoder
 
 
 if __name__ == "__main__":

@@ -114,18 +114,12 @@ def timestep_weights(
 
 
 def draw_timesteps(
-    size: int,
-    count: int,
-    bias: str,
-    multiplier: float,
-    portion: float,
-    generator: torch.Generator,
+    size: int, count: int, weights: torch.Tensor | None, generator: torch.Generator
 ) -> torch.Tensor:
-    """``size`` training timesteps in [0, count), uniform or biased (``timestep_weights``)."""
-    weights = timestep_weights(count, bias, multiplier, portion)
+    """``size`` training timesteps in [0, count): uniform when ``weights`` is None, else drawn
+    with those sampling weights (``timestep_weights``, on the generator's device)."""
     if weights is None:
         return torch.randint(0, count, (size,), generator=generator, device=generator.device)
-    weights = weights.to(generator.device)
     return torch.multinomial(weights, size, replacement=True, generator=generator)
 
 
@@ -362,6 +356,13 @@ class Trainer:
 
         self.noise_scheduler = DDPMScheduler(**SCHEDULE)
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(self.device)
+        weights = timestep_weights(
+            self.noise_scheduler.config.num_train_timesteps,
+            t.timestep_bias,
+            t.timestep_bias_multiplier,
+            t.timestep_bias_portion,
+        )
+        self.timestep_weights = None if weights is None else weights.to(self.device)
         rank = acc.process_index
         self.generators = {
             "noise": torch.Generator(device=self.device).manual_seed(t.seed + 7919 * (rank + 1)),
@@ -613,12 +614,7 @@ class Trainer:
         size = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
         timesteps = draw_timesteps(
-            size,
-            self.noise_scheduler.config.num_train_timesteps,
-            t.timestep_bias,
-            t.timestep_bias_multiplier,
-            t.timestep_bias_portion,
-            gen,
+            size, self.noise_scheduler.config.num_train_timesteps, self.timestep_weights, gen
         )
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         drop = draw_dropout(

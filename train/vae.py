@@ -26,10 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 def vae_config(name: str) -> dict:
     from exemplar_core.model import ModelConfigs
 
-    configs = {"mini": ModelConfigs.mini, "tiny": ModelConfigs.tiny}
-    if name not in configs:
-        raise ValueError(f"unknown VAE config {name!r}; choose one of {sorted(configs)}")
-    return dict(configs[name]().vae)
+    return dict(ModelConfigs.named(name).vae)
 
 
 class ImageCrops(torch.utils.data.IterableDataset):
