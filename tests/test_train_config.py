@@ -69,6 +69,8 @@ def test_set_overrides_parse_toml_values(tmp_path):
         ("train.batch_size=0", "batch_size must be >= 1"),
         ("data.min_area=0.9", "min_area"),
         ("model.init=sd", "model.path"),
+        ("train.noise_offset=-0.1", "noise_offset must be >= 0"),
+        ("train.masked_loss_weight=0", "masked_loss_weight must be > 0"),
     ],
 )
 def test_bad_options_fail_with_a_clear_message(tmp_path, override, message):

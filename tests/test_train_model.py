@@ -194,6 +194,29 @@ def test_loss_is_eps_mse_with_optional_min_snr_and_prior_term():
     torch.testing.assert_close(prior, per[:2].mean() + 0.5 * per[2:].mean())
 
 
+def test_position_weights_make_the_loss_a_weighted_mean_over_each_latent():
+    g = torch.Generator().manual_seed(1)
+    pred, target = torch.randn(2, 4, 6, 6, generator=g), torch.randn(2, 4, 6, 6, generator=g)
+    t = torch.tensor([10, 800])
+    alphas = torch.linspace(0.99, 0.01, 1000)
+    plain = diffusion_loss(pred, target, t, alphas, 0.0)
+    ones = torch.ones(2, 1, 6, 6)
+    uniform = diffusion_loss(pred, target, t, alphas, 0.0, position_weights=ones)
+    torch.testing.assert_close(uniform, plain)
+    hole = torch.zeros(2, 1, 6, 6)
+    hole[:, :, 2:5, 1:4] = 1
+    weights = 1 + 9 * hole  # masked_loss_weight 10 where the latent is repainted
+    squared = (pred - target) ** 2
+    expected = torch.stack(
+        [(squared[i] * weights[i]).sum() / (weights[i].sum() * 4) for i in range(2)]
+    ).mean()
+    torch.testing.assert_close(
+        diffusion_loss(pred, target, t, alphas, 0.0, position_weights=weights), expected
+    )
+    only_hole = diffusion_loss(pred, target, t, alphas, 0.0, position_weights=hole + 1e-9)
+    torch.testing.assert_close(only_hole, squared[:, :, 2:5, 1:4].mean(dim=(1, 2, 3)).mean())
+
+
 def test_clip_tower_reads_open_clip_and_transformers_files(tmp_path):
     from safetensors.torch import save_file
 

@@ -152,6 +152,54 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     assert json.loads((latest / "state.json").read_text())["step"] == 2
 
 
+def test_deferred_nan_check_names_the_first_bad_step_and_saves_no_touched_weights(
+    tmp_path, data, monkeypatch
+):
+    """On an accelerator the loss is read only at log steps and before checkpoints (no host sync
+    per step); the run must still stop naming the first bad step, and never checkpoint weights
+    that the bad step updated. Forced on here (CPU) by switching the deferred mode on."""
+    config = tiny_config(tmp_path, data, train={"max_steps": 5, "checkpoint_every": 2})
+    real_loss, real_setup = trainer.diffusion_loss, Trainer.setup
+    calls = {"n": 0}
+
+    def nan_at_step_three(*args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    def deferred_setup(self):
+        real_setup(self)
+        self.defer_sync = True
+
+    monkeypatch.setattr(trainer, "diffusion_loss", nan_at_step_three)
+    monkeypatch.setattr(Trainer, "setup", deferred_setup)
+    with pytest.raises(TrainingError, match=r"loss became nan at step 3.*step-00000002"):
+        train(config)
+    assert calls["n"] == 4  # found before step 4's checkpoint, not at the end of the run
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-00000002"
+    assert not (tmp_path / "checkpoints" / "step-00000004").exists()
+
+
+def test_noise_offset_and_masked_loss_weight_reach_the_loss(tmp_path, data, monkeypatch):
+    seen = []
+    real_loss = trainer.diffusion_loss
+
+    def spy(pred, target, *args, **kwargs):
+        seen.append((target.detach().clone(), args[-1] if len(args) > 5 else None))
+        return real_loss(pred, target, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "diffusion_loss", spy)
+    for offset, weight in ((0.0, 1.0), (2.0, 10.0)):
+        options = {"max_steps": 1, "noise_offset": offset, "masked_loss_weight": weight}
+        train(tiny_config(tmp_path / f"o{offset}", data, train=options))
+    (plain_noise, plain_weights), (offset_noise, weights) = seen
+    # the offset is one constant per sample and channel: the spatial means spread out
+    assert offset_noise.mean(dim=(2, 3)).std() > 4 * plain_noise.mean(dim=(2, 3)).std()
+    assert plain_weights is None
+    assert weights.min() >= 1.0 and weights.max() == pytest.approx(10.0)
+    assert weights.shape[1] == 1 and (weights > 1).any() and (weights == 1).any()
+
+
 def test_fine_tuning_starts_from_an_exported_model(tmp_path, data, uninterrupted):
     from exemplar_core.formats import load_model
 

@@ -144,6 +144,17 @@ class TrainSection:
     timestep_bias_multiplier: float = opt(2.0, "weight of the biased timesteps (> 0)")
     timestep_bias_portion: float = opt(0.25, "share of the timesteps that get the bias (0..1)")
     min_snr_gamma: float = opt(0.0, "min-SNR loss weighting gamma (5 is typical); 0 = plain MSE")
+    noise_offset: float = opt(
+        0.0,
+        "offset noise (as diffusers' scripts): add this times a per-sample, per-channel constant "
+        "to the training noise, so the model reads an area's overall colour from the context "
+        "instead of from what the noisy latent still holds of it; 0 = off (official)",
+    )
+    masked_loss_weight: float = opt(
+        1.0,
+        "loss weight of the latent positions being repainted, relative to the kept ones (the "
+        "loss stays a weighted mean); 1 = plain MSE over the whole latent (official)",
+    )
     ema: bool = opt(True, "keep an EMA of the trained weights (used for validation and export)")
     ema_decay: float = opt(0.9999, "EMA decay (warmed up as min(decay, (1 + n) / (10 + n)))")
     seed: int = opt(23, "seed for model init, data order, augmentation, noise (official: 23)")
@@ -348,6 +359,12 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             "train.timestep_bias needs timestep_bias_multiplier > 0 and 0 < timestep_bias_portion "
             f"< 1, got {t.timestep_bias_multiplier} and {t.timestep_bias_portion}"
+        )
+    if t.noise_offset < 0:
+        raise ConfigError(f"train.noise_offset must be >= 0 (0 = off), got {t.noise_offset}")
+    if t.masked_loss_weight <= 0:
+        raise ConfigError(
+            f"train.masked_loss_weight must be > 0 (1 = plain MSE), got {t.masked_loss_weight}"
         )
     if not 0.0 <= t.cond_dropout <= 1.0:
         raise ConfigError(f"train.cond_dropout must be in 0..1, got {t.cond_dropout}")

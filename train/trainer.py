@@ -79,14 +79,23 @@ def diffusion_loss(
     min_snr_gamma: float,
     prior_split: int = 0,
     prior_weight: float = 1.0,
+    position_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ε-MSE averaged over C, H, W then the batch (official), optional min-SNR weighting.
+
+    ``position_weights`` [B, 1, H, W] (or None = uniform) turns the per-sample mean over C, H, W
+    into a weighted mean (``train.masked_loss_weight``).
 
     With ``prior_split`` > 0 the first ``prior_split`` samples are the subject and the rest the
     prior: loss = subject loss + prior_weight * prior loss (min-SNR on the subject part only,
     as diffusers' DreamBooth script).
     """
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    squared = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if position_weights is None:
+        per_sample = squared.mean(dim=(1, 2, 3))
+    else:
+        weights_map = position_weights.float().expand_as(squared)
+        per_sample = (squared * weights_map).sum(dim=(1, 2, 3)) / weights_map.sum(dim=(1, 2, 3))
     weights = torch.ones_like(per_sample)
     if min_snr_gamma > 0:
         weights = min_snr_weights(timesteps, alphas_cumprod, min_snr_gamma)
@@ -329,6 +338,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.device = acc.device
+        # On an accelerator, reading the loss or the gradient norm every step would stall the
+        # device queue (a host sync per step): they are read at log steps and before checkpoints.
+        self.defer_sync = self.device.type != "cpu"
+        self._first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)
+        self._first_bad_loss = torch.zeros((), device=self.device)
         self.model = build_model(cfg.model, t.seed).to(self.device)
         enc = self.model.encoder.config
         self.spec: PairSpec = pair_spec(cfg.data, enc.image_size, enc.mean, enc.std)
@@ -479,6 +493,7 @@ class Trainer:
         from safetensors.torch import save_file
 
         acc, t = self.accelerator, self.config.train
+        self._raise_if_non_finite()  # never save weights that a non-finite step has touched
         root = self.out_dir / "checkpoints"
         name = f"step-{self.step:08d}"
         final, tmp = root / name, root / f".tmp-{name}"
@@ -613,6 +628,9 @@ class Trainer:
             pooled = model.encoder.pooled(batch["reference"].to(self.device)).float()
         size = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
+        if t.noise_offset > 0:
+            offset = torch.randn((size, latents.shape[1], 1, 1), generator=gen, device=self.device)
+            noise = noise + t.noise_offset * offset
         timesteps = draw_timesteps(
             size, self.noise_scheduler.config.num_train_timesteps, self.timestep_weights, gen
         )
@@ -630,18 +648,39 @@ class Trainer:
             t.min_snr_gamma,
             batch.get("prior_split", 0),
             self.config.subject.prior_weight,
+            None if t.masked_loss_weight == 1.0 else 1 + (t.masked_loss_weight - 1) * (1 - keep),
         )
 
     def _check_finite(self, loss: torch.Tensor) -> float:
         value = self.accelerator.reduce(loss.detach().float(), reduction="mean").item()
         if not math.isfinite(value):
-            where = self.last_checkpoint or "none yet (no checkpoint was written)"
-            raise TrainingError(
-                f"the loss became {value} at step {self.step + 1}: training stopped. The last good "
-                f"checkpoint is {where} (resume with --resume). Usual causes: fp16 overflow (use "
-                "bf16), a learning rate too high, or corrupt data"
-            )
+            self._fail_non_finite(value, self.step + 1)
         return value
+
+    def _note_finite(self, loss: torch.Tensor) -> None:
+        """Deferred form of ``_check_finite`` for accelerators: remember the first step whose loss
+        was not finite in a device tensor (no host sync); ``_raise_if_non_finite`` reads it."""
+        loss = self.accelerator.reduce(loss.detach().float(), reduction="mean")
+        first = self._first_bad_step
+        self._first_bad_step = torch.where(
+            (first == 0) & ~torch.isfinite(loss), torch.full_like(first, self.step + 1), first
+        )
+        self._first_bad_loss = torch.where(first == 0, loss, self._first_bad_loss)
+
+    def _raise_if_non_finite(self) -> None:
+        if int(self._first_bad_step) > 0:
+            self._fail_non_finite(float(self._first_bad_loss), int(self._first_bad_step))
+
+    def _lr(self) -> float:
+        return self.lr_scheduler.get_last_lr()[0]
+
+    def _fail_non_finite(self, value: float, step: int) -> None:
+        where = self.last_checkpoint or "none yet (no checkpoint was written)"
+        raise TrainingError(
+            f"the loss became {value} at step {step}: training stopped. The last good "
+            f"checkpoint is {where} (resume with --resume). Usual causes: fp16 overflow (use "
+            "bf16), a learning rate too high, or corrupt data"
+        )
 
     def run(self) -> dict:
         self.setup()
@@ -667,14 +706,17 @@ class Trainer:
                 self.data_checksum += float(batch["image"].double().sum())
                 with acc.accumulate(self.denoiser):
                     loss = self.training_step(batch)
-                    value = self._check_finite(loss)
+                    if self.defer_sync:
+                        self._note_finite(loss)
+                    else:
+                        self._check_finite(loss)
                     acc.backward(loss)
                     if acc.sync_gradients:
                         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
-                        grad_norm = float(acc.clip_grad_norm_(self.params, max_norm))
+                        grad_norm = acc.clip_grad_norm_(self.params, max_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                window_loss += value
+                window_loss = window_loss + loss.detach().float()
                 window_count += 1
                 micro = batch["image"].shape[0] * acc.num_processes
                 window_samples += micro
@@ -686,12 +728,15 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.update()
                 bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
+                if not self.defer_sync:  # on an accelerator the loss is read at log steps only
+                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self._lr():.2e}")
                 if self.step % t.log_every == 0 or self.step == self.max_steps:
+                    self._raise_if_non_finite()
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    self._log_scalars(
-                        window_loss / window_count, grad_norm, window_samples / elapsed
-                    )
+                    mean_loss = float(window_loss) / window_count
+                    if self.defer_sync:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self._lr():.2e}")
+                    self._log_scalars(mean_loss, float(grad_norm), window_samples / elapsed)
                     window_loss, window_count, window_samples = 0.0, 0, 0
                     window_start = time.perf_counter()
                 if self.step % t.checkpoint_every == 0 and self.step < self.max_steps:
@@ -716,7 +761,7 @@ class Trainer:
     def _log_scalars(self, loss: float, grad_norm: float, throughput: float) -> None:
         if self.writer is None:
             return
-        lr = self.lr_scheduler.get_last_lr()[0]
+        lr = self._lr()
         self.writer.add_scalar("train/loss", loss, self.step)
         self.writer.add_scalar("train/lr", lr, self.step)
         self.writer.add_scalar("train/grad_norm", grad_norm, self.step)
