@@ -158,7 +158,8 @@ def test_deferred_nan_check_names_the_first_bad_step_and_saves_no_touched_weight
     """On an accelerator the loss is read only at log steps and before checkpoints (no host sync
     per step); the run must still stop naming the first bad step, and never checkpoint weights
     that the bad step updated. Forced on here (CPU) by switching the deferred mode on."""
-    config = tiny_config(tmp_path, data, train={"max_steps": 5, "checkpoint_every": 2})
+    options = {"max_steps": 5, "checkpoint_every": 2, "log_every": 100}  # read at the checkpoint
+    config = tiny_config(tmp_path, data, train=options)
     real_loss, real_setup = trainer.diffusion_loss, Trainer.setup
     calls = {"n": 0}
 

@@ -18,6 +18,16 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=pbe_host.SKIP_REASON))
 
 
+@pytest.fixture(autouse=True)
+def _as_comfyui_runs_nodes():
+    """ComfyUI's executor runs every node under ``torch.inference_mode()``; so does each host
+    test (``Host.run`` on its own too), so direct calls of core nodes see what they see there."""
+    import torch
+
+    with torch.inference_mode():
+        yield
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """A model folder (registered like an extra_model_paths.yaml entry) with the tiny model."""

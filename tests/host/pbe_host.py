@@ -90,8 +90,13 @@ class Host:
         return importlib.import_module(f"{self.package}.{name}")
 
     def run(self, node_id: str, **inputs) -> tuple:
-        """Execute a V3 node's ``execute`` and return its outputs as a tuple."""
-        out = self.node(node_id).execute(**inputs)
+        """Execute a V3 node's ``execute`` and return its outputs as a tuple, under
+        ``torch.inference_mode()`` as ComfyUI's executor runs every node (execution.py). Without
+        it autograd would keep every activation alive (2 GB more at SD1.5 size)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.node(node_id).execute(**inputs)
         return tuple(out.args)
 
 
