@@ -99,7 +99,7 @@ def cmd_interval(args) -> dict:
     """Full guidance against a guidance interval covering half the steps."""
     from .inference import build_model
 
-    _, host = load_host()
+    _, host = load_host(pick_device(args.device))
     import comfy.samplers  # importable once load_host has put ComfyUI on sys.path
 
     unet, vae, encoder = native_parts(host, build_model())
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--sampler", default="ddim")
     p.add_argument("--scheduler", default="ddim_uniform")
+    p.add_argument("--device", default="cpu", help="cpu, or auto/cuda for ComfyUI on the GPU")
     p.add_argument("--out", default="out/bench/guidance_interval.json")
     r = sub.add_parser("repeat", help="re-queue with a new seed: what the server recomputes")
     r.add_argument("--out", default="out/bench/repeat_runs.json")
