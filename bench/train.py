@@ -225,17 +225,19 @@ def _worker_argv(side: str, args) -> list[str]:
     ]  # fmt: skip
 
 
-def cmd_throughput(args) -> dict:
+def _compare(args, sides: dict[str, list[str]], baseline: str) -> tuple[list, dict]:
+    """Alternate the sides' worker processes; print and return (runs, medians)."""
     make_scenes(args.resolution, args.scenes)  # once, outside the timed workers
-    sides = {
-        "ours": _worker_argv("ours", args),
-        "minimal": _worker_argv("minimal", args),
-        "ours_ema": _worker_argv("ours_ema", args),
-    }
     results = alternate(sides, args.repeats)
     keys = ("samples_per_s", "peak_mb")
     summary = summarise(results, keys)
-    print_table(summary, keys, baseline="minimal")
+    print_table(summary, keys, baseline=baseline)
+    return results, summary
+
+
+def cmd_throughput(args) -> dict:
+    sides = {side: _worker_argv(side, args) for side in ("ours", "minimal", "ours_ema")}
+    results, summary = _compare(args, sides, baseline="minimal")
     ratio = summary["ours"]["samples_per_s"] / summary["minimal"]["samples_per_s"]
     print(f"throughput ours/minimal: {ratio:.2f} (target >= 1.0)")
     return {"benchmark": "train_throughput", "settings": _settings(args), "runs": results,
@@ -243,14 +245,10 @@ def cmd_throughput(args) -> dict:
 
 
 def cmd_checkpointing(args) -> dict:
-    make_scenes(args.resolution, args.scenes)
     off = argparse.Namespace(**{**vars(args), "checkpointing": False})
     on = argparse.Namespace(**{**vars(args), "checkpointing": True})
     sides = {"plain": _worker_argv("ours", off), "checkpointing": _worker_argv("ours", on)}
-    results = alternate(sides, args.repeats)
-    keys = ("samples_per_s", "peak_mb")
-    summary = summarise(results, keys)
-    print_table(summary, keys, baseline="plain")
+    results, summary = _compare(args, sides, baseline="plain")
     ratio = summary["checkpointing"]["peak_mb"] / summary["plain"]["peak_mb"]
     print(f"peak memory with/without checkpointing: {ratio:.2f} (target <= 0.6)")
     return {"benchmark": "train_checkpointing", "settings": _settings(args), "runs": results,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -651,36 +650,30 @@ class Trainer:
             None if t.masked_loss_weight == 1.0 else 1 + (t.masked_loss_weight - 1) * (1 - keep),
         )
 
-    def _check_finite(self, loss: torch.Tensor) -> float:
-        value = self.accelerator.reduce(loss.detach().float(), reduction="mean").item()
-        if not math.isfinite(value):
-            self._fail_non_finite(value, self.step + 1)
-        return value
-
-    def _note_finite(self, loss: torch.Tensor) -> None:
-        """Deferred form of ``_check_finite`` for accelerators: remember the first step whose loss
-        was not finite in a device tensor (no host sync); ``_raise_if_non_finite`` reads it."""
+    def _note_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss averaged over processes, still on the device. Remembers (in a device tensor,
+        no host sync) the first step whose loss was not finite; ``_raise_if_non_finite`` reads it:
+        every step on a CPU, at log steps and before checkpoints on an accelerator."""
         loss = self.accelerator.reduce(loss.detach().float(), reduction="mean")
         first = self._first_bad_step
         self._first_bad_step = torch.where(
             (first == 0) & ~torch.isfinite(loss), torch.full_like(first, self.step + 1), first
         )
         self._first_bad_loss = torch.where(first == 0, loss, self._first_bad_loss)
+        return loss
 
     def _raise_if_non_finite(self) -> None:
-        if int(self._first_bad_step) > 0:
-            self._fail_non_finite(float(self._first_bad_loss), int(self._first_bad_step))
+        step = int(self._first_bad_step)
+        if step > 0:
+            where = self.last_checkpoint or "none yet (no checkpoint was written)"
+            raise TrainingError(
+                f"the loss became {float(self._first_bad_loss)} at step {step}: training stopped. "
+                f"The last good checkpoint is {where} (resume with --resume). Usual causes: fp16 "
+                "overflow (use bf16), a learning rate too high, or corrupt data"
+            )
 
     def _lr(self) -> float:
         return self.lr_scheduler.get_last_lr()[0]
-
-    def _fail_non_finite(self, value: float, step: int) -> None:
-        where = self.last_checkpoint or "none yet (no checkpoint was written)"
-        raise TrainingError(
-            f"the loss became {value} at step {step}: training stopped. The last good "
-            f"checkpoint is {where} (resume with --resume). Usual causes: fp16 overflow (use "
-            "bf16), a learning rate too high, or corrupt data"
-        )
 
     def run(self) -> dict:
         self.setup()
@@ -706,17 +699,16 @@ class Trainer:
                 self.data_checksum += float(batch["image"].double().sum())
                 with acc.accumulate(self.denoiser):
                     loss = self.training_step(batch)
-                    if self.defer_sync:
-                        self._note_finite(loss)
-                    else:
-                        self._check_finite(loss)
+                    reduced = self._note_finite(loss)
+                    if not self.defer_sync:
+                        self._raise_if_non_finite()
                     acc.backward(loss)
                     if acc.sync_gradients:
                         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
                         grad_norm = acc.clip_grad_norm_(self.params, max_norm)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                window_loss = window_loss + loss.detach().float()
+                window_loss = window_loss + reduced
                 window_count += 1
                 micro = batch["image"].shape[0] * acc.num_processes
                 window_samples += micro
@@ -729,7 +721,7 @@ class Trainer:
                     self.ema.update()
                 bar.update(1)
                 if not self.defer_sync:  # on an accelerator the loss is read at log steps only
-                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self._lr():.2e}")
+                    bar.set_postfix(loss=f"{float(reduced):.4f}", lr=f"{self._lr():.2e}")
                 if self.step % t.log_every == 0 or self.step == self.max_steps:
                     self._raise_if_non_finite()
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
