@@ -25,6 +25,8 @@ def test_synthetic_benchmark_reports_each_scale_and_keeps_background_bit_exact(
     assert report["checks"]["background_psnr_ge_45"]["passed"]
     assert {"color_error_halved_at_5", "fidelity_not_worse_0_to_5"} <= set(report["checks"])
     assert (out / "chart.png").stat().st_size > 0
+    fill = report["hole_fill"]
+    assert 0 <= fill["colour_error"] <= fill["worst"] <= math.sqrt(3)
 
 
 def test_requirement_checks_follow_the_issue_targets():

@@ -1,6 +1,6 @@
 """Train the miniature world's model end to end with the project's own trainer, on a CPU.
 
-    python -m train.mini [--out runs/mini] [--steps 3200] [--vae-steps 1500] [--tower-steps 1500]
+    python -m train.mini [--out runs/mini] [--steps 3000] [--vae-steps 1500] [--tower-steps 1500]
 
 Stages (each skipped when its output already exists, so an interrupted run continues):
 1. synthetic scenes (``train.synthetic``, 64 px, 4000 train / 200 test, seed 0);
@@ -29,7 +29,7 @@ CONFIG = Path(__file__).resolve().parent / "configs" / "mini.toml"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.mini", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/mini", help="working folder (runs/mini)")
-    p.add_argument("--steps", type=int, default=3200, help="main-stage optimiser steps (3200)")
+    p.add_argument("--steps", type=int, default=3000, help="main-stage optimiser steps (3000)")
     p.add_argument("--vae-steps", type=int, default=1500, help="VAE-stage steps (1500)")
     p.add_argument("--tower-steps", type=int, default=1500, help="tower-stage steps (1500)")
     args = p.parse_args(argv)
