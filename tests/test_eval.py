@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import math
 
+import torch
+
 from exemplar_core.formats import checkpoint_from_model, save_single_file
 from train import eval as quality
 
@@ -41,3 +43,33 @@ def test_requirement_checks_follow_the_issue_targets():
     assert not checks["background_psnr_ge_45"]["passed"]
     worse = {**good, "1": {"color_error": 0.5, "background_psnr_min": 50.0}}
     assert not quality.check_requirements(worse)["fidelity_not_worse_0_to_5"]["passed"]
+
+
+class _PaintHole:
+    """Stands in for the editor: fills the edit mask with one colour (None = leave the source)."""
+
+    native_size = 32
+
+    def __init__(self, colour):
+        self.colour = colour
+
+    def edit(self, source, mask, exemplar, settings):
+        from types import SimpleNamespace
+
+        assert settings.scale == 0.0, "the probe edits unconditionally"
+        image = source.clone()
+        if self.colour is not None:
+            fill = torch.tensor(self.colour).view(1, 3, 1, 1).expand_as(image)
+            image = torch.where(mask > 0.5, fill, image)
+        return SimpleNamespace(image=image)
+
+
+def test_hole_fill_probe_measures_the_hole_against_the_scene_colour():
+    kept = quality.hole_fill_probe(_PaintHole(None))
+    assert kept["worst"] < 0.01, "a hole left as the scene scores ~0 (only the light noise)"
+    grey = quality.hole_fill_probe(_PaintHole((0.5, 0.5, 0.5)))
+    expected = [
+        float(torch.linalg.vector_norm(torch.tensor(c) / 255 - 0.5)) for c in quality.PROBE_COLOURS
+    ]
+    assert math.isclose(grey["colour_error"], sum(expected) / len(expected), abs_tol=0.01)
+    assert math.isclose(grey["worst"], max(expected), abs_tol=0.01)
