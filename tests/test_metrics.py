@@ -29,6 +29,18 @@ def test_fidelity_is_high_for_the_exemplar_object_and_lower_for_another():
     assert good.shape_iou > 0.75 and wrong_shape.shape_iou < good.shape_iou - 0.15
 
 
+def test_a_white_exemplar_object_near_the_background_colour_is_still_found():
+    # Solid white (245) on the exemplar background (235): no pixel is past the usual threshold.
+    spec = synthetic.ObjectSpec("triangle", "white", "solid", (0, 0, 1, 1), 0.0)
+    exemplar = np.asarray(synthetic.make_exemplar(spec, random.Random(1)))
+    target = metrics.exemplar_object(exemplar)
+    assert 0.05 < target.mean() < 0.8
+    fid = metrics.synthetic_fidelity(_paint("triangle", "white"), exemplar, (40, 40, 90, 90))
+    assert fid.color_error < 0.1
+    with pytest.raises(ValueError, match="no object pixels"):
+        metrics.exemplar_object(np.full((32, 32, 3), 235, dtype=np.uint8))
+
+
 def test_psnr_is_infinite_for_identical_images_and_finite_otherwise():
     a = np.zeros((4, 4, 3), np.uint8)
     b = a.copy()
