@@ -174,15 +174,17 @@ class Editor:
             channels = self.model.vae.config.latent_channels
             noise = torch.randn((batch, channels, h, w), generator=generator, dtype=torch.float32)
         latents = noise.to(self.device, torch.float32) * sched.init_noise_sigma
-        guided = settings.scale != 1.0  # s = 1 is the condition alone: skip the unconditional pass
+        # s = 1 is the condition alone and s = 0 the learned vector alone: one pass, not two.
+        guided = settings.scale not in (0.0, 1.0)
         dt = self.dtype
+        uncond = self.model.encoder.unconditional(batch).to(condition.dtype)
         if guided:
-            uncond = self.model.encoder.unconditional(batch).to(condition.dtype)
             context = torch.cat([uncond, condition])
             masked_in = torch.cat([masked_latent] * 2)
             keep_in = torch.cat([keep_latent] * 2)
         else:
-            context, masked_in, keep_in = condition, masked_latent, keep_latent
+            context = condition if settings.scale == 1.0 else uncond
+            masked_in, keep_in = masked_latent, keep_latent
         step_kwargs = _step_kwargs(sched, generator, settings.eta)
         timesteps = sched.timesteps
         bar = _progress(len(timesteps), self.progress and len(timesteps) > 1)

@@ -90,6 +90,28 @@ def test_scale_one_skips_the_unconditional_pass(editor, monkeypatch):
     assert batches == [2, 2], "condition and learned vector go through the UNet in one batch"
 
 
+def test_scale_zero_is_the_learned_vector_alone_in_one_pass(editor, monkeypatch):
+    source, mask, exemplar = _inputs()
+    # A scale too small to move ε in float32 takes the two-pass path: the same formula.
+    two_pass = editor.edit(
+        source, mask, exemplar, EditSettings(**{**FAST.__dict__, "scale": 1e-30})
+    )
+    batches = []
+    original = editor.model.predict_noise
+
+    def spy(x, *args, **kwargs):
+        batches.append(x.shape[0])
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(editor.model, "predict_noise", spy)
+    zero = EditSettings(**{**FAST.__dict__, "scale": 0.0})
+    one_pass = editor.edit(source, mask, exemplar, zero)
+    assert batches == [1, 1], "s = 0 needs no conditional pass"
+    torch.testing.assert_close(one_pass.image, two_pass.image, atol=1e-5, rtol=0)
+    other = editor.edit(source, mask, exemplar.flip(-1) * 0.5, zero)
+    assert torch.equal(other.image, one_pass.image), "at s = 0 the exemplar plays no part"
+
+
 def test_colour_match_moves_kept_area_statistics_towards_the_source(editor):
     source, mask, exemplar = _inputs()
     plain = editor.edit(

@@ -123,7 +123,7 @@ def hole_fill_probe(
     mask[..., quarter : size - quarter, quarter : size - quarter] = 1.0
     shrink = min(feather + 2, size // 8)  # stay clear of the feather band, keep some pixels
     inner = slice(quarter + shrink, size - quarter - shrink)
-    exemplar = torch.full((1, 3, 32, 32), 235 / 255)  # ignored at s = 0
+    exemplar = torch.full((1, 3, 32, 32), metrics.EXEMPLAR_BACKGROUND[0] / 255)  # unused at s = 0
     errors = []
     for i, colour in enumerate(PROBE_COLOURS):
         generator = torch.Generator().manual_seed(seed + i)
