@@ -73,8 +73,8 @@ def test_full_mask_repaints_everything(editor):
     assert out.shape == source.shape and (out - source).abs().mean() > 0.05
 
 
-def test_scale_one_skips_the_unconditional_pass(editor, monkeypatch):
-    source, mask, exemplar = _inputs()
+def _unet_batches(editor, monkeypatch) -> list[int]:
+    """The batch size of every UNet call the editor makes from now on."""
     batches = []
     original = editor.model.predict_noise
 
@@ -83,6 +83,12 @@ def test_scale_one_skips_the_unconditional_pass(editor, monkeypatch):
         return original(x, *args, **kwargs)
 
     monkeypatch.setattr(editor.model, "predict_noise", spy)
+    return batches
+
+
+def test_scale_one_skips_the_unconditional_pass(editor, monkeypatch):
+    source, mask, exemplar = _inputs()
+    batches = _unet_batches(editor, monkeypatch)
     editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "scale": 1.0}))
     assert batches == [1, 1]
     batches.clear()
@@ -96,14 +102,7 @@ def test_scale_zero_is_the_learned_vector_alone_in_one_pass(editor, monkeypatch)
     two_pass = editor.edit(
         source, mask, exemplar, EditSettings(**{**FAST.__dict__, "scale": 1e-30})
     )
-    batches = []
-    original = editor.model.predict_noise
-
-    def spy(x, *args, **kwargs):
-        batches.append(x.shape[0])
-        return original(x, *args, **kwargs)
-
-    monkeypatch.setattr(editor.model, "predict_noise", spy)
+    batches = _unet_batches(editor, monkeypatch)
     zero = EditSettings(**{**FAST.__dict__, "scale": 0.0})
     one_pass = editor.edit(source, mask, exemplar, zero)
     assert batches == [1, 1], "s = 0 needs no conditional pass"
