@@ -48,6 +48,18 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def warmup_count(value: str, device: torch.device) -> int:
+    """Untimed runs before the timed one: ``auto`` is 1 on an accelerator (its first run pays
+    for kernel selection, library loading and autotuning, which a user pays once per session)
+    and 0 on a CPU (the figures there have always been cold, first-edit times)."""
+    if value == "auto":
+        return 0 if device.type == "cpu" else 1
+    count = int(value)
+    if count < 0:
+        raise SystemExit(f"error: --warmup must be 'auto' or a count >= 0, not {value!r}")
+    return count
+
+
 def release_freed_memory() -> None:
     """Collect garbage and hand freed heap back to the OS (glibc ``malloc_trim``), so that a peak
     RSS window starts from live memory, not from what setup freed but the allocator kept."""

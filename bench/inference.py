@@ -31,13 +31,14 @@ from .common import (
     print_table,
     reset_peak_memory,
     summarise,
+    warmup_count,
     write_report,
 )
 
 WEIGHT_SEED = 1234
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
+def dtype_named(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
@@ -63,30 +64,22 @@ def make_inputs(width: int, height: int, box: tuple[int, int, int, int]):
     return source, mask, exemplar
 
 
-def worker_editor(args) -> dict:
+def editor_edit(args):
+    """A ready editor on the worker's inputs: (edit(), None); edit() returns the EditResult,
+    whose region gives the processed size."""
     from exemplar_core.editor import Editor, EditSettings
 
     device = pick_device(args.device)
     model = build_model()
-    editor = Editor(model, device=device, dtype=_dtype(args.dtype, device), progress=False)
+    editor = Editor(model, device=device, dtype=dtype_named(args.dtype, device), progress=False)
     source, mask, exemplar = make_inputs(args.width, args.height, tuple(args.box))
     settings = EditSettings(steps=args.steps, scale=5.0, seed=0, scheduler="pndm", size=args.size)
-    reset_peak_memory(device)
-    start = time.perf_counter()
-    result = editor.edit(source, mask, exemplar, settings)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    region = result.region
-    return {
-        "seconds": seconds,
-        "peak_mb": peak_memory_mb(device),
-        "processed": f"{region.width}x{region.height}",
-        "output": f"{result.image.shape[-1]}x{result.image.shape[-2]}",
-    }
+    return (lambda: editor.edit(source, mask, exemplar, settings)), None
 
 
-def worker_diffusers(args) -> dict:
+def diffusers_edit(args):
+    """diffusers' PaintByExamplePipeline with the same weights on the worker's inputs (resized
+    first when ``args.resize_to``): (edit(), processed size); edit() returns the images."""
     import torch.nn.functional as F
     from diffusers.pipelines.deprecated.paint_by_example import PaintByExamplePipeline
     from diffusers.pipelines.deprecated.paint_by_example.image_encoder import (
@@ -98,7 +91,7 @@ def worker_diffusers(args) -> dict:
     from exemplar_core.keymap import encoder_to_diffusers
 
     device = pick_device(args.device)
-    dtype = _dtype(args.dtype, device)
+    dtype = dtype_named(args.dtype, device)
     model = build_model()
     clip = CLIPVisionConfig(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -125,25 +118,53 @@ def worker_diffusers(args) -> dict:
         size = (int(args.height * scale) // 8 * 8, int(args.width * scale) // 8 * 8)
         source = F.interpolate(source, size=size, mode="bilinear", antialias=True)
         mask = F.interpolate(mask, size=size, mode="bilinear")
+
+    def edit():
+        with torch.no_grad():
+            return pipe(
+                example_image=_to_pil(exemplar),
+                image=(source * 2 - 1).to(device, dtype),
+                mask_image=mask.to(device, dtype),
+                num_inference_steps=args.steps,
+                guidance_scale=5.0,
+                generator=torch.Generator().manual_seed(0),
+                output_type="np",
+            ).images
+
+    return edit, f"{source.shape[-1]}x{source.shape[-2]}"
+
+
+def timed(edit, device: torch.device, warmup: str):
+    """``warmup`` untimed calls of edit(), then one timed: (result, seconds, peak MB)."""
+    for _ in range(warmup_count(warmup, device)):
+        edit()
     reset_peak_memory(device)
     start = time.perf_counter()
-    with torch.no_grad():
-        out = pipe(
-            example_image=_to_pil(exemplar),
-            image=(source * 2 - 1).to(device, dtype),
-            mask_image=mask.to(device, dtype),
-            num_inference_steps=args.steps,
-            guidance_scale=5.0,
-            generator=torch.Generator().manual_seed(0),
-            output_type="np",
-        ).images
+    result = edit()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    return result, time.perf_counter() - start, peak_memory_mb(device)
+
+
+def worker_editor(args) -> dict:
+    edit, _ = editor_edit(args)
+    result, seconds, peak = timed(edit, pick_device(args.device), args.warmup)
+    region = result.region
     return {
         "seconds": seconds,
-        "peak_mb": peak_memory_mb(device),
-        "processed": f"{source.shape[-1]}x{source.shape[-2]}",
+        "peak_mb": peak,
+        "processed": f"{region.width}x{region.height}",
+        "output": f"{result.image.shape[-1]}x{result.image.shape[-2]}",
+    }
+
+
+def worker_diffusers(args) -> dict:
+    edit, processed = diffusers_edit(args)
+    out, seconds, peak = timed(edit, pick_device(args.device), args.warmup)
+    return {
+        "seconds": seconds,
+        "peak_mb": peak,
+        "processed": processed,
         "output": f"{out.shape[2]}x{out.shape[1]}",
     }
 
@@ -160,6 +181,7 @@ def _worker_argv(side: str, args, width: int, height: int, box, resize_to: int =
         "bench.inference", "worker", side, "--width", str(width), "--height", str(height),
         "--box", *map(str, box), "--steps", str(args.steps), "--size", str(args.size),
         "--device", args.device, "--dtype", args.dtype, "--resize-to", str(resize_to),
+        "--warmup", args.warmup,
     ]  # fmt: skip
 
 
@@ -180,7 +202,7 @@ def cmd_same(args) -> dict:
         sides["node"] = [
             "bench.nodes", "worker", "node", "--width", str(size), "--height", str(size),
             "--box", *map(str, box), "--steps", str(args.steps), "--size", str(size),
-            "--device", args.device,
+            "--device", args.device, "--dtype", args.dtype, "--warmup", args.warmup,
         ]  # fmt: skip
     else:
         print("COMFYUI_PATH is not set: the node side is skipped (editor and diffusers only)")
@@ -229,6 +251,13 @@ def _available_memory_bytes(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _warmup_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--warmup", default="auto",
+        help="untimed edits in each worker before the timed one (auto: 1 on a GPU, 0 on a CPU)",
+    )  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -241,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto")
         p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
         p.add_argument("--out", default=f"out/bench/inference_{name}.json")
+        _warmup_option(p)
     w = sub.add_parser("worker", help="internal: one measured run in this process")
     w.add_argument("side", choices=("editor", "diffusers"))
     w.add_argument("--width", type=int, required=True)
@@ -251,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--device", default="auto")
     w.add_argument("--dtype", default="auto")
     w.add_argument("--resize-to", type=int, default=0)
+    _warmup_option(w)
     args = parser.parse_args(argv)
     if args.command == "worker":
         fn = worker_editor if args.side == "editor" else worker_diffusers

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .common import REPO, peak_memory_mb, pick_device, reset_peak_memory, write_report
+from .common import REPO, pick_device, write_report
 
 HOST_DIR = REPO / "tests" / "host"
 
@@ -47,14 +47,18 @@ def load_host(device: torch.device | None = None):
     return pbe_host, pbe_host.load_host(models, cpu=cpu)
 
 
-def native_parts(host, seed_model):
-    """MODEL, VAE and encoder built by the pack's own builders from an in-memory checkpoint."""
+def native_parts(host, seed_model, dtype: torch.dtype | None = None):
+    """MODEL, VAE and encoder built by the pack's own builders from an in-memory checkpoint, in
+    ``dtype`` (None: ComfyUI's own choice for the device, as the Loader node makes it)."""
     from exemplar_core.formats import checkpoint_from_model
 
     builder = host.module("nodes.model_builder")
     ckpt = checkpoint_from_model(seed_model)
-    parts = builder.build_model(ckpt), builder.build_vae(ckpt), builder.build_encoder(ckpt)
-    return parts
+    return (
+        builder.build_model(ckpt, dtype),
+        builder.build_vae(ckpt, dtype),
+        builder.build_encoder(ckpt, dtype),
+    )
 
 
 def _inputs(width: int, height: int, box):
@@ -64,34 +68,45 @@ def _inputs(width: int, height: int, box):
     return source.permute(0, 2, 3, 1), mask[:, 0], exemplar.permute(0, 2, 3, 1)
 
 
-def worker_node(args) -> dict:
-    """One measured edit through the Exemplar Encode + Inpaint Sampler nodes."""
-    from .inference import build_model
+def node_edit(args):
+    """Exemplar Encode + Inpaint Sampler nodes in ComfyUI on the worker's inputs: (edit(), the
+    UNet's dtype); edit() returns the IMAGE."""
+    from .inference import build_model, dtype_named
 
     device = pick_device(args.device)
     _, host = load_host(device)
     model = build_model()
-    unet, vae, encoder = native_parts(host, model)
+    dtype = None if args.dtype == "auto" else dtype_named(args.dtype, device)
+    unet, vae, encoder = native_parts(host, model, dtype)
     del model
     image, mask, exemplar = _inputs(args.width, args.height, tuple(args.box))
-    reset_peak_memory(device)
-    start = time.perf_counter()
-    positive, negative = host.run(
-        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar
-    )
-    result, _ = host.run(
-        "PaintByExample.InpaintSampler", model=unet, vae=vae, positive=positive,
-        negative=negative, image=image, mask=mask, seed=0, steps=args.steps, similarity=5.0,
-        sampler_name=args.sampler, scheduler=args.scheduler, resolution=args.size,
-    )  # fmt: skip
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+
+    def edit():
+        positive, negative = host.run(
+            "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar
+        )
+        result, _ = host.run(
+            "PaintByExample.InpaintSampler", model=unet, vae=vae, positive=positive,
+            negative=negative, image=image, mask=mask, seed=0, steps=args.steps, similarity=5.0,
+            sampler_name=args.sampler, scheduler=args.scheduler, resolution=args.size,
+        )  # fmt: skip
+        return result
+
+    return edit, str(unet.model.get_dtype()).removeprefix("torch.")
+
+
+def worker_node(args) -> dict:
+    """One measured edit through the Exemplar Encode + Inpaint Sampler nodes."""
+    from .inference import timed
+
+    edit, unet_dtype = node_edit(args)
+    result, seconds, peak = timed(edit, pick_device(args.device), args.warmup)
     return {
         "seconds": seconds,
-        "peak_mb": peak_memory_mb(device),
+        "peak_mb": peak,
         "output": f"{result.shape[2]}x{result.shape[1]}",
         "sampler": f"{args.sampler}/{args.scheduler}",
+        "unet_dtype": unet_dtype,
     }
 
 
@@ -264,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--device", default="cpu", help="cpu, or auto/cuda for ComfyUI on the GPU")
     w.add_argument("--sampler", default="ddim")
     w.add_argument("--scheduler", default="ddim_uniform")
+    w.add_argument("--dtype", default="auto", help="auto: ComfyUI's choice for the device")
+    w.add_argument("--warmup", default="auto", help="untimed edits before the timed one")
     args = parser.parse_args(argv)
     if args.command == "worker":
         print(json.dumps(worker_node(args)))

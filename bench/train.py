@@ -1,6 +1,7 @@
 """Training speed and memory: ``python -m train`` against a minimal diffusers + accelerate loop.
 
     python -m bench.train throughput    [--architecture mini --resolution 64 --batch 16]
+                                        [--sides ours,minimal,ours_ema] [--set train.compile=true]
     python -m bench.train checkpointing [--architecture mini --resolution 128 --batch 8]
     python -m bench.train data          [--resolution 512 --samples 200 --gpu-rate 0]
 
@@ -43,6 +44,54 @@ from .common import (
 
 DATA_SEED = 5
 
+# Dense bf16/fp16 tensor-core peak (no sparsity) from the vendors' data sheets, TFLOP/s, by a
+# substring of torch.cuda.get_device_name(). Other devices: pass --peak-tflops.
+PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
+
+
+def step_flops(architecture: str, resolution: int, batch: int) -> dict:
+    """FLOPs of one training step of the model (not counting gradient-checkpointing recompute),
+    counted by torch's FlopCounterMode on meta tensors (nothing is allocated or computed):
+    ``frozen`` is the VAE encodes of image and masked image plus the tower (no grad);
+    ``trained`` the mapper, UNet forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from exemplar_core.model import ModelConfigs, PaintByExampleModel
+
+    configs = ModelConfigs.named(architecture)
+    size = configs.encoder.image_size
+    with torch.device("meta"):
+        model = PaintByExampleModel(configs)
+        image = torch.zeros(batch, 3, resolution, resolution)
+        reference = torch.zeros(batch, 3, size, size)
+        timesteps = torch.zeros(batch, dtype=torch.long)
+    model.requires_grad_(False)
+    for p in list(model.unet.parameters()) + model.encoder.trainable_parameters():
+        p.requires_grad_(True)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with torch.no_grad():
+            latents = model.encode_latent(image)
+            masked = model.encode_latent(image)
+            pooled = model.encoder.pooled(reference)
+        frozen = counter.get_total_flops()
+        keep = torch.zeros_like(latents[:, :1])
+        condition = model.encoder.project(pooled)
+        x = torch.cat([latents, masked, keep], dim=1)
+        pred = model.unet(x, timesteps, encoder_hidden_states=condition).sample
+        pred.float().square().mean().backward()
+        total = counter.get_total_flops()
+    return {"frozen": frozen / batch, "trained": (total - frozen) / batch, "total": total / batch}
+
+
+def peak_tflops(device: torch.device, given: float) -> float | None:
+    if given > 0:
+        return given
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
 
 def make_scenes(resolution: int, count: int, root: Path | None = None) -> Path:
     """Synthetic scenes at ``resolution`` (cached under ``root``); returns the JSONL path."""
@@ -83,6 +132,7 @@ def trainer_config(args, out_dir: str, ema: bool, checkpointing: bool):
         "train.log_every=1000000",
         "train.export_dtype=fp16",
         f"train.cpu={str(device.type == 'cpu').lower()}",
+        *getattr(args, "set", []),
     ]
     return load_config(None, overrides)
 
@@ -216,12 +266,14 @@ def worker_minimal(args) -> dict:
 
 
 def _worker_argv(side: str, args) -> list[str]:
+    sets = [a for item in args.set for a in ("--set", item)] if side != "minimal" else []
     return [
         "bench.train", "worker", side, "--architecture", args.architecture,
         "--resolution", str(args.resolution), "--batch", str(args.batch),
         "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
         "--precision", args.precision, "--workers", str(args.workers),
         "--scenes", str(args.scenes), *(["--checkpointing"] if args.checkpointing else []),
+        *sets,
     ]  # fmt: skip
 
 
@@ -236,12 +288,40 @@ def _compare(args, sides: dict[str, list[str]], baseline: str) -> tuple[list, di
 
 
 def cmd_throughput(args) -> dict:
-    sides = {side: _worker_argv(side, args) for side in ("ours", "minimal", "ours_ema")}
-    results, summary = _compare(args, sides, baseline="minimal")
-    ratio = summary["ours"]["samples_per_s"] / summary["minimal"]["samples_per_s"]
-    print(f"throughput ours/minimal: {ratio:.2f} (target >= 1.0)")
-    return {"benchmark": "train_throughput", "settings": _settings(args), "runs": results,
-            "median": summary, "throughput_ratio": ratio}  # fmt: skip
+    names = [n.strip() for n in args.sides.split(",") if n.strip()]
+    unknown = sorted(set(names) - {"ours", "minimal", "ours_ema"})
+    if unknown or not names:
+        raise SystemExit(f"error: --sides takes ours, minimal and ours_ema, not {args.sides!r}")
+    sides = {side: _worker_argv(side, args) for side in names}
+    results, summary = _compare(args, sides, baseline="minimal" if "minimal" in sides else None)
+    report = {"benchmark": "train_throughput", "settings": _settings(args), "runs": results,
+              "median": summary}  # fmt: skip
+    if "ours" in summary and "minimal" in summary:
+        ratio = summary["ours"]["samples_per_s"] / summary["minimal"]["samples_per_s"]
+        print(f"throughput ours/minimal: {ratio:.2f} (target >= 1.0)")
+        report["throughput_ratio"] = ratio
+    report.update(_utilisation(args, summary))
+    return report
+
+
+def _utilisation(args, summary: dict) -> dict:
+    """Model FLOPs per sample and, where the device's peak is known, MFU per side."""
+    flops = step_flops(args.architecture, args.resolution, args.batch)
+    out = {"flops_per_sample": flops}
+    peak = peak_tflops(pick_device(args.device), args.peak_tflops)
+    trained, frozen = flops["trained"] / 1e9, flops["frozen"] / 1e9
+    print(f"model FLOPs per training sample: {flops['total'] / 1e9:.1f} GFLOP "
+          f"({trained:.1f} trained, {frozen:.1f} frozen encoders)")  # fmt: skip
+    if peak is None:
+        print("MFU: not given (unknown peak for this device; pass --peak-tflops)")
+        return out
+    out["peak_tflops"] = peak
+    out["mfu"] = {}
+    for name, row in summary.items():
+        mfu = row["samples_per_s"] * flops["total"] / (peak * 1e12)
+        out["mfu"][name] = mfu
+        print(f"MFU {name}: {100 * mfu:.1f}% of {peak:.0f} TFLOP/s")
+    return out
 
 
 def cmd_checkpointing(args) -> dict:
@@ -293,7 +373,7 @@ def cmd_data(args) -> dict:
 
 def _settings(args) -> dict:
     keys = ("architecture", "resolution", "batch", "steps", "warmup", "device", "precision",
-            "workers", "checkpointing")  # fmt: skip
+            "workers", "checkpointing", "set")  # fmt: skip
     return {k: getattr(args, k, None) for k in keys}
 
 
@@ -307,6 +387,10 @@ def _common(p: argparse.ArgumentParser, architecture: str, resolution: int, batc
     p.add_argument("--precision", default="no", choices=("no", "bf16", "fp16"))
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--scenes", type=int, default=200, help="synthetic scenes to train on")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a trainer config override for the trainer's sides (e.g. train.compile=true)",
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("throughput", help="the trainer against a minimal loop")
     _common(p, "mini", 64, 16)
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
+    p.add_argument("--sides", default="ours,minimal,ours_ema", help="comma-separated sides to run")
+    p.add_argument(
+        "--peak-tflops", type=float, default=0.0,
+        help="the device's peak TFLOP/s for MFU (default: known GPUs' bf16 peak)",
+    )  # fmt: skip
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="out/bench/train_throughput.json")
     p = sub.add_parser("checkpointing", help="peak memory with and without checkpointing")

@@ -11,7 +11,7 @@ from bench import train as bench_train
 
 def _args(tmp_path, **extra):
     values = dict(architecture="tiny", resolution=32, batch=2, steps=2, warmup=1, device="cpu",
-                  precision="no", workers=0, scenes=12, checkpointing=False)  # fmt: skip
+                  precision="no", workers=0, scenes=12, checkpointing=False, set=[])  # fmt: skip
     values.update(extra)
     return argparse.Namespace(**values)
 
@@ -64,3 +64,58 @@ def test_checkpointing_command_reports_the_memory_ratio(tmp_path, monkeypatch):
     report = bench_train.cmd_checkpointing(args)
     assert report["memory_ratio"] == pytest.approx(0.55)
     assert report["settings"]["architecture"] == "tiny"
+
+
+def test_step_flops_are_per_sample_and_split_into_frozen_and_trained():
+    one = bench_train.step_flops("tiny", 32, 1)
+    two = bench_train.step_flops("tiny", 32, 2)
+    assert one["frozen"] > 0 and one["trained"] > 0
+    assert one["total"] == pytest.approx(one["frozen"] + one["trained"])
+    assert two == pytest.approx(one)  # per sample: the same at any batch
+
+
+def test_throughput_reports_mfu_from_the_given_peak(tmp_path, monkeypatch):
+    monkeypatch.setattr("bench.train.alternate", lambda sides, repeats: {
+        name: [{"samples_per_s": 10.0 if name == "ours" else 8.0, "peak_mb": 1.0}]
+        for name in sides})  # fmt: skip
+    monkeypatch.setattr(bench_train, "step_flops", lambda *a: {
+        "frozen": 1e12, "trained": 2e12, "total": 3e12})  # fmt: skip
+    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 100.0,
+                                 "sides": "ours,minimal"})  # fmt: skip
+    report = bench_train.cmd_throughput(args)
+    assert report["throughput_ratio"] == pytest.approx(1.25)
+    assert report["mfu"] == pytest.approx({"ours": 0.3, "minimal": 0.24})
+
+
+def test_throughput_without_a_known_peak_gives_no_mfu(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("bench.train.alternate", lambda sides, repeats: {
+        name: [{"samples_per_s": 10.0, "peak_mb": 1.0}] for name in sides})  # fmt: skip
+    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 0.0,
+                                 "sides": "ours"})  # fmt: skip
+    report = bench_train.cmd_throughput(args)
+    assert "mfu" not in report and "throughput_ratio" not in report
+    assert "pass --peak-tflops" in capsys.readouterr().out
+
+
+def test_throughput_refuses_unknown_sides(tmp_path):
+    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 0.0,
+                                 "sides": "ours,theirs"})  # fmt: skip
+    with pytest.raises(SystemExit, match="theirs"):
+        bench_train.cmd_throughput(args)
+
+
+def test_config_overrides_reach_the_trainer_sides_only(tmp_path):
+    args = _args(tmp_path, set=["train.compile=true"])
+    assert bench_train._worker_argv("ours", args)[-2:] == ["--set", "train.compile=true"]
+    assert "--set" not in bench_train._worker_argv("minimal", args)
+
+
+def test_speed_options_reach_the_trainer(tmp_path, monkeypatch):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    args = _args(tmp_path, set=["train.compile=true", "train.channels_last=true"])
+    result = bench_train.worker_ours(args, ema=False, checkpointing=False)
+    assert result["samples_per_s"] > 0
+    assert [type(m).__name__ for m in compiled] == ["UNet2DConditionModel"]

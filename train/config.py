@@ -169,6 +169,19 @@ class TrainSection:
     val_scale: float = opt(5.0, "guidance scale for validation images")
     val_scheduler: str = opt("pndm", "scheduler for validation images (pndm, ddim, dpmpp_2m, ...)")
     allow_tf32: bool = opt(True, "allow TF32 matmuls on Ampere+ GPUs")
+    cudnn_benchmark: bool = opt(
+        False,
+        "let cuDNN time its convolution algorithms for the (fixed) training shapes and keep the "
+        "fastest (GPU); runs are then not bit-reproducible",
+    )
+    channels_last: bool = opt(
+        False, "UNet and VAE weights in channels-last memory format (faster convolutions on GPUs)"
+    )
+    compile: bool = opt(
+        False,
+        "torch.compile the UNet in place (state-dict keys unchanged); the first steps pay the "
+        "compile time, so it pays only in long runs (docs/training.md, 'Speed on a GPU')",
+    )
     cpu: bool = opt(False, "force CPU even when a GPU is present")
     dist_timeout: int = opt(
         60, "minutes a process waits for the others (validation, checkpoints, prior samples)"

@@ -129,8 +129,12 @@ class PairDataset(Dataset):
 
 
 def collate_pairs(items: list[dict]) -> dict:
+    """Stack the pairs; ``skipped`` counts unreadable records replaced, and ``image_sum`` (the
+    target pixels' float64 sum, for the trainer's per-rank data checksum) is computed here, in
+    the DataLoader worker, off the training loop's thread."""
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "skipped"}
     batch["skipped"] = sum(it["skipped"] for it in items)
+    batch["image_sum"] = float(batch["image"].sum(dtype=torch.float64))
     return batch
 
 

@@ -333,6 +333,8 @@ class Trainer:
         acc = self.accelerator
         self._setup_logging()
         log.info("data: %s", self.data.stats.summary())
+        if t.cudnn_benchmark and torch.cuda.is_available():
+            torch.backends.cudnn.benchmark = True
         if t.allow_tf32 and torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -350,6 +352,11 @@ class Trainer:
         freeze_for_training(self.model)
         if t.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
+        if t.channels_last:
+            self.model.unet.to(memory_format=torch.channels_last)
+            self.model.vae.to(memory_format=torch.channels_last)
+        if t.compile:
+            self.model.unet.compile()  # in place: parameters and state-dict keys stay the same
         self.params = trainable_parameters(self.model)
         self.denoiser = Denoiser(self.model)
         self.optimizer = torch.optim.AdamW(
@@ -478,8 +485,9 @@ class Trainer:
             if len(parts) == 1:
                 yield parts[0]
                 continue
-            batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "skipped"}
-            batch["skipped"] = sum(p["skipped"] for p in parts)
+            counts = ("skipped", "image_sum")  # plain numbers: added, not concatenated
+            batch = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k not in counts}
+            batch.update({k: sum(p[k] for p in parts) for k in counts})
             batch["prior_split"] = parts[0]["image"].shape[0]
             yield batch
 
@@ -618,13 +626,19 @@ class Trainer:
         gen = self.generators["noise"]
         model = self.model
         with torch.no_grad(), acc.autocast():
-            image = batch["image"].to(self.device)
+            image = batch["image"].to(self.device, non_blocking=True)
             latents = model.encode_latent(image, generator=gen).float()
-            masked = model.encode_latent(batch["masked_image"].to(self.device), generator=gen)
-            keep = F.interpolate(
-                batch["keep_mask"].to(self.device), size=latents.shape[-2:], mode="bilinear"
+            masked = model.encode_latent(
+                batch["masked_image"].to(self.device, non_blocking=True), generator=gen
             )
-            pooled = model.encoder.pooled(batch["reference"].to(self.device)).float()
+            keep = F.interpolate(
+                batch["keep_mask"].to(self.device, non_blocking=True),
+                size=latents.shape[-2:],
+                mode="bilinear",
+            )
+            pooled = model.encoder.pooled(
+                batch["reference"].to(self.device, non_blocking=True)
+            ).float()
         size = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
         if t.noise_offset > 0:
@@ -696,14 +710,16 @@ class Trainer:
                 batch = next(batches)
                 self.consumed += 1
                 self.skipped += int(batch["skipped"])
-                self.data_checksum += float(batch["image"].double().sum())
+                self.data_checksum += batch["image_sum"]
                 with acc.accumulate(self.denoiser):
                     loss = self.training_step(batch)
                     reduced = self._note_finite(loss)
                     if not self.defer_sync:
                         self._raise_if_non_finite()
                     acc.backward(loss)
-                    if acc.sync_gradients:
+                    # Without clipping the norm is only logged: computed on log steps alone.
+                    logs = (self.step + 1) % t.log_every == 0 or self.step + 1 == self.max_steps
+                    if acc.sync_gradients and (t.max_grad_norm > 0 or logs):
                         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
                         grad_norm = acc.clip_grad_norm_(self.params, max_norm)
                     self.optimizer.step()

@@ -1,0 +1,181 @@
+"""Where the time goes on an accelerator: a warm edit and a few training steps, profiled.
+
+    python -m bench.profile edit   [--size 512 --steps 20 --dtype fp16]
+    python -m bench.profile train  [--architecture published --resolution 512 --batch 8]
+
+Each reports the wall time of the measured part, the device's kernel time over it (the busy
+share: what is left is launch overhead, host work and waits), the kernels that take the most time,
+and every host-device synchronisation (``torch.cuda.set_sync_debug_mode``) with the line of
+Python that caused it. ``edit`` profiles the second edit (the first warms up) of the standalone
+editor, diffusers' pipeline or the node (``--side``, set up as in ``bench.inference same``; the
+node needs COMFYUI_PATH);
+``train`` profiles optimiser steps of ``python -m train`` after its warm-up steps. Needs CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+from collections import Counter
+
+import torch
+
+from .common import pick_device, write_report
+
+
+class Probe:
+    """Profiler plus sync detection over one window (start() ... stop())."""
+
+    def __init__(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+        self.profiler = profile(activities=activities)
+        self.syncs: Counter[str] = Counter()
+        self._warnings = None
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        torch.cuda.synchronize()
+        self._warnings = warnings.catch_warnings(record=True)
+        self._records = self._warnings.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        self.profiler.start()
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        torch.cuda.synchronize()
+        self.seconds = time.perf_counter() - self._start
+        self.profiler.stop()
+        torch.cuda.set_sync_debug_mode("default")
+        for w in self._records:
+            if "synchroniz" in str(w.message):
+                self.syncs[f"{w.filename}:{w.lineno}"] += 1
+        self._warnings.__exit__(None, None, None)
+
+    def report(self, top: int) -> dict:
+        from torch.autograd import DeviceType
+
+        rows = []
+        for event in self.profiler.key_averages():
+            # device-side rows only (kernels, copies): an operator's row repeats its kernels' time
+            if event.device_type != DeviceType.CUDA:
+                continue
+            rows.append((event.self_device_time_total, event.key, event.count))
+        rows.sort(reverse=True)
+        kernel_us = sum(r[0] for r in rows)
+        busy = kernel_us / 1e6 / self.seconds if self.seconds else 0.0
+        print(f"measured wall time {self.seconds:.3f} s; device time {kernel_us / 1e6:.3f} s "
+              f"(busy {100 * busy:.0f}%)")  # fmt: skip
+        print(f"{'kernel time ms':>15}{'calls':>8}  kernel")
+        for us, name, count in rows[:top]:
+            print(f"{us / 1e3:>15.1f}{count:>8}  {name[:100]}")
+        print(f"host-device syncs: {sum(self.syncs.values())}")
+        for site, count in self.syncs.most_common():
+            print(f"  {count:>5} x {site}")
+        return {
+            "seconds": self.seconds,
+            "kernel_seconds": kernel_us / 1e6,
+            "busy_share": busy,
+            "top_kernels": [{"ms": us / 1e3, "calls": c, "name": n} for us, n, c in rows[:top]],
+            "syncs": dict(self.syncs),
+        }
+
+
+def _require_cuda(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise SystemExit("error: bench.profile needs a CUDA device (--device cuda)")
+
+
+def cmd_edit(args) -> dict:
+    from .inference import diffusers_edit, editor_edit
+    from .nodes import node_edit
+
+    device = pick_device(args.device)
+    _require_cuda(device)
+    size = args.size
+    args.width = args.height = size
+    args.box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    args.resize_to, args.sampler, args.scheduler = 0, "ddim", "ddim_uniform"  # node: as bench.nodes
+    makers = {"editor": editor_edit, "diffusers": diffusers_edit, "node": node_edit}
+    edit, _ = makers[args.side](args)
+    edit()  # warm-up
+    probe = Probe()
+    probe.start()
+    edit()
+    probe.stop()
+    return {"benchmark": "profile_edit", "side": args.side, "size": size, "steps": args.steps,
+            "dtype": args.dtype, **probe.report(args.top)}  # fmt: skip
+
+
+def cmd_train(args) -> dict:
+    from train.trainer import Trainer, train
+
+    from .train import trainer_config
+
+    device = pick_device(args.device)
+    _require_cuda(device)
+    probe = Probe()
+    calls = 0
+    original = Trainer.training_step
+
+    def step(self, batch):
+        nonlocal calls
+        calls += 1
+        if calls == args.warmup + 1:
+            probe.start()
+        elif calls == args.warmup + args.steps + 1:
+            probe.stop()
+        return original(self, batch)
+
+    Trainer.training_step = step
+    try:
+        with tempfile.TemporaryDirectory(prefix="pbe-bench-profile-") as out:
+            train(trainer_config(args, out, ema=False, checkpointing=args.checkpointing))
+    finally:
+        Trainer.training_step = original
+    if calls < args.warmup + args.steps + 1:
+        raise RuntimeError(f"only {calls} steps ran; the window needs more")
+    report = probe.report(args.top)
+    report["samples_per_s"] = args.batch * args.steps / probe.seconds
+    print(f"{report['samples_per_s']:.1f} samples/s under the profiler")
+    return {"benchmark": "profile_train", "settings": vars(args), **report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("edit", help="a warm edit: editor, diffusers or the node")
+    e.add_argument("--side", default="editor", choices=("editor", "diffusers", "node"))
+    e.add_argument("--size", type=int, default=512)
+    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
+    e.add_argument("--out", default="out/bench/profile_edit.json")
+    t = sub.add_parser("train", help="optimiser steps of the trainer")
+    t.add_argument("--architecture", default="published", choices=("published", "mini", "tiny"))
+    t.add_argument("--resolution", type=int, default=512)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--steps", type=int, default=5, help="profiled optimiser steps")
+    t.add_argument("--warmup", type=int, default=3, help="unprofiled steps first")
+    t.add_argument("--precision", default="bf16", choices=("no", "bf16", "fp16"))
+    t.add_argument("--workers", type=int, default=4)
+    t.add_argument("--scenes", type=int, default=200)
+    t.add_argument("--checkpointing", action="store_true")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a trainer config override")  # fmt: skip
+    t.add_argument("--out", default="out/bench/profile_train.json")
+    for p in (e, t):
+        p.add_argument("--device", default="cuda")
+        p.add_argument("--top", type=int, default=15, help="kernels listed")
+    args = parser.parse_args(argv)
+    report = cmd_edit(args) if args.command == "edit" else cmd_train(args)
+    write_report(args.out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
