@@ -41,6 +41,38 @@ def test_a_white_exemplar_object_near_the_background_colour_is_still_found():
         metrics.exemplar_object(np.full((32, 32, 3), 235, dtype=np.uint8))
 
 
+def test_the_exemplar_mask_gives_a_striped_white_objects_true_colour():
+    # A white (245) object with darker stripes: only the stripes are far from the background
+    # (235), so telling the object by colour measures the stripes' grey, not the object's mean.
+    spec = synthetic.ObjectSpec("square", "white", "stripes", (0, 0, 1, 1), 0.0)
+    image, silhouette = synthetic.make_exemplar_with_mask(spec, random.Random(3))
+    exemplar, inside = np.asarray(image), np.asarray(silhouette) > 127
+    by_colour = exemplar[metrics.exemplar_object(exemplar)].mean()
+    true_mean = exemplar[inside].mean()
+    assert by_colour < true_mean - 20  # the colour rule misses the white body
+    painted = np.full((64, 64, 3), 90, np.uint8)
+    painted[16:48, 16:48] = round(true_mean)  # a box of the object's true mean colour
+    box = (16, 16, 48, 48)
+    with_mask = metrics.synthetic_fidelity(painted, exemplar, box, exemplar_mask=inside)
+    without = metrics.synthetic_fidelity(painted, exemplar, box)
+    assert with_mask.color_error < 0.02 < 0.1 < without.color_error
+    with pytest.raises(ValueError, match="exemplar_mask must be a non-empty bool mask"):
+        metrics.synthetic_fidelity(painted, exemplar, box, exemplar_mask=inside[:10])
+
+
+def test_eval_cases_carry_the_exemplar_silhouette():
+    case = synthetic.make_eval_case(7, 0, 64)
+    exemplar = np.asarray(case["exemplar"]).astype(int)
+    inside = np.asarray(case["exemplar_mask"]) > 127
+    assert inside.shape == exemplar.shape[:2] and 0.05 < inside.mean() < 0.9
+    # outside the silhouette (and its 0.6 px soft edge) is the plain exemplar background
+    grown = torch.nn.functional.max_pool2d(
+        torch.from_numpy(inside).float()[None, None], kernel_size=5, stride=1, padding=2
+    )[0, 0].bool().numpy()
+    assert (exemplar[~grown] == metrics.EXEMPLAR_BACKGROUND).all()
+    assert (np.abs(exemplar[inside] - metrics.EXEMPLAR_BACKGROUND).max(axis=-1) > 0).mean() > 0.9
+
+
 def test_psnr_is_infinite_for_identical_images_and_finite_otherwise():
     a = np.zeros((4, 4, 3), np.uint8)
     b = a.copy()

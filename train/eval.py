@@ -68,7 +68,12 @@ def run_synthetic(
             )
             result = editor.edit(source, edit_mask, exemplar, settings).image
             res8, src8 = _to_uint8(result), _to_uint8(source)
-            fid = metrics.synthetic_fidelity(res8, np.asarray(case["exemplar"]), tuple(case["box"]))
+            fid = metrics.synthetic_fidelity(
+                res8,
+                np.asarray(case["exemplar"]),
+                tuple(case["box"]),
+                exemplar_mask=np.asarray(case["exemplar_mask"]) > 127,
+            )
             band = crop.feather_alpha((edit_mask >= 0.5).float(), feather)[0, 0].numpy() > 0
             colour.append(fid.color_error)
             shape.append(fid.shape_iou)

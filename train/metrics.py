@@ -91,10 +91,17 @@ def silhouette_iou(a: np.ndarray, b: np.ndarray, max_angle: int = 45, step: int 
 
 
 def synthetic_fidelity(
-    result: np.ndarray, exemplar: np.ndarray, box: tuple[int, int, int, int], ring: int = 6
+    result: np.ndarray,
+    exemplar: np.ndarray,
+    box: tuple[int, int, int, int],
+    ring: int = 6,
+    exemplar_mask: np.ndarray | None = None,
 ) -> Fidelity:
     """result: [H, W, 3] uint8 edited scene; exemplar: [h, w, 3] uint8; box: the mask's (x0, y0, x1,
-    y1). Compares the object painted in the box with the exemplar's object."""
+    y1). Compares the object painted in the box with the exemplar's object: ``exemplar_mask``
+    (bool [h, w]) where it is known, as the synthetic cases give it, else the pixels unlike the
+    exemplar's background (``exemplar_object``; that misses the body of a white object, 10 units
+    from the background, and keeps only its texture)."""
     x0, y0, x1, y1 = box
     height, width = result.shape[:2]
     region = result[y0:y1, x0:x1]
@@ -108,7 +115,15 @@ def synthetic_fidelity(
     painted = generated_object(region, context)
     if painted.sum() < 0.02 * painted.size:  # nothing stands out: judge the whole region
         painted = np.ones_like(painted)
-    target = exemplar_object(exemplar)
+    if exemplar_mask is not None:
+        if exemplar_mask.shape != exemplar.shape[:2] or not exemplar_mask.any():
+            raise ValueError(
+                f"exemplar_mask must be a non-empty bool mask of the exemplar's size "
+                f"{exemplar.shape[:2]}, got shape {exemplar_mask.shape}"
+            )
+        target = exemplar_mask.astype(bool)
+    else:
+        target = exemplar_object(exemplar)
     ex_color = exemplar[target].astype(np.float32).mean(0) / 255.0
     gen_color = region[painted].astype(np.float32).mean(0) / 255.0
     return Fidelity(

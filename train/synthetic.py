@@ -155,10 +155,11 @@ def _background(size: int, rng: random.Random) -> Image.Image:
     return image
 
 
-def draw_object(canvas: Image.Image, spec: ObjectSpec, rng: random.Random) -> None:
-    """Paint one object onto ``canvas`` in place."""
+def object_mask(size: tuple[int, int], spec: ObjectSpec) -> Image.Image:
+    """The object's silhouette on a canvas of ``size``: 255 inside, 0 outside (a ring's hole
+    too). ``draw_object`` pastes through it, softened by a 0.6 px blur."""
     x0, y0, x1, y1 = spec.box
-    mask = Image.new("L", canvas.size, 0)
+    mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
     draw.polygon(_shape_polygon(spec.shape, spec.box, spec.angle), fill=255)
     if spec.shape == "ring":
@@ -169,8 +170,15 @@ def draw_object(canvas: Image.Image, spec: ObjectSpec, rng: random.Random) -> No
             y1 - (y1 - y0) * 0.3,
         )
         draw.ellipse(inner, fill=0)
+    return mask
+
+
+def draw_object(canvas: Image.Image, spec: ObjectSpec, rng: random.Random) -> Image.Image:
+    """Paint one object onto ``canvas`` in place; returns its silhouette (``object_mask``)."""
+    mask = object_mask(canvas.size, spec)
     layer = _texture(canvas.size, spec.texture, spec.rgb, rng)
     canvas.paste(layer, (0, 0), mask.filter(ImageFilter.GaussianBlur(0.6)))
+    return mask
 
 
 def tight_box(canvas_size: int, spec: ObjectSpec) -> tuple[int, int, int, int]:
@@ -231,13 +239,20 @@ def _iou_overlap(a, b) -> float:
 
 def make_exemplar(spec: ObjectSpec, rng: random.Random, size: int = 96) -> Image.Image:
     """The same kind of object (shape, colour, texture) on a plain light background, re-posed."""
+    return make_exemplar_with_mask(spec, rng, size)[0]
+
+
+def make_exemplar_with_mask(
+    spec: ObjectSpec, rng: random.Random, size: int = 96
+) -> tuple[Image.Image, Image.Image]:
+    """``make_exemplar`` and the object's silhouette in it (L, 255 inside)."""
     canvas = Image.new("RGB", (size, size), (235, 235, 235))
     margin = int(size * rng.uniform(0.08, 0.18))
     box = (margin, margin, size - margin, size - margin)
-    draw_object(
+    mask = draw_object(
         canvas, ObjectSpec(spec.shape, spec.color, spec.texture, box, rng.uniform(-0.6, 0.6)), rng
     )
-    return canvas
+    return canvas, mask
 
 
 def make_eval_case(index: int, seed: int = 0, size: int = 128) -> dict:
@@ -249,10 +264,12 @@ def make_eval_case(index: int, seed: int = 0, size: int = 128) -> dict:
     ImageDraw.Draw(mask).rectangle(
         [target.box[0], target.box[1], target.box[2] - 1, target.box[3] - 1], fill=255
     )
+    exemplar, exemplar_mask = make_exemplar_with_mask(target, rng)
     return {
         "source": canvas,
         "mask": mask,
-        "exemplar": make_exemplar(target, rng),
+        "exemplar": exemplar,
+        "exemplar_mask": exemplar_mask,  # the exemplar's object pixels (the fidelity reference)
         "object": asdict(target),
         "box": list(target.box),
     }
@@ -290,7 +307,7 @@ def write_eval(out: Path, count: int, seed: int, size: int) -> None:
     cases = []
     for i in range(count):
         case = make_eval_case(i, seed, size)
-        for key in ("source", "mask", "exemplar"):
+        for key in ("source", "mask", "exemplar", "exemplar_mask"):
             case[key].save(folder / f"{i:04d}_{key}.png")
         cases.append({"id": i, "object": case["object"], "box": case["box"]})
     (out / "eval.json").write_text(json.dumps(cases, indent=1))
