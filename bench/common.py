@@ -121,6 +121,24 @@ def materialise(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+def worker_argv(module: str, side: str, **options) -> list[str]:
+    """``[module, "worker", side, --name value ...]`` for ``python -m``: an option named
+    ``resize_to`` becomes ``--resize-to``; True gives the bare flag, False and None leave it out,
+    a list or tuple gives one value after another."""
+    argv = [module, "worker", side]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def run_worker(argv: Sequence[str], timeout: float = 3600) -> dict:
     """Run ``python -m <argv>`` in a fresh process; its last stdout line is a JSON result."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -32,6 +32,7 @@ from .common import (
     reset_peak_memory,
     summarise,
     warmup_count,
+    worker_argv,
     write_report,
 )
 
@@ -177,12 +178,12 @@ def _to_pil(image: torch.Tensor):
 
 
 def _worker_argv(side: str, args, width: int, height: int, box, resize_to: int = 0) -> list[str]:
-    return [
-        "bench.inference", "worker", side, "--width", str(width), "--height", str(height),
-        "--box", *map(str, box), "--steps", str(args.steps), "--size", str(args.size),
-        "--device", args.device, "--dtype", args.dtype, "--resize-to", str(resize_to),
-        "--warmup", args.warmup,
-    ]  # fmt: skip
+    module = "bench.nodes" if side == "node" else "bench.inference"
+    return worker_argv(
+        module, side, width=width, height=height, box=box, steps=args.steps, size=args.size,
+        device=args.device, dtype=args.dtype, warmup=args.warmup,
+        resize_to=resize_to if side != "node" else None,
+    )  # fmt: skip
 
 
 def attention_bytes(width: int, height: int, dtype_bytes: int = 4) -> int:
@@ -199,11 +200,7 @@ def cmd_same(args) -> dict:
         "diffusers": _worker_argv("diffusers", args, size, size, box),
     }
     if os.environ.get("COMFYUI_PATH"):  # the node, in a real ComfyUI
-        sides["node"] = [
-            "bench.nodes", "worker", "node", "--width", str(size), "--height", str(size),
-            "--box", *map(str, box), "--steps", str(args.steps), "--size", str(size),
-            "--device", args.device, "--dtype", args.dtype, "--warmup", args.warmup,
-        ]  # fmt: skip
+        sides["node"] = _worker_argv("node", args, size, size, box)
     else:
         print("COMFYUI_PATH is not set: the node side is skipped (editor and diffusers only)")
     results = alternate(sides, args.repeats)

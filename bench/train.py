@@ -39,10 +39,15 @@ from .common import (
     print_table,
     reset_peak_memory,
     summarise,
+    worker_argv,
     write_report,
 )
 
 DATA_SEED = 5
+# The settings a worker process gets from the command (each a ``_common`` option, and
+# --checkpointing).
+WORKER_OPTIONS = ("architecture", "resolution", "batch", "steps", "warmup", "device", "precision",
+                  "workers", "scenes", "checkpointing")  # fmt: skip
 
 # Dense bf16/fp16 tensor-core peak (no sparsity) from the vendors' data sheets, TFLOP/s, by a
 # substring of torch.cuda.get_device_name(). Other devices: pass --peak-tflops.
@@ -267,14 +272,8 @@ def worker_minimal(args) -> dict:
 
 def _worker_argv(side: str, args) -> list[str]:
     sets = [a for item in args.set for a in ("--set", item)] if side != "minimal" else []
-    return [
-        "bench.train", "worker", side, "--architecture", args.architecture,
-        "--resolution", str(args.resolution), "--batch", str(args.batch),
-        "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-        "--precision", args.precision, "--workers", str(args.workers),
-        "--scenes", str(args.scenes), *(["--checkpointing"] if args.checkpointing else []),
-        *sets,
-    ]  # fmt: skip
+    options = {k: getattr(args, k) for k in WORKER_OPTIONS}
+    return worker_argv("bench.train", side, **options) + sets
 
 
 def _compare(args, sides: dict[str, list[str]], baseline: str) -> tuple[list, dict]:
@@ -372,9 +371,7 @@ def cmd_data(args) -> dict:
 
 
 def _settings(args) -> dict:
-    keys = ("architecture", "resolution", "batch", "steps", "warmup", "device", "precision",
-            "workers", "checkpointing", "set")  # fmt: skip
-    return {k: getattr(args, k, None) for k in keys}
+    return {k: getattr(args, k, None) for k in (*WORKER_OPTIONS, "set")}
 
 
 def _common(p: argparse.ArgumentParser, architecture: str, resolution: int, batch: int) -> None:

@@ -27,3 +27,25 @@ def test_timed_runs_the_warmups_untimed_then_times_one_call():
     result, seconds, peak = timed(edit, torch.device("cpu"), "2")
     assert calls == [0, 1, 2] and result == "result 3"
     assert seconds >= 0 and peak > 0
+
+
+def test_worker_argv_spells_options_as_flags():
+    from bench.common import worker_argv
+
+    argv = worker_argv("bench.x", "side", resize_to=0, box=(1, 2, 3, 4), fast=True, slow=False,
+                       dtype=None, device="cpu")  # fmt: skip
+    assert argv == ["bench.x", "worker", "side", "--resize-to", "0", "--box", "1", "2", "3", "4",
+                    "--fast", "--device", "cpu"]  # fmt: skip
+
+
+def test_the_node_worker_gets_no_resize_option():
+    import argparse
+
+    from bench import inference
+
+    args = argparse.Namespace(steps=2, size=64, device="cpu", dtype="auto", warmup="auto")
+    node = inference._worker_argv("node", args, 64, 64, (16, 16, 48, 48))
+    editor = inference._worker_argv("editor", args, 64, 64, (16, 16, 48, 48), resize_to=32)
+    assert node[:3] == ["bench.nodes", "worker", "node"] and "--resize-to" not in node
+    assert editor[:3] == ["bench.inference", "worker", "editor"]
+    assert editor[editor.index("--resize-to") + 1] == "32"
