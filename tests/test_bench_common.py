@@ -49,3 +49,12 @@ def test_the_node_worker_gets_no_resize_option():
     assert node[:3] == ["bench.nodes", "worker", "node"] and "--resize-to" not in node
     assert editor[:3] == ["bench.inference", "worker", "editor"]
     assert editor[editor.index("--resize-to") + 1] == "32"
+
+
+def test_the_profiler_refuses_a_cpu_with_a_clear_message():
+    from bench import profile
+
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        profile.main(["edit", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        profile.main(["train", "--device", "cpu"])
