@@ -175,7 +175,9 @@ class TrainSection:
         "fastest (GPU); runs are then not bit-reproducible",
     )
     channels_last: bool = opt(
-        False, "UNet and VAE weights in channels-last memory format (faster convolutions on GPUs)"
+        False,
+        "UNet and VAE weights in channels-last memory format; measured slower for training on an "
+        "H200 (docs/training.md, 'Speed on a GPU')",
     )
     compile: bool = opt(
         False,
