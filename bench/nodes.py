@@ -30,6 +30,7 @@ import torch
 from .common import REPO, pick_device, write_report
 
 HOST_DIR = REPO / "tests" / "host"
+NODE_SAMPLER = ("ddim", "ddim_uniform")  # the node benchmarks' sampler and scheduler defaults
 
 
 def _require_comfyui() -> None:
@@ -265,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--sampler", default="ddim")
-    p.add_argument("--scheduler", default="ddim_uniform")
+    p.add_argument("--sampler", default=NODE_SAMPLER[0])
+    p.add_argument("--scheduler", default=NODE_SAMPLER[1])
     p.add_argument("--device", default="cpu", help="cpu, or auto/cuda for ComfyUI on the GPU")
     p.add_argument("--out", default="out/bench/guidance_interval.json")
     r = sub.add_parser("repeat", help="re-queue with a new seed: what the server recomputes")
@@ -277,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         w.add_argument(name, type=int, required=True)
     w.add_argument("--box", type=int, nargs=4, required=True)
     w.add_argument("--device", default="cpu", help="cpu, or auto/cuda for ComfyUI on the GPU")
-    w.add_argument("--sampler", default="ddim")
-    w.add_argument("--scheduler", default="ddim_uniform")
+    w.add_argument("--sampler", default=NODE_SAMPLER[0])
+    w.add_argument("--scheduler", default=NODE_SAMPLER[1])
     w.add_argument("--dtype", default="auto", help="auto: ComfyUI's choice for the device")
     w.add_argument("--warmup", default="auto", help="untimed edits before the timed one")
     args = parser.parse_args(argv)

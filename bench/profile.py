@@ -15,7 +15,6 @@ node needs COMFYUI_PATH);
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -92,14 +91,14 @@ def _require_cuda(device: torch.device) -> None:
 
 def cmd_edit(args) -> dict:
     from .inference import diffusers_edit, editor_edit
-    from .nodes import node_edit
+    from .nodes import NODE_SAMPLER, node_edit
 
     device = pick_device(args.device)
     _require_cuda(device)
     size = args.size
     args.width = args.height = size
     args.box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
-    args.resize_to, args.sampler, args.scheduler = 0, "ddim", "ddim_uniform"  # node: as bench.nodes
+    args.resize_to, (args.sampler, args.scheduler) = 0, NODE_SAMPLER  # as bench.nodes runs it
     makers = {"editor": editor_edit, "diffusers": diffusers_edit, "node": node_edit}
     edit, _ = makers[args.side](args)
     edit()  # warm-up
@@ -112,33 +111,13 @@ def cmd_edit(args) -> dict:
 
 
 def cmd_train(args) -> dict:
-    from train.trainer import Trainer, train
-
-    from .train import trainer_config
+    from .train import Window, run_trainer
 
     device = pick_device(args.device)
     _require_cuda(device)
     probe = Probe()
-    calls = 0
-    original = Trainer.training_step
-
-    def step(self, batch):
-        nonlocal calls
-        calls += 1
-        if calls == args.warmup + 1:
-            probe.start()
-        elif calls == args.warmup + args.steps + 1:
-            probe.stop()
-        return original(self, batch)
-
-    Trainer.training_step = step
-    try:
-        with tempfile.TemporaryDirectory(prefix="pbe-bench-profile-") as out:
-            train(trainer_config(args, out, ema=False, checkpointing=args.checkpointing))
-    finally:
-        Trainer.training_step = original
-    if calls < args.warmup + args.steps + 1:
-        raise RuntimeError(f"only {calls} steps ran; the window needs more")
+    window = Window(args.warmup, args.steps, device, on_start=probe.start, on_stop=probe.stop)
+    run_trainer(args, False, args.checkpointing, window)
     report = probe.report(args.top)
     report["samples_per_s"] = args.batch * args.steps / probe.seconds
     print(f"{report['samples_per_s']:.1f} samples/s under the profiler")

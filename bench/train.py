@@ -28,6 +28,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -143,10 +144,20 @@ def trainer_config(args, out_dir: str, ema: bool, checkpointing: bool):
 
 
 class Window:
-    """Times the steps ``warmup + 1 .. warmup + steps`` and reads peak memory over them."""
+    """Times the steps ``warmup + 1 .. warmup + steps`` and reads peak memory over them;
+    ``on_start`` and ``on_stop`` run at the window's edges (``bench.profile`` starts and stops
+    its profiler there)."""
 
-    def __init__(self, warmup: int, steps: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        warmup: int,
+        steps: int,
+        device: torch.device,
+        on_start: Callable[[], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         self.warmup, self.steps, self.device = warmup, steps, device
+        self.on_start, self.on_stop = on_start, on_stop
         self.calls = 0
         self.start = self.seconds = self.peak = None
 
@@ -157,12 +168,16 @@ class Window:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             reset_peak_memory(self.device)
+            if self.on_start is not None:
+                self.on_start()
             self.start = time.perf_counter()
         elif self.calls == self.warmup + self.steps + 1:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             self.seconds = time.perf_counter() - self.start
             self.peak = peak_memory_mb(self.device)
+            if self.on_stop is not None:
+                self.on_stop()
 
     def result(self, batch: int) -> dict:
         if self.seconds is None:
@@ -175,10 +190,16 @@ class Window:
 
 
 def worker_ours(args, ema: bool, checkpointing: bool) -> dict:
-    """The project's trainer, timed from inside its own loop (training_step is wrapped)."""
+    """The project's trainer, timed from inside its own loop."""
+    window = Window(args.warmup, args.steps, pick_device(args.device))
+    return run_trainer(args, ema, checkpointing, window)
+
+
+def run_trainer(args, ema: bool, checkpointing: bool, window: Window) -> dict:
+    """``python -m train`` on the benchmark's config, with ``window.tick()`` at the start of
+    every step (training_step is wrapped); returns ``window.result``."""
     from train.trainer import Trainer, train
 
-    window = Window(args.warmup, args.steps, pick_device(args.device))
     original = Trainer.training_step
 
     def timed_step(self, batch):
@@ -276,7 +297,7 @@ def _worker_argv(side: str, args) -> list[str]:
     return worker_argv("bench.train", side, **options) + sets
 
 
-def _compare(args, sides: dict[str, list[str]], baseline: str) -> tuple[list, dict]:
+def _compare(args, sides: dict[str, list[str]], baseline: str | None) -> tuple[list, dict]:
     """Alternate the sides' worker processes; print and return (runs, medians)."""
     make_scenes(args.resolution, args.scenes)  # once, outside the timed workers
     results = alternate(sides, args.repeats)

@@ -177,7 +177,8 @@ class Editor:
         # s = 1 is the condition alone and s = 0 the learned vector alone: one pass, not two.
         guided = settings.scale not in (0.0, 1.0)
         dt = self.dtype
-        uncond = self.model.encoder.unconditional(batch).to(condition.dtype)
+        if settings.scale != 1.0:  # the learned vector takes part unless s = 1
+            uncond = self.model.encoder.unconditional(batch).to(condition.dtype)
         if guided:
             context = torch.cat([uncond, condition])
             masked_in = torch.cat([masked_latent] * 2)

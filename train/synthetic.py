@@ -183,9 +183,7 @@ def draw_object(canvas: Image.Image, spec: ObjectSpec, rng: random.Random) -> Im
 
 def tight_box(canvas_size: int, spec: ObjectSpec) -> tuple[int, int, int, int]:
     """The object's drawn extent (end-exclusive), clipped to the canvas."""
-    mask = Image.new("L", (canvas_size, canvas_size), 0)
-    ImageDraw.Draw(mask).polygon(_shape_polygon(spec.shape, spec.box, spec.angle), fill=255)
-    bbox = mask.getbbox()
+    bbox = object_mask((canvas_size, canvas_size), spec).getbbox()  # a ring's hole is inside
     return bbox if bbox else spec.box
 
 

@@ -686,6 +686,10 @@ class Trainer:
                 "overflow (use bf16), a learning rate too high, or corrupt data"
             )
 
+    def _is_log_step(self, step: int) -> bool:
+        """Scalars are logged (and the loss read back) after this optimiser step."""
+        return step % self.config.train.log_every == 0 or step == self.max_steps
+
     def _lr(self) -> float:
         return self.lr_scheduler.get_last_lr()[0]
 
@@ -718,7 +722,7 @@ class Trainer:
                         self._raise_if_non_finite()
                     acc.backward(loss)
                     # Without clipping the norm is only logged: computed on log steps alone.
-                    logs = (self.step + 1) % t.log_every == 0 or self.step + 1 == self.max_steps
+                    logs = self._is_log_step(self.step + 1)
                     if acc.sync_gradients and (t.max_grad_norm > 0 or logs):
                         max_norm = t.max_grad_norm if t.max_grad_norm > 0 else float("inf")
                         grad_norm = acc.clip_grad_norm_(self.params, max_norm)
@@ -738,7 +742,7 @@ class Trainer:
                 bar.update(1)
                 if not self.defer_sync:  # on an accelerator the loss is read at log steps only
                     bar.set_postfix(loss=f"{float(reduced):.4f}", lr=f"{self._lr():.2e}")
-                if self.step % t.log_every == 0 or self.step == self.max_steps:
+                if self._is_log_step(self.step):
                     self._raise_if_non_finite()
                     elapsed = max(time.perf_counter() - window_start, 1e-9)
                     mean_loss = float(window_loss) / window_count
