@@ -119,3 +119,16 @@ def test_speed_options_reach_the_trainer(tmp_path, monkeypatch):
     result = bench_train.worker_ours(args, ema=False, checkpointing=False)
     assert result["samples_per_s"] > 0
     assert [type(m).__name__ for m in compiled] == ["UNet2DConditionModel"]
+
+
+def test_window_hooks_run_at_its_edges():
+    import torch
+
+    events = []
+    window = bench_train.Window(warmup=2, steps=3, device=torch.device("cpu"),
+                                on_start=lambda: events.append(("start", window.calls)),
+                                on_stop=lambda: events.append(("stop", window.calls)))  # fmt: skip
+    for _ in range(7):
+        window.tick()
+    assert events == [("start", 3), ("stop", 6)]
+    assert window.result(batch=2)["samples_per_s"] > 0
