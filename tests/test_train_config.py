@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import tomllib
@@ -16,7 +17,7 @@ from train.config import (
     load_config,
     to_toml,
 )
-from train.trainer import warmup_factor
+from train.trainer import LrSchedule, warmup_factor
 
 
 def _minimal(tmp_path, text: str = ""):
@@ -104,6 +105,41 @@ def test_warmup_rises_linearly_from_1e_6_to_1():
     assert warmup_factor(5000, 10000, 1e-6) == pytest.approx(0.5, abs=1e-5)
     assert warmup_factor(10000, 10000, 1e-6) == 1.0
     assert warmup_factor(50000, 10000, 1e-6) == 1.0
+
+
+def test_lr_schedule_is_constant_after_warm_up_unless_a_decay_is_set():
+    plain = LrSchedule(warmup_steps=100, warmup_start=1e-6, total_steps=1000)
+    assert [plain(s) for s in (0, 100, 999, 1000)] == [
+        warmup_factor(s, 100, 1e-6) for s in (0, 100, 999, 1000)
+    ]
+    linear = LrSchedule(100, 1e-6, 1000, decay="linear", decay_steps=400, end=0.1)
+    assert linear.decay_start == 600
+    assert linear(50) == pytest.approx(warmup_factor(50, 100, 1e-6))
+    assert linear(600) == 1.0
+    assert linear(800) == pytest.approx(0.55)  # half-way: 0.1 + 0.9 / 2
+    assert linear(1000) == pytest.approx(0.1)
+    assert linear(1200) == pytest.approx(0.1)  # past the end (a resumed, longer run) stays there
+    cosine = LrSchedule(0, 1e-6, 1000, decay="cosine")  # decay_steps 0: the whole run
+    assert cosine.decay_start == 0
+    assert cosine(0) == 1.0
+    assert cosine(250) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert cosine(500) == pytest.approx(0.5)
+    assert cosine(1000) == pytest.approx(0.0, abs=1e-12)
+    longer = LrSchedule(100, 1e-6, 1000, decay="linear", decay_steps=5000)
+    assert longer.decay_start == 100  # a decay longer than the run starts after the warm-up
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr_decay_steps=-1", "train.lr_decay_steps must be >= 0"),
+        ("train.lr_end=1.5", "train.lr_end in 0..1"),
+        ('train.lr_decay="step"', "is not one of"),
+    ],
+)
+def test_bad_lr_decay_settings_are_named(tmp_path, capsys, override, message):
+    assert main(["--config", str(_minimal(tmp_path)), "--set", override]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -132,6 +132,26 @@ def test_resume_after_a_crash_ends_with_identical_weights(
     )
 
 
+def test_lr_decay_follows_the_config_also_when_a_resumed_run_is_longer(tmp_path, data):
+    """A run of 2 constant steps, resumed to 6 steps with a linear decay over the last 4: the
+    resumed run follows the new config's schedule (the checkpoint carries no schedule)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = {"max_steps": 2, "checkpoint_every": 2, "lr": 1e-3}
+    train(tiny_config(tmp_path, data, train=first))
+    longer = {**first, "max_steps": 6, "lr_decay": "linear", "lr_decay_steps": 4, "lr_end": 0.25}
+    summary = train(tiny_config(tmp_path, data, train=longer), resume=True)
+    assert summary["step"] == 6
+    events = EventAccumulator(str(tmp_path / "logs")).Reload()
+    logged = {event.step: event.value for event in events.Scalars("train/lr")}
+    # the lr logged at step k is the one the next update uses: 1e-3 x (0.25 + 0.75 (6 - k) / 4)
+    expected = {k: 1e-3 * (0.25 + 0.75 * (6 - k) / 4) for k in range(2, 7)}
+    expected[1] = 1e-3
+    assert logged.keys() == expected.keys()
+    for step, value in expected.items():
+        assert logged[step] == pytest.approx(value, rel=1e-5), step
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, data, monkeypatch):
     config = tiny_config(tmp_path, data, train={"max_steps": 4, "checkpoint_every": 2})
     real_loss = trainer.diffusion_loss

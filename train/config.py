@@ -127,6 +127,13 @@ class TrainSection:
     adam_eps: float = opt(1e-8, "AdamW epsilon")
     warmup_steps: int = opt(10000, "linear warm-up steps (LambdaLinearScheduler)")
     warmup_start: float = opt(1e-6, "lr factor at step 0 of the warm-up (rises linearly to 1)")
+    lr_decay: Literal["none", "linear", "cosine"] = opt(
+        "none",
+        "learning-rate decay at the end of the run: 'none' (constant after the warm-up, official), "
+        "'linear' or 'cosine' down to lr_end over the last lr_decay_steps steps",
+    )
+    lr_decay_steps: int = opt(0, "length of the decay phase, steps; 0 = every step after warm-up")
+    lr_end: float = opt(0.0, "lr factor reached at the last step of the decay (0..1)")
     max_grad_norm: float = opt(0.0, "clip the gradient norm to this; 0 = no clipping (official)")
     mixed_precision: Precision = opt("no", "'no' (fp32, official), 'bf16' or 'fp16' autocast")
     gradient_checkpointing: bool = opt(True, "UNet gradient checkpointing (official: on)")
@@ -389,6 +396,11 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"train.betas needs two values, got {t.betas}")
     if t.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    if t.lr_decay_steps < 0 or not 0.0 <= t.lr_end <= 1.0:
+        raise ConfigError(
+            "train.lr_decay_steps must be >= 0 (0 = every step after the warm-up) and "
+            f"train.lr_end in 0..1, got {t.lr_decay_steps} and {t.lr_end}"
+        )
     if s.enabled:
         if not s.path:
             raise ConfigError(

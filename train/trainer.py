@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -61,6 +62,45 @@ def warmup_factor(step: int, warmup_steps: int, start: float) -> float:
     if warmup_steps <= 0 or step >= warmup_steps:
         return 1.0
     return start + (1.0 - start) * step / warmup_steps
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """Learning-rate factor per optimiser step: the linear warm-up, then constant, then (when
+    ``decay`` is not "none") a linear or cosine decay to ``end`` over the last ``decay_steps``
+    steps of the run (all steps after the warm-up when ``decay_steps`` is 0)."""
+
+    warmup_steps: int
+    warmup_start: float
+    total_steps: int
+    decay: str = "none"
+    decay_steps: int = 0
+    end: float = 0.0
+
+    @classmethod
+    def from_config(cls, t, total_steps: int) -> LrSchedule:
+        return cls(
+            t.warmup_steps, t.warmup_start, total_steps, t.lr_decay, t.lr_decay_steps, t.lr_end
+        )
+
+    @property
+    def decay_start(self) -> int:
+        if self.decay == "none":
+            return self.total_steps
+        start = self.total_steps - self.decay_steps if self.decay_steps else self.warmup_steps
+        return min(self.total_steps, max(start, self.warmup_steps))
+
+    def __call__(self, step: int) -> float:
+        factor = warmup_factor(step, self.warmup_steps, self.warmup_start)
+        start = self.decay_start
+        if step <= start or self.decay == "none":
+            return factor
+        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
+        if self.decay == "linear":
+            shape = 1.0 - progress
+        else:
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.end + (1.0 - self.end) * shape
 
 
 def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float):
@@ -359,15 +399,10 @@ class Trainer:
             self.model.unet.compile()  # in place: parameters and state-dict keys stay the same
         self.params = trainable_parameters(self.model)
         self.denoiser = Denoiser(self.model)
-        self.optimizer = torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, eps=t.adam_eps
         )
-        # Stepped once per optimiser step here (not through accelerate, which would step it once
-        # per process), so the warm-up means the same on 1 or 64 GPUs.
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: warmup_factor(step, t.warmup_steps, t.warmup_start)
-        )
-        self.denoiser, self.optimizer = acc.prepare(self.denoiser, self.optimizer)
+        self.denoiser, self.optimizer = acc.prepare(self.denoiser, optimizer)
         self.ema = None
         if t.ema and acc.is_main_process:
             names = {id(p): n for n, p in self.model.named_parameters()}
@@ -390,6 +425,15 @@ class Trainer:
         }
         self._build_loaders()
         self.max_steps = t.max_steps or max(1, t.epochs * self.batches_per_epoch // t.grad_accum)
+        # Stepped once per optimiser step here (not through accelerate, which would step it once
+        # per process), so the schedule means the same on 1 or 64 GPUs. Built once the run's
+        # length is known: the decay phase ends at max_steps.
+        # A plain lambda, so the scheduler's saved state carries no schedule: on resume the
+        # config's (say, a longer run's) schedule applies.
+        self.lr_schedule = LrSchedule.from_config(t, self.max_steps)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: self.lr_schedule(step)
+        )
         if self.resume:
             self._load_checkpoint()
         self.writer = None
@@ -563,6 +607,12 @@ class Trainer:
             torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         )
         self.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        factor = self.lr_schedule(self.lr_scheduler.last_epoch)  # this config's schedule
+        for group, base in zip(
+            self.optimizer.param_groups, self.lr_scheduler.base_lrs, strict=True
+        ):
+            group["lr"] = base * factor
+        self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if self.ema is not None and (path / "ema.safetensors").is_file():
             self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device="cpu"))
             self.ema.shadow = [s.to(self.device) for s in self.ema.shadow]
@@ -861,4 +911,4 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             _FINISHED.append(trainer)  # also when the run failed: its reducer holds the group
 
 
-__all__ = ["Trainer", "TrainingError", "diffusion_loss", "train", "warmup_factor"]
+__all__ = ["LrSchedule", "Trainer", "TrainingError", "diffusion_loss", "train", "warmup_factor"]
