@@ -24,6 +24,11 @@ import torch
 from . import metrics, synthetic
 
 DEFAULT_SCALES = (0.0, 1.0, 3.0, 5.0, 7.0)
+# Held-out cases per run. One case's colour error moves by about 0.1 between neighbouring scales
+# from sampling alone (a different trajectory), so the standard error of a mean change is about
+# 0.095 / sqrt(cases): 0.019 at 24 cases, twice the 0.01 tolerance of "not getting worse"; 96
+# cases bring it to about 0.01 (docs/miniature-world.md, "Quality benchmark").
+DEFAULT_CASES = 96
 
 
 def _to_tensor(image) -> torch.Tensor:
@@ -37,7 +42,7 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
 
 def run_synthetic(
     checkpoint: str,
-    cases: int = 24,
+    cases: int = DEFAULT_CASES,
     scales: tuple[float, ...] = DEFAULT_SCALES,
     steps: int = 20,
     scheduler: str = "ddim",
@@ -50,6 +55,11 @@ def run_synthetic(
     from exemplar_core import crop
     from exemplar_core.editor import Editor, EditSettings
 
+    if cases < 1 or steps < 1 or not scales:
+        raise ValueError(
+            f"the benchmark needs at least 1 case, 1 step and 1 scale, got cases={cases}, "
+            f"steps={steps}, scales={list(scales)}"
+        )
     editor = Editor.from_file(checkpoint, device=device)
     editor.progress = False
     size = editor.native_size
@@ -83,6 +93,8 @@ def run_synthetic(
                 samples.append((scale, i, res8))
         per_scale[f"{scale:g}"] = {
             "color_error": float(np.mean(colour)),
+            "color_error_se": _standard_error(colour),
+            "color_error_per_case": [round(float(c), 5) for c in colour],
             "shape_iou": float(np.mean(shape)),
             "foreground_fraction": float(np.mean(fore)),
             "background_psnr_min": float(min(psnrs)),
@@ -90,6 +102,8 @@ def run_synthetic(
     report = {
         "checkpoint": str(checkpoint),
         "cases": cases,
+        "world_seed": world_seed,
+        "seed": seed,
         "steps": steps,
         "scheduler": scheduler,
         "resolution": size,
@@ -144,19 +158,40 @@ def hole_fill_probe(
     return {"colour_error": float(np.mean(errors)), "worst": float(max(errors))}
 
 
+def _standard_error(values) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+
+
 def check_requirements(per_scale: dict[str, dict]) -> dict[str, dict]:
     """The issue's targets: colour error at s=5 at most half that at s=0; fidelity not worse from
-    0 to 5; background PSNR >= 45 dB outside the feather band."""
+    0 to 5; background PSNR >= 45 dB outside the feather band.
+
+    The verdicts use the means. Where the rows carry per-case errors (``run_synthetic``'s do),
+    each check also reports the standard error of what it compares, paired over the same cases,
+    so a verdict within the noise can be seen as such."""
     checks: dict[str, dict] = {}
     if "0" in per_scale and "5" in per_scale:
         c0, c5 = per_scale["0"]["color_error"], per_scale["5"]["color_error"]
-        checks["color_error_halved_at_5"] = {"passed": c5 <= 0.5 * c0, "s0": c0, "s5": c5}
+        halved = {"passed": c5 <= 0.5 * c0, "s0": c0, "s5": c5, "ratio": c5 / c0 if c0 else None}
+        checks["color_error_halved_at_5"] = halved
         ordered = [k for k in per_scale if 0 <= float(k) <= 5]
         ordered.sort(key=float)
         errors = [per_scale[k]["color_error"] for k in ordered]
         # "not getting worse": each step's error at most 0.01 above the previous one
         monotone = all(b <= a + 0.01 for a, b in zip(errors, errors[1:], strict=False))
         checks["fidelity_not_worse_0_to_5"] = {"passed": monotone, "color_errors": errors}
+        per_case = [per_scale[k].get("color_error_per_case") for k in ordered]
+        if all(p is not None and len(p) == len(per_case[0]) > 1 for p in per_case):
+            rises = [np.subtract(b, a) for a, b in zip(per_case, per_case[1:], strict=False)]
+            checks["fidelity_not_worse_0_to_5"]["rises"] = [
+                {"from": a, "to": b, "mean": float(r.mean()), "se": _standard_error(r)}
+                for a, b, r in zip(ordered[:-1], ordered[1:], rises, strict=True)
+            ]
+            # the ratio's standard error by the delta method, paired over the cases
+            x0, x5 = np.asarray(per_case[0]), np.asarray(per_case[ordered.index("5")])
+            if c0:
+                halved["ratio_se"] = _standard_error((x5 - (c5 / c0) * x0) / c0)
     worst = min(v["background_psnr_min"] for v in per_scale.values())
     checks["background_psnr_ge_45"] = {"passed": worst >= 45.0, "worst_db": worst}
     return checks
@@ -211,7 +246,12 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     for name in ("report.json", "chart.png"):
         if (out / name).exists() and not args.overwrite:
             raise SystemExit(f"error: {out / name} exists; pass --overwrite or another --out")
-    scales = tuple(float(s) for s in args.scales.split(","))
+    try:
+        scales = tuple(float(s) for s in args.scales.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--scales takes numbers separated by commas, got {args.scales!r}"
+        ) from None
     report = run_synthetic(
         args.checkpoint, args.cases, scales, args.steps, args.scheduler, args.seed,
         args.world_seed, args.feather, None if args.device == "auto" else args.device,
@@ -219,18 +259,27 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     draw_chart(report, out / "chart.png")
     report.pop("_samples")
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(f"{'s':>4} {'colour err':>10} {'shape IoU':>9} {'bg PSNR':>8}")
+    print(f"{report['cases']} held-out cases (world seed {report['world_seed']})")
+    print(f"{'s':>4} {'colour err':>10} {'+-':>6} {'shape IoU':>9} {'bg PSNR':>8}")
     for key, row in report["scales"].items():
         bg = row["background_psnr_min"]
         print(
-            f"{key:>4} {row['color_error']:>10.3f} {row['shape_iou']:>9.3f} "
-            f"{'inf' if math.isinf(bg) else f'{bg:.1f}':>8}"
+            f"{key:>4} {row['color_error']:>10.3f} {row['color_error_se']:>6.3f} "
+            f"{row['shape_iou']:>9.3f} {'inf' if math.isinf(bg) else f'{bg:.1f}':>8}"
         )
     fill = report["hole_fill"]
     print(f"hole fill (plain scenes, s = 0): colour error {fill['colour_error']:.3f}, "
           f"worst {fill['worst']:.3f}")  # fmt: skip
     for name, check in report["checks"].items():
-        print(f"{'PASS' if check['passed'] else 'FAIL'} {name}")
+        detail = ""
+        if check.get("ratio_se") is not None:
+            detail = f": s=5 / s=0 = {check['ratio']:.3f} +- {check['ratio_se']:.3f} (<= 0.5)"
+        elif "rises" in check:
+            steps = ", ".join(
+                f"{r['from']}->{r['to']} {r['mean']:+.3f} +- {r['se']:.3f}" for r in check["rises"]
+            )
+            detail = f": {steps} (each <= +0.01)"
+        print(f"{'PASS' if check['passed'] else 'FAIL'} {name}{detail}")
     print(f"wrote {out / 'report.json'} and {out / 'chart.png'} ({report['seconds']} s)")
     failed = [n for n, c in report["checks"].items() if not c["passed"]]
     return 1 if failed and args.strict else 0
@@ -310,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("synthetic", help="exemplar fidelity vs similarity scale on synthetic cases")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--cases", type=int, default=24, help="held-out cases (24)")
+    s.add_argument(
+        "--cases", type=int, default=DEFAULT_CASES, help=f"held-out cases ({DEFAULT_CASES})"
+    )
     s.add_argument("--scales", default=",".join(f"{x:g}" for x in DEFAULT_SCALES))
     s.add_argument("--steps", type=int, default=20)
     s.add_argument("--scheduler", default="ddim")
