@@ -85,8 +85,9 @@ class Probe:
 
 
 def _require_cuda(device: torch.device) -> None:
-    if device.type != "cuda":
-        raise SystemExit("error: bench.profile needs a CUDA device (--device cuda)")
+    if device.type != "cuda" or not torch.cuda.is_available():
+        found = "none is available" if device.type == "cuda" else f"got --device {device}"
+        raise SystemExit(f"error: bench.profile needs a CUDA device (--device cuda); {found}")
 
 
 def cmd_edit(args) -> dict:

@@ -58,3 +58,14 @@ def test_the_profiler_refuses_a_cpu_with_a_clear_message():
         profile.main(["edit", "--device", "cpu"])
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         profile.main(["train", "--device", "cpu"])
+
+
+def test_the_profiler_refuses_cuda_where_none_is_available(monkeypatch):
+    """The default --device cuda on a machine without one: refused before any work (it once ran
+    the trainer on the CPU for minutes and then failed in the profiler's first sync)."""
+    from bench import profile
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for command in ("edit", "train"):
+        with pytest.raises(SystemExit, match="needs a CUDA device.*none is available"):
+            profile.main([command])
