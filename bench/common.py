@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -10,8 +11,9 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,6 +60,33 @@ def warmup_count(value: str, device: torch.device) -> int:
     if count < 0:
         raise SystemExit(f"error: --warmup must be 'auto' or a count >= 0, not {value!r}")
     return count
+
+
+def add_warmup_option(p: argparse.ArgumentParser) -> None:
+    """The edit workers' and commands' ``--warmup`` (see ``warmup_count``)."""
+    p.add_argument(
+        "--warmup", default="auto",
+        help="untimed edits in each worker before the timed one (auto: 1 on a GPU, 0 on a CPU)",
+    )  # fmt: skip
+
+
+def dtype_named(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` (fp16 on CUDA, else fp32), ``fp32``, ``fp16`` or ``bf16``."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def timed(edit: Callable[[], Any], device: torch.device, warmup: str) -> tuple[Any, float, float]:
+    """``warmup`` untimed calls of edit(), then one timed: (result, seconds, peak MB)."""
+    for _ in range(warmup_count(warmup, device)):
+        edit()
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    result = edit()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start, peak_memory_mb(device)
 
 
 def release_freed_memory() -> None:

@@ -19,30 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
 import torch
 
 from .common import (
+    add_warmup_option,
     alternate,
+    dtype_named,
     materialise,
-    peak_memory_mb,
     pick_device,
     print_table,
-    reset_peak_memory,
     summarise,
-    warmup_count,
+    timed,
     worker_argv,
     write_report,
 )
 
 WEIGHT_SEED = 1234
-
-
-def dtype_named(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
 def build_model():
@@ -133,18 +126,6 @@ def diffusers_edit(args):
             ).images
 
     return edit, f"{source.shape[-1]}x{source.shape[-2]}"
-
-
-def timed(edit, device: torch.device, warmup: str):
-    """``warmup`` untimed calls of edit(), then one timed: (result, seconds, peak MB)."""
-    for _ in range(warmup_count(warmup, device)):
-        edit()
-    reset_peak_memory(device)
-    start = time.perf_counter()
-    result = edit()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start, peak_memory_mb(device)
 
 
 def worker_editor(args) -> dict:
@@ -248,13 +229,6 @@ def _available_memory_bytes(device: str) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _warmup_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--warmup", default="auto",
-        help="untimed edits in each worker before the timed one (auto: 1 on a GPU, 0 on a CPU)",
-    )  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inference", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -267,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--device", default="auto")
         p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
         p.add_argument("--out", default=f"out/bench/inference_{name}.json")
-        _warmup_option(p)
+        add_warmup_option(p)
     w = sub.add_parser("worker", help="internal: one measured run in this process")
     w.add_argument("side", choices=("editor", "diffusers"))
     w.add_argument("--width", type=int, required=True)
@@ -278,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--device", default="auto")
     w.add_argument("--dtype", default="auto")
     w.add_argument("--resize-to", type=int, default=0)
-    _warmup_option(w)
+    add_warmup_option(w)
     args = parser.parse_args(argv)
     if args.command == "worker":
         fn = worker_editor if args.side == "editor" else worker_diffusers

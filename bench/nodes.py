@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .common import REPO, pick_device, write_report
+from .common import REPO, add_warmup_option, dtype_named, pick_device, timed, write_report
 
 HOST_DIR = REPO / "tests" / "host"
 NODE_SAMPLER = ("ddim", "ddim_uniform")  # the node benchmarks' sampler and scheduler defaults
@@ -72,7 +72,7 @@ def _inputs(width: int, height: int, box):
 def node_edit(args):
     """Exemplar Encode + Inpaint Sampler nodes in ComfyUI on the worker's inputs: (edit(), the
     UNet's dtype); edit() returns the IMAGE."""
-    from .inference import build_model, dtype_named
+    from .inference import build_model
 
     device = pick_device(args.device)
     _, host = load_host(device)
@@ -98,8 +98,6 @@ def node_edit(args):
 
 def worker_node(args) -> dict:
     """One measured edit through the Exemplar Encode + Inpaint Sampler nodes."""
-    from .inference import timed
-
     edit, unet_dtype = node_edit(args)
     result, seconds, peak = timed(edit, pick_device(args.device), args.warmup)
     return {
@@ -281,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--sampler", default=NODE_SAMPLER[0])
     w.add_argument("--scheduler", default=NODE_SAMPLER[1])
     w.add_argument("--dtype", default="auto", help="auto: ComfyUI's choice for the device")
-    w.add_argument("--warmup", default="auto", help="untimed edits before the timed one")
+    add_warmup_option(w)
     args = parser.parse_args(argv)
     if args.command == "worker":
         print(json.dumps(worker_node(args)))

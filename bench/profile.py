@@ -22,6 +22,7 @@ from collections import Counter
 import torch
 
 from .common import pick_device, write_report
+from .train import _common
 
 
 class Probe:
@@ -135,21 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--steps", type=int, default=20)
     e.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
     e.add_argument("--out", default="out/bench/profile_edit.json")
+    e.add_argument("--device", default="cuda")
     t = sub.add_parser("train", help="optimiser steps of the trainer")
-    t.add_argument("--architecture", default="published", choices=("published", "mini", "tiny"))
-    t.add_argument("--resolution", type=int, default=512)
-    t.add_argument("--batch", type=int, default=8)
-    t.add_argument("--steps", type=int, default=5, help="profiled optimiser steps")
-    t.add_argument("--warmup", type=int, default=3, help="unprofiled steps first")
-    t.add_argument("--precision", default="bf16", choices=("no", "bf16", "fp16"))
-    t.add_argument("--workers", type=int, default=4)
-    t.add_argument("--scenes", type=int, default=200)
+    _common(t, "published", 512, 8)  # bench.train's options; here the profiled steps
+    t.set_defaults(steps=5, precision="bf16", workers=4, device="cuda")
     t.add_argument("--checkpointing", action="store_true")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a trainer config override")  # fmt: skip
     t.add_argument("--out", default="out/bench/profile_train.json")
     for p in (e, t):
-        p.add_argument("--device", default="cuda")
         p.add_argument("--top", type=int, default=15, help="kernels listed")
     args = parser.parse_args(argv)
     report = cmd_edit(args) if args.command == "edit" else cmd_train(args)

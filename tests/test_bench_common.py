@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.common import warmup_count
-from bench.inference import timed
+from bench.common import timed, warmup_count
 
 
 def test_warmup_auto_is_one_on_an_accelerator_and_none_on_a_cpu():

@@ -66,9 +66,13 @@ def test_eval_cases_carry_the_exemplar_silhouette():
     inside = np.asarray(case["exemplar_mask"]) > 127
     assert inside.shape == exemplar.shape[:2] and 0.05 < inside.mean() < 0.9
     # outside the silhouette (and its 0.6 px soft edge) is the plain exemplar background
-    grown = torch.nn.functional.max_pool2d(
-        torch.from_numpy(inside).float()[None, None], kernel_size=5, stride=1, padding=2
-    )[0, 0].bool().numpy()
+    grown = (
+        torch.nn.functional.max_pool2d(
+            torch.from_numpy(inside).float()[None, None], kernel_size=5, stride=1, padding=2
+        )[0, 0]
+        .bool()
+        .numpy()
+    )
     assert (exemplar[~grown] == metrics.EXEMPLAR_BACKGROUND).all()
     assert (np.abs(exemplar[inside] - metrics.EXEMPLAR_BACKGROUND).max(axis=-1) > 0).mean() > 0.9
 

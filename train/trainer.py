@@ -427,9 +427,8 @@ class Trainer:
         self.max_steps = t.max_steps or max(1, t.epochs * self.batches_per_epoch // t.grad_accum)
         # Stepped once per optimiser step here (not through accelerate, which would step it once
         # per process), so the schedule means the same on 1 or 64 GPUs. Built once the run's
-        # length is known: the decay phase ends at max_steps.
-        # A plain lambda, so the scheduler's saved state carries no schedule: on resume the
-        # config's (say, a longer run's) schedule applies.
+        # length is known (the decay ends at max_steps), and through a plain lambda, so the saved
+        # scheduler state carries no schedule: a resumed run follows its own config's.
         self.lr_schedule = LrSchedule.from_config(t, self.max_steps)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: self.lr_schedule(step)
