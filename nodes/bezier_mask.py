@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..exemplar_core.bezier import DEFAULT_EXTEND_SHARE, DEFAULT_JITTER, bezier_mask_from_mask
 from .checks import PaintByExampleInputError, check_mask
-from .types import CATEGORY, NODE_PREFIX
+from .types import CATEGORY, NODE_PREFIX, seed_input
 
 
 class MaskBezierJitter(io.ComfyNode):
@@ -24,14 +24,7 @@ class MaskBezierJitter(io.ComfyNode):
             ),
             inputs=[
                 io.Mask.Input("mask", tooltip="Edit mask(s), 1 = edit; only the box is used."),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip="Random seed of the shape (item i of a batch uses seed + i).",
-                ),
+                seed_input("Random seed of the shape (item i of a batch uses seed + i)."),
                 io.Int.Input(
                     "jitter",
                     default=DEFAULT_JITTER,

@@ -31,7 +31,7 @@ from .checks import (
     check_same_size,
 )
 from .model_builder import is_pbe_model, model_native_size, size_multiple
-from .types import CATEGORY, NODE_PREFIX
+from .types import CATEGORY, NODE_PREFIX, seed_input
 
 
 def _condition_batch(conditioning: object, what: str, context_dim: int | None) -> int:
@@ -113,14 +113,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     tooltip="Edit mask, 1 (white) = repaint; the image's size. LoadImage "
                     "turns transparent pixels into the mask.",
                 ),
-                io.Int.Input(
-                    "seed",
-                    default=0,
-                    min=0,
-                    max=0xFFFFFFFFFFFFFFFF,
-                    control_after_generate=True,
-                    tooltip="Noise seed; image i of a batch uses seed + i.",
-                ),
+                seed_input("Noise seed; image i of a batch uses seed + i."),
                 io.Int.Input(
                     "steps",
                     default=50,

@@ -14,6 +14,15 @@ PbEEncoder = io.Custom("PBE_ENCODER")
 
 NODE_PREFIX = "PaintByExample."
 CATEGORY = "paint-by-example"
+SEED_MAX = 0xFFFFFFFFFFFFFFFF  # ComfyUI's own seed range (KSampler)
+
+
+def seed_input(tooltip: str) -> io.Int.Input:
+    """The ``seed`` input every random node of the pack declares: ComfyUI's full seed range, with
+    the widget's control-after-generate menu (fixed / increment / randomize)."""
+    return io.Int.Input(
+        "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=tooltip
+    )
 
 
 class EncoderContainer(torch.nn.Module):
