@@ -118,3 +118,83 @@ def test_hole_fill_probe_measures_the_hole_against_the_scene_colour():
     ]
     assert math.isclose(grey["colour_error"], sum(expected) / len(expected), abs_tol=0.01)
     assert math.isclose(grey["worst"], max(expected), abs_tol=0.01)
+
+
+def _world_report(world_seed, per_scale_errors, checkpoint="m.safetensors", shape=0.5):
+    """A ``run_synthetic``-shaped report of one world from per-case colour errors per scale."""
+    return {
+        "checkpoint": checkpoint, "steps": 20, "scheduler": "ddim", "resolution": 64, "seed": 0,
+        "world_seed": world_seed, "cases": len(next(iter(per_scale_errors.values()))),
+        "hole_fill": {"colour_error": 0.2, "worst": 0.3},
+        "scales": {
+            key: {"color_error": float(np.mean(errors)) if errors else math.nan,
+                  "color_error_per_case": errors,
+                  "shape_iou": shape, "foreground_fraction": 0.5, "background_psnr_min": math.inf}
+            for key, errors in per_scale_errors.items()
+        },
+    }  # fmt: skip
+
+
+def test_pool_merges_worlds_case_by_case_and_checks_the_pooled_errors():
+    # world 1 alone fails "halved" (0.3 / 0.5 = 0.6); world 2 alone passes (0.1 / 0.5); pooled
+    # over all six cases: s5 1.0 / 6 against s0 0.5; the scales both worlds have are 0 and 5
+    one = _world_report(1, {"0": [0.5, 0.5], "1": [0.4, 0.4], "5": [0.3, 0.3]}, shape=0.4)
+    two = _world_report(2, {"0": [0.4, 0.6, 0.5, 0.5], "5": [0.1, 0.1, 0.1, 0.1]}, shape=0.7)
+    assert not quality.check_requirements(one["scales"])["color_error_halved_at_5"]["passed"]
+    pooled = quality.pool_reports([one, two], ["a.json", "b.json"])
+    assert list(pooled["scales"]) == ["0", "5"]
+    assert pooled["cases"] == 6 and pooled["world_seeds"] == [1, 2]
+    assert pooled["scales"]["5"]["color_error"] == pytest.approx(1.0 / 6)
+    assert pooled["scales"]["0"]["color_error_se"] == pytest.approx(
+        np.std([0.5, 0.5, 0.4, 0.6, 0.5, 0.5], ddof=1) / math.sqrt(6)
+    )
+    # shape agreement weighted by each world's cases: (2 * 0.4 + 4 * 0.7) / 6
+    assert pooled["scales"]["5"]["shape_iou"] == pytest.approx(0.6)
+    halved = pooled["checks"]["color_error_halved_at_5"]
+    assert halved["passed"] and halved["ratio"] == pytest.approx((1.0 / 6) / 0.5)
+    assert pooled["per_world"] == {"1": {"0": 0.5, "5": 0.3}, "2": {"0": 0.5, "5": 0.1}}
+    assert pooled["pooled_from"] == ["a.json", "b.json"]
+
+
+@pytest.mark.parametrize(
+    "second, message",
+    [
+        (_world_report(1, {"0": [0.5], "5": [0.2]}), "world seed(s) [1] appear in more than one"),
+        (_world_report(2, {"0": [0.5], "5": [0.2]}, checkpoint="other.safetensors"),
+         "has checkpoint 'other.safetensors'"),
+        (_world_report(2, {"0": [0.5], "5": []}), "no per-case colour errors at s = 5"),
+        (_world_report(2, {"3": [0.5]}), "share no similarity scale"),
+        ({"scales": {}}, "is not a report of 'python -m train.eval synthetic'"),
+    ],
+)  # fmt: skip
+def test_pool_refuses_reports_that_cannot_be_pooled(second, message):
+    first = _world_report(1, {"0": [0.5, 0.4], "5": [0.2, 0.3]})
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):  # fmt: skip
+        quality.pool_reports([first, second], ["first.json", "second.json"])
+
+
+def test_pool_command_prints_writes_and_exits_by_the_verdict(tmp_path, capsys):
+    good = [_world_report(w, {"0": [0.5, 0.6], "5": [0.2, 0.25]}) for w in (3, 4)]
+    bad = _world_report(5, {"0": [0.5, 0.5], "5": [0.45, 0.4]})
+    paths = []
+    for i, report in enumerate([*good, bad]):
+        paths.append(tmp_path / f"r{i}.json")
+        paths[-1].write_text(json.dumps(report))
+    out = tmp_path / "pooled" / "report.json"
+    argv = ["pool", str(paths[0]), str(paths[1]), "--out", str(out), "--strict"]
+    assert quality.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "4 held-out cases pooled from 2 worlds (seeds 3, 4)" in printed
+    assert "PASS color_error_halved_at_5" in printed
+    assert json.loads(out.read_text())["cases"] == 4
+    with pytest.raises(SystemExit, match="exists; pass --overwrite"):
+        quality.main(argv)
+    # all three worlds: s5 1.75 / 6 against s0 3.2 / 6, a ratio of 0.55; --strict makes it rc 1
+    assert quality.main(["pool", *map(str, paths), "--strict"]) == 1
+    assert "FAIL color_error_halved_at_5" in capsys.readouterr().out
+    (tmp_path / "broken.json").write_text("{not json")
+    assert quality.main(["pool", str(paths[0]), str(tmp_path / "broken.json")]) == 2
+    assert "cannot read report" in capsys.readouterr().err
+    assert quality.main(["pool", str(paths[0])]) == 2
+    assert "at least 2 reports" in capsys.readouterr().err

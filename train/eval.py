@@ -5,6 +5,10 @@ cases (``train.synthetic``, never seen in training) at several similarity scales
 exemplar fidelity (colour error, shape agreement), background preservation outside the feather
 band, and the response to the scale. It writes ``report.json`` and ``chart.png``.
 
+``python -m train.eval pool REPORT...`` merges the reports of several such runs of one checkpoint
+on different synthetic worlds (``--world-seed``) into one verdict over all their cases: a single
+96-case world decides a target that a model meets by a few hundredths about as often as a coin.
+
 ``python -m train.eval folder`` scores a folder of results COCOEE-style: CLIP score between each
 generated box and its exemplar with any open_clip model, and FID with feature weights you provide.
 """
@@ -197,6 +201,79 @@ def check_requirements(per_scale: dict[str, dict]) -> dict[str, dict]:
     return checks
 
 
+# What must agree between reports for their cases to be pooled.
+_POOL_SETTINGS = ("checkpoint", "steps", "scheduler", "resolution", "seed")
+
+
+def pool_reports(reports: list[dict], names: list[str] | None = None) -> dict:
+    """One report over the cases of several ``run_synthetic`` reports of the same checkpoint and
+    sampling settings, each on its own synthetic world. Each scale's means are taken over all the
+    cases (so a world of more cases weighs more), and the checks are those of ``check_requirements``
+    on the pooled per-case errors. Only the scales every report has are pooled."""
+    names = names or [f"report {i + 1}" for i in range(len(reports))]
+    if len(reports) < 2:
+        raise ValueError(f"pooling needs at least 2 reports, got {len(reports)}")
+    first = reports[0]
+    for name, report in zip(names, reports, strict=True):
+        missing = [k for k in (*_POOL_SETTINGS, "world_seed", "scales") if k not in report]
+        if missing:
+            raise ValueError(
+                f"{name} is not a report of 'python -m train.eval synthetic' (no {missing})"
+            )
+        for key in _POOL_SETTINGS:
+            if report[key] != first[key]:
+                raise ValueError(
+                    f"{name} has {key} {report[key]!r} but {names[0]} has {first[key]!r}; only "
+                    f"runs of one checkpoint with the same sampling settings can be pooled"
+                )
+        for key, row in report["scales"].items():
+            if not row.get("color_error_per_case"):
+                raise ValueError(
+                    f"{name} has no per-case colour errors at s = {key} (a report written "
+                    f"before they were recorded); run the benchmark again"
+                )
+    worlds = [r["world_seed"] for r in reports]
+    repeated = sorted({w for w in worlds if worlds.count(w) > 1})
+    if repeated:
+        raise ValueError(
+            f"world seed(s) {repeated} appear in more than one report: the same cases would be "
+            f"counted twice; pool reports of different --world-seed values"
+        )
+    scales = [k for k in first["scales"] if all(k in r["scales"] for r in reports)]
+    if not scales:
+        raise ValueError("the reports share no similarity scale")
+    pooled: dict[str, dict] = {}
+    for key in scales:
+        rows = [r["scales"][key] for r in reports]
+        colour = [c for row in rows for c in row["color_error_per_case"]]
+        weights = [len(row["color_error_per_case"]) for row in rows]
+        pooled[key] = {
+            "color_error": float(np.mean(colour)),
+            "color_error_se": _standard_error(colour),
+            "color_error_per_case": colour,
+            "shape_iou": float(np.average([row["shape_iou"] for row in rows], weights=weights)),
+            "foreground_fraction": float(
+                np.average([row["foreground_fraction"] for row in rows], weights=weights)
+            ),
+            "background_psnr_min": min(row["background_psnr_min"] for row in rows),
+        }
+    report = {key: first[key] for key in _POOL_SETTINGS}
+    report.update(
+        pooled_from=list(names),
+        world_seeds=worlds,
+        cases=len(pooled[scales[0]]["color_error_per_case"]),
+        scales=pooled,
+        per_world={
+            f"{r['world_seed']}": {k: r["scales"][k]["color_error"] for k in scales}
+            for r in reports
+        },
+    )
+    if "hole_fill" in first:  # the same probe for every report of these settings
+        report["hole_fill"] = first["hole_fill"]
+    report["checks"] = check_requirements(pooled)
+    return report
+
+
 def draw_chart(report: dict, path: Path) -> None:
     """A small line chart (colour error and shape IoU against the scale) plus sample edits."""
     from PIL import Image, ImageDraw
@@ -260,6 +337,14 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     report.pop("_samples")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"{report['cases']} held-out cases (world seed {report['world_seed']})")
+    _print_results(report)
+    print(f"wrote {out / 'report.json'} and {out / 'chart.png'} ({report['seconds']} s)")
+    failed = [n for n, c in report["checks"].items() if not c["passed"]]
+    return 1 if failed and args.strict else 0
+
+
+def _print_results(report: dict) -> None:
+    """The per-scale table, the hole fill where measured, and each check with its noise."""
     print(f"{'s':>4} {'colour err':>10} {'+-':>6} {'shape IoU':>9} {'bg PSNR':>8}")
     for key, row in report["scales"].items():
         bg = row["background_psnr_min"]
@@ -267,9 +352,10 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
             f"{key:>4} {row['color_error']:>10.3f} {row['color_error_se']:>6.3f} "
             f"{row['shape_iou']:>9.3f} {'inf' if math.isinf(bg) else f'{bg:.1f}':>8}"
         )
-    fill = report["hole_fill"]
-    print(f"hole fill (plain scenes, s = 0): colour error {fill['colour_error']:.3f}, "
-          f"worst {fill['worst']:.3f}")  # fmt: skip
+    fill = report.get("hole_fill")
+    if fill:
+        print(f"hole fill (plain scenes, s = 0): colour error {fill['colour_error']:.3f}, "
+              f"worst {fill['worst']:.3f}")  # fmt: skip
     for name, check in report["checks"].items():
         detail = ""
         if check.get("ratio_se") is not None:
@@ -280,7 +366,31 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
             )
             detail = f": {steps} (each <= +0.01)"
         print(f"{'PASS' if check['passed'] else 'FAIL'} {name}{detail}")
-    print(f"wrote {out / 'report.json'} and {out / 'chart.png'} ({report['seconds']} s)")
+
+
+def _cmd_pool(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.overwrite:
+        raise SystemExit(f"error: {out} exists; pass --overwrite or another --out")
+    reports = []
+    for name in args.reports:
+        try:
+            reports.append(json.loads(Path(name).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read report {name}: {exc}") from None
+        if not isinstance(reports[-1], dict):
+            raise ValueError(f"{name} is not a report of 'python -m train.eval synthetic'")
+    report = pool_reports(reports, list(args.reports))
+    worlds = ", ".join(str(w) for w in report["world_seeds"])
+    print(f"{report['cases']} held-out cases pooled from {len(reports)} worlds (seeds {worlds})")
+    for world, errors in report["per_world"].items():
+        row = "  ".join(f"s={k} {v:.3f}" for k, v in errors.items())
+        print(f"  world {world}: colour error {row}")
+    _print_results(report)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
     failed = [n for n, c in report["checks"].items() if not c["passed"]]
     return 1 if failed and args.strict else 0
 
@@ -373,6 +483,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     s.set_defaults(func=_cmd_synthetic)
+    q = sub.add_parser(
+        "pool", help="one verdict over the cases of several synthetic reports (other worlds)"
+    )
+    q.add_argument("reports", nargs="+", help="report.json files of one checkpoint")
+    q.add_argument("--out", help="write the pooled report (JSON) here")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    q.set_defaults(func=_cmd_pool)
     f = sub.add_parser("folder", help="COCOEE-style CLIP score and FID on a folder of results")
     f.add_argument("--results", required=True)
     f.add_argument("--exemplars", required=True)
