@@ -165,6 +165,9 @@ def test_pool_merges_worlds_case_by_case_and_checks_the_pooled_errors():
         (_world_report(2, {"0": [0.5], "5": []}), "no per-case colour errors at s = 5"),
         (_world_report(2, {"3": [0.5]}), "share no similarity scale"),
         ({"scales": {}}, "is not a report of 'python -m train.eval synthetic'"),
+        ({**_world_report(2, {"0": [0.5]}), "scales": [0.5]}, "'scales' must map each scale"),
+        ({**_world_report(2, {"0": [0.5]}),
+          "scales": {"0": {"color_error_per_case": [0.5]}}}, "lacks ['shape_iou'"),
     ],
 )  # fmt: skip
 def test_pool_refuses_reports_that_cannot_be_pooled(second, message):
@@ -190,6 +193,10 @@ def test_pool_command_prints_writes_and_exits_by_the_verdict(tmp_path, capsys):
     assert json.loads(out.read_text())["cases"] == 4
     with pytest.raises(SystemExit, match="exists; pass --overwrite"):
         quality.main(argv)
+    # never over one of its own inputs, even with --overwrite
+    with pytest.raises(SystemExit, match="is one of the reports being pooled"):
+        quality.main(["pool", str(paths[0]), str(paths[1]), "--out", str(paths[1]), "--overwrite"])
+    assert json.loads(paths[1].read_text())["world_seed"] == 4
     # all three worlds: s5 1.75 / 6 against s0 3.2 / 6, a ratio of 0.55; --strict makes it rc 1
     assert quality.main(["pool", *map(str, paths), "--strict"]) == 1
     assert "FAIL color_error_halved_at_5" in capsys.readouterr().out

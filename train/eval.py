@@ -203,6 +203,8 @@ def check_requirements(per_scale: dict[str, dict]) -> dict[str, dict]:
 
 # What must agree between reports for their cases to be pooled.
 _POOL_SETTINGS = ("checkpoint", "steps", "scheduler", "resolution", "seed")
+# What each scale's row must carry to be pooled.
+_POOL_ROW = ("shape_iou", "foreground_fraction", "background_psnr_min")
 
 
 def pool_reports(reports: list[dict], names: list[str] | None = None) -> dict:
@@ -226,12 +228,17 @@ def pool_reports(reports: list[dict], names: list[str] | None = None) -> dict:
                     f"{name} has {key} {report[key]!r} but {names[0]} has {first[key]!r}; only "
                     f"runs of one checkpoint with the same sampling settings can be pooled"
                 )
+        if not isinstance(report["scales"], dict):
+            raise ValueError(f"{name}: 'scales' must map each scale to its row")
         for key, row in report["scales"].items():
-            if not row.get("color_error_per_case"):
+            if not isinstance(row, dict) or not row.get("color_error_per_case"):
                 raise ValueError(
                     f"{name} has no per-case colour errors at s = {key} (a report written "
                     f"before they were recorded); run the benchmark again"
                 )
+            absent = [k for k in _POOL_ROW if k not in row]
+            if absent:
+                raise ValueError(f"{name} lacks {absent} at s = {key}; run the benchmark again")
     worlds = [r["world_seed"] for r in reports]
     repeated = sorted({w for w in worlds if worlds.count(w) > 1})
     if repeated:
@@ -339,8 +346,12 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     print(f"{report['cases']} held-out cases (world seed {report['world_seed']})")
     _print_results(report)
     print(f"wrote {out / 'report.json'} and {out / 'chart.png'} ({report['seconds']} s)")
-    failed = [n for n, c in report["checks"].items() if not c["passed"]]
-    return 1 if failed and args.strict else 0
+    return _exit_code(report, args.strict)
+
+
+def _exit_code(report: dict, strict: bool) -> int:
+    """1 when a target is missed and ``--strict`` asks for it, else 0."""
+    return 1 if strict and not all(c["passed"] for c in report["checks"].values()) else 0
 
 
 def _print_results(report: dict) -> None:
@@ -370,6 +381,8 @@ def _print_results(report: dict) -> None:
 
 def _cmd_pool(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
+    if out is not None and any(out.resolve() == Path(r).resolve() for r in args.reports):
+        raise SystemExit(f"error: --out {out} is one of the reports being pooled; pick another")
     if out is not None and out.exists() and not args.overwrite:
         raise SystemExit(f"error: {out} exists; pass --overwrite or another --out")
     reports = []
@@ -391,8 +404,7 @@ def _cmd_pool(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2))
         print(f"wrote {out}")
-    failed = [n for n, c in report["checks"].items() if not c["passed"]]
-    return 1 if failed and args.strict else 0
+    return _exit_code(report, args.strict)
 
 
 def _load_folder_images(folder: Path, suffix: str) -> dict[str, np.ndarray]:
@@ -462,6 +474,12 @@ def _cmd_folder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verdict_options(p: argparse.ArgumentParser) -> None:
+    """``--overwrite`` and ``--strict``, the same for the commands that write a verdict."""
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.eval", description=__doc__.split("\n")[0]
@@ -480,16 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--feather", type=int, default=4)
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default="out/eval", help="folder for report.json and chart.png")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    _verdict_options(s)
     s.set_defaults(func=_cmd_synthetic)
     q = sub.add_parser(
         "pool", help="one verdict over the cases of several synthetic reports (other worlds)"
     )
     q.add_argument("reports", nargs="+", help="report.json files of one checkpoint")
     q.add_argument("--out", help="write the pooled report (JSON) here")
-    q.add_argument("--overwrite", action="store_true")
-    q.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    _verdict_options(q)
     q.set_defaults(func=_cmd_pool)
     f = sub.add_parser("folder", help="COCOEE-style CLIP score and FID on a folder of results")
     f.add_argument("--results", required=True)
