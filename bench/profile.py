@@ -22,7 +22,7 @@ from collections import Counter
 import torch
 
 from .common import pick_device, write_report
-from .train import _common
+from .train import add_run_options
 
 
 class Probe:
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", default="out/bench/profile_edit.json")
     e.add_argument("--device", default="cuda")
     t = sub.add_parser("train", help="optimiser steps of the trainer")
-    _common(t, "published", 512, 8)  # bench.train's options; here the profiled steps
+    add_run_options(t, "published", 512, 8)  # bench.train's options; here the profiled steps
     t.set_defaults(steps=5, precision="bf16", workers=4, device="cuda")
     t.add_argument("--checkpointing", action="store_true")
     t.add_argument("--out", default="out/bench/profile_train.json")

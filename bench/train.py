@@ -45,7 +45,7 @@ from .common import (
 )
 
 DATA_SEED = 5
-# The settings a worker process gets from the command (each a ``_common`` option, and
+# The settings a worker process gets from the command (each an ``add_run_options`` option, and
 # --checkpointing).
 WORKER_OPTIONS = ("architecture", "resolution", "batch", "steps", "warmup", "device", "precision",
                   "workers", "scenes", "checkpointing")  # fmt: skip
@@ -395,7 +395,11 @@ def _settings(args) -> dict:
     return {k: getattr(args, k, None) for k in (*WORKER_OPTIONS, "set")}
 
 
-def _common(p: argparse.ArgumentParser, architecture: str, resolution: int, batch: int) -> None:
+def add_run_options(
+    p: argparse.ArgumentParser, architecture: str, resolution: int, batch: int
+) -> None:
+    """The run options every trainer benchmark shares (``bench.profile train`` uses them too),
+    with the subcommand's own default architecture, resolution and batch."""
     p.add_argument("--architecture", default=architecture, choices=("published", "mini", "tiny"))
     p.add_argument("--resolution", type=int, default=resolution)
     p.add_argument("--batch", type=int, default=batch)
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("throughput", help="the trainer against a minimal loop")
-    _common(p, "mini", 64, 16)
+    add_run_options(p, "mini", 64, 16)
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
     p.add_argument("--sides", default="ours,minimal,ours_ema", help="comma-separated sides to run")
     p.add_argument(
@@ -426,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="out/bench/train_throughput.json")
     p = sub.add_parser("checkpointing", help="peak memory with and without checkpointing")
-    _common(p, "mini", 128, 8)
+    add_run_options(p, "mini", 128, 8)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", default="out/bench/train_checkpointing.json")
     p = sub.add_parser("data", help="the data pipeline alone, per core")
@@ -442,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/bench/train_data.json")
     w = sub.add_parser("worker", help="internal: one measured run in this process")
     w.add_argument("side", choices=("ours", "ours_ema", "minimal"))
-    _common(w, "mini", 64, 16)
+    add_run_options(w, "mini", 64, 16)
     w.add_argument("--checkpointing", action="store_true")
     args = parser.parse_args(argv)
     if args.command == "worker":
