@@ -15,7 +15,7 @@ import torch
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACK_ROOT / "models" / "pbe-mini.safetensors"
-EXAMPLES = PACK_ROOT / "examples"
+EXAMPLES = PACK_ROOT / "example_inputs"
 DEFAULT_SCALES = (0.0, 1.0, 3.0, 5.0, 7.0)
 TILE = 160
 

@@ -53,13 +53,27 @@ def node_list() -> list[type[io.ComfyNode]]:
 
 
 class PaintByExampleExtension(ComfyExtension):
-    async def on_load(self) -> None:
+    """The pack as ComfyUI loads it. Start-up work runs from whichever hook the running ComfyUI
+    calls first: newer versions call ``on_load`` and then ``get_node_list``; 0.3.64 never calls
+    ``on_load`` (its ``nodes.load_custom_node`` calls only ``get_node_list``), so the templates'
+    example inputs must also be installed from there."""
+
+    def __init__(self) -> None:
+        self._started = False
+
+    def _start_up(self) -> None:
+        if self._started:
+            return
+        check_comfyui_version()
         folders.register()
         copied = folders.install_example_inputs()
         if copied:
             log.info("Paint-by-Example: example inputs for the templates: %s", ", ".join(copied))
+        self._started = True
+
+    async def on_load(self) -> None:
+        self._start_up()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        check_comfyui_version()
-        folders.register()
+        self._start_up()
         return node_list()

@@ -9,10 +9,13 @@ folder name.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import folder_paths
+
+log = logging.getLogger(__name__)
 
 FOLDER_KEY = "paint_by_example"
 EXTENSIONS = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
@@ -94,28 +97,37 @@ def missing_message(name: str) -> str:
     )
 
 
-PACK_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+PACK_EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "example_inputs"
 EXAMPLE_PREFIX = "pbe_example_"
 
 
 def install_example_inputs() -> list[str]:
-    """Copy the bundled example images into ComfyUI's input folder as ``pbe_example_*.png`` so the
-    templates run as soon as the pack is installed. A file of that name that is already there is
-    left alone (never overwritten); returns the names copied."""
-    import shutil
+    """Copy the bundled example images into ComfyUI's input folder as ``pbe_example_*.png``, the
+    names the templates load, so they run as soon as the pack is installed. A file of that name
+    that is already there is left as it is (never overwritten); returns the names copied.
 
+    The images live in ``example_inputs/``, a folder name ComfyUI does not read as a template
+    folder (``examples/`` would shadow ``workflows/``: app/custom_node_manager.py)."""
     if not PACK_EXAMPLES_DIR.is_dir():
         return []
     target = Path(folder_paths.get_input_directory())
     copied = []
     for source in sorted(PACK_EXAMPLES_DIR.glob("*.png")):
         destination = target / f"{EXAMPLE_PREFIX}{source.name}"
-        if destination.exists():
-            continue
         try:
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, destination)
-            copied.append(destination.name)
-        except OSError:  # a read-only input folder must not stop the pack from loading
+            out = open(destination, "xb")  # exclusive: a user's file is never replaced
+        except FileExistsError:
             continue
+        except OSError as err:  # a read-only input folder must not stop the pack from loading
+            log.warning("Paint-by-Example: cannot copy %s into %s: %s", source.name, target, err)
+            continue
+        try:
+            with out:
+                out.write(source.read_bytes())
+        except OSError as err:
+            destination.unlink(missing_ok=True)  # our own partial copy, not a user's file
+            log.warning("Paint-by-Example: cannot copy %s into %s: %s", source.name, target, err)
+            continue
+        copied.append(destination.name)
     return copied
