@@ -10,6 +10,12 @@ the prompt (``POST /prompt``), streams progress over the websocket (falls back t
 ``/history`` if the websocket is unavailable), downloads every output image (``/view``) and exits
 non-zero with the server's error message when validation or execution fails.
 
+Nothing of the user's is ever replaced: uploads go into the input folder's ``paint-by-example/``
+subfolder under a name made from the file's content (so a user's own ``input/source.png`` is never
+touched, and two runners whose inputs share a file name cannot swap images), without ComfyUI's
+``overwrite``; a result whose name is already taken in ``--out`` is saved under a new name; a bad
+``--out`` is refused before anything is uploaded or queued.
+
 Mask convention: the mask file is a greyscale (or RGB) image, white = repaint. The templates load
 it with ``LoadImageMask`` on the red channel, so no alpha-channel inversion is involved.
 
@@ -20,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import itertools
 import json
 import mimetypes
 import os
@@ -41,6 +49,7 @@ EXIT_SERVER_ERROR = 1  # the server refused or failed the workflow
 EXIT_USAGE = 2  # bad arguments, unreadable files, no server
 
 IMAGE_LOADERS = ("LoadImage", "LoadImageMask")
+UPLOAD_SUBFOLDER = "paint-by-example"  # in ComfyUI's input folder: uploads never meet user files
 
 
 class HeadlessError(RuntimeError):
@@ -108,6 +117,50 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def read_input(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise HeadlessError(f"cannot read {path}: {err}", EXIT_USAGE) from err
+
+
+def upload_name(path: Path, data: bytes) -> str:
+    """``<first 20 hex digits of the content's SHA-256><suffix>``: the same bytes always get the
+    same name, different bytes (almost surely) never do."""
+    suffix = path.suffix.lower() if path.suffix else ".png"
+    return hashlib.sha256(data).hexdigest()[:20] + suffix
+
+
+def prepare_out_dir(out: Path) -> Path:
+    """Create ``--out`` (a folder) or refuse it with the reason, before anything is queued."""
+    if out.exists() and not out.is_dir():
+        raise HeadlessError(
+            f"--out {out} is an existing file; --out names a folder for the results", EXIT_USAGE
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise HeadlessError(f"cannot create the --out folder {out}: {err}", EXIT_USAGE) from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise HeadlessError(f"cannot write into the --out folder {out}", EXIT_USAGE)
+    return out
+
+
+def write_new_file(folder: Path, name: str, data: bytes) -> Path:
+    """Write ``folder/name``, or ``stem-2.ext``, ``stem-3.ext``... when that name is taken: an
+    existing file is never replaced (exclusive create, so concurrent runners cannot race)."""
+    stem, suffix = os.path.splitext(Path(name).name)
+    for n in itertools.count(1):
+        target = folder / (f"{stem}{suffix}" if n == 1 else f"{stem}-{n}{suffix}")
+        try:
+            with open(target, "xb") as out:
+                out.write(data)
+        except FileExistsError:
+            continue
+        return target
+    raise AssertionError("unreachable")
+
+
 # ------------------------------------------------------------------------------------------
 # HTTP
 # ------------------------------------------------------------------------------------------
@@ -161,14 +214,15 @@ class Client:
         with self._request(path) as response:
             return response.read()
 
-    def upload_image(self, path: Path) -> str:
-        """Upload to the input folder; returns the name a LoadImage node takes."""
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise HeadlessError(f"cannot read {path}: {err}", EXIT_USAGE) from err
+    def upload_image(self, path: Path, data: bytes | None = None) -> str:
+        """Upload into ``input/paint-by-example/`` under a content-hash name, never overwriting
+        (``overwrite`` false: ComfyUI reuses an identical file and renames on a clash); returns
+        the name a LoadImage node takes (``paint-by-example/<hash>.png``)."""
+        if data is None:
+            data = read_input(path)
         body, kind = encode_multipart(
-            {"type": "input", "overwrite": "true"}, {"image": (path.name, data)}
+            {"type": "input", "subfolder": UPLOAD_SUBFOLDER, "overwrite": "false"},
+            {"image": (upload_name(path, data), data)},
         )
         try:
             with self._request("/upload/image", body, {"Content-Type": kind}) as response:
@@ -362,10 +416,23 @@ def wait_history(client: Client, prompt_id: str, timeout: float, quiet: bool) ->
     raise HeadlessError(f"no result after {timeout:.0f} s (prompt {prompt_id})")
 
 
-def download_outputs(client: Client, entry: dict[str, Any], out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class SavedImage:
+    """One downloaded result: the node that saved it (id and title) and where it now is."""
+
+    node_id: str
+    title: str
+    path: Path
+
+
+def download_outputs(
+    client: Client, entry: dict[str, Any], out_dir: Path, prompt: dict[str, Any]
+) -> list[SavedImage]:
+    """Every output image of a finished prompt, in node-id order, into ``out_dir`` (never over
+    an existing file)."""
     saved = []
-    for _node_id, output in sorted(entry.get("outputs", {}).items()):
+    for node_id, output in sorted(entry.get("outputs", {}).items(), key=_node_order):
+        title = str(prompt.get(node_id, {}).get("_meta", {}).get("title", node_id))
         for image in output.get("images", []):
             if image.get("type") != "output":
                 continue
@@ -376,10 +443,16 @@ def download_outputs(client: Client, entry: dict[str, Any], out_dir: Path) -> li
                     "type": image["type"],
                 }
             )
-            target = out_dir / image["filename"]
-            target.write_bytes(client.get_bytes(f"/view?{query}"))
-            saved.append(target)
+            data = client.get_bytes(f"/view?{query}")
+            saved.append(
+                SavedImage(node_id, title, write_new_file(out_dir, image["filename"], data))
+            )
     return saved
+
+
+def _node_order(item: tuple[str, Any]) -> tuple[int, str]:
+    node_id = item[0]
+    return (int(node_id), node_id) if node_id.isdigit() else (1 << 62, node_id)
 
 
 @dataclass
@@ -397,7 +470,16 @@ class RunOptions:
 
 
 def run(options: RunOptions) -> list[Path]:
-    """Upload, queue, follow, download. Returns the saved files; raises HeadlessError."""
+    """Upload, queue, follow, download. Prints and returns the saved files; raises
+    HeadlessError."""
+    saved = run_outputs(options)
+    for item in saved:
+        print(item.path)
+    return [item.path for item in saved]
+
+
+def run_outputs(options: RunOptions) -> list[SavedImage]:
+    """``run`` without printing, with the saving node of each result."""
     try:
         prompt = json.loads(options.workflow.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -410,13 +492,17 @@ def run(options: RunOptions) -> list[Path]:
             f"export with 'Export (API)' in ComfyUI)",
             EXIT_USAGE,
         )
-    client = Client(options.server, timeout=min(options.timeout, 60.0))
+    # Everything that can be refused is checked before the server is touched.
+    out_dir = prepare_out_dir(options.out)
+    uploads = []
     for title, path in options.images.items():
-        node = prompt[find_node(prompt, title)]
-        if node["class_type"] not in IMAGE_LOADERS:
-            raise HeadlessError(f"node {title!r} is a {node['class_type']}, not an image loader")
-        node["inputs"]["image"] = client.upload_image(path)
-        _log(options.quiet, f"uploaded {path} -> {title}")
+        node_id = find_node(prompt, title)
+        if prompt[node_id]["class_type"] not in IMAGE_LOADERS:
+            raise HeadlessError(
+                f"node {title!r} is a {prompt[node_id]['class_type']}, not an image loader",
+                EXIT_USAGE,
+            )
+        uploads.append((node_id, title, path, read_input(path)))
     if options.model is not None and not set_all(
         prompt, "PaintByExample.Loader", "model_name", options.model
     ):
@@ -430,6 +516,10 @@ def run(options: RunOptions) -> list[Path]:
     for target, value in options.sets:
         set_input(prompt, target, value)
 
+    client = Client(options.server, timeout=min(options.timeout, 60.0))
+    for node_id, title, path, data in uploads:
+        prompt[node_id]["inputs"]["image"] = client.upload_image(path, data)
+        _log(options.quiet, f"uploaded {path} -> {title} ({prompt[node_id]['inputs']['image']})")
     try:
         ws: WebSocket | None = open_websocket(client, options.timeout)
     except OSError as err:  # no websocket (proxy, old server): poll instead
@@ -451,10 +541,7 @@ def run(options: RunOptions) -> list[Path]:
     status = entry.get("status", {})
     if status.get("status_str") == "error" or status.get("completed") is False:
         raise HeadlessError(describe_failure(status))
-    saved = download_outputs(client, entry, options.out)
-    for path in saved:
-        print(path)
-    return saved
+    return download_outputs(client, entry, out_dir, prompt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -488,7 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, help="seed for every sampler")
     parser.add_argument("--steps", type=int, help="steps for every sampler")
     parser.add_argument(
-        "--out", type=Path, default=Path("comfyui-results"), help="folder for the downloaded images"
+        "--out",
+        type=Path,
+        default=Path("comfyui-results"),
+        help="folder for the downloaded images (created if missing; a name already taken there "
+        "gets a -2, -3... suffix, nothing is overwritten)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -17,6 +17,11 @@ from exemplar_core import headless
 WORKFLOW = Path(__file__).resolve().parents[1] / "workflows/api/basic_exemplar_edit.json"
 
 
+def _form_field(body: bytes, name: str) -> str:
+    marker = f'name="{name}"\r\n\r\n'.encode()
+    return body.split(marker)[1].split(b"\r\n")[0].decode() if marker in body else ""
+
+
 class FakeComfy(BaseHTTPRequestHandler):
     state: dict = {}
 
@@ -34,8 +39,10 @@ class FakeComfy(BaseHTTPRequestHandler):
         data = self.rfile.read(int(self.headers["Content-Length"]))
         if self.path == "/upload/image":
             name = data.split(b'filename="')[1].split(b'"')[0].decode()
-            self.state.setdefault("uploads", []).append(name)
-            self._send(200, json.dumps({"name": name, "subfolder": "", "type": "input"}).encode())
+            fields = {key: _form_field(data, key) for key in ("type", "subfolder", "overwrite")}
+            self.state.setdefault("uploads", []).append({"name": name, **fields})
+            body = {"name": name, "subfolder": fields["subfolder"], "type": "input"}
+            self._send(200, json.dumps(body).encode())
         elif self.path == "/prompt":
             prompt = json.loads(data)["prompt"]
             self.state["prompt"] = prompt
@@ -84,6 +91,8 @@ class FakeComfy(BaseHTTPRequestHandler):
             self._send(200, json.dumps({"p1": entry}).encode())
         elif self.path.startswith("/view?"):
             self._send(200, b"PNGDATA", "image/png")
+            self.state.setdefault("downloads", 0)
+            self.state["downloads"] += 1
         else:  # /ws included: the runner falls back to polling /history
             self._send(404, b"{}")
 
@@ -145,9 +154,13 @@ def test_uploads_sets_inputs_queues_and_downloads(fake_server, inputs, tmp_path)
     assert code == 0
     assert (tmp_path / "out/out.png").read_bytes() == b"PNGDATA"
     prompt = state["prompt"]
-    assert state["uploads"] == ["source.png", "mask.png", "exemplar.png"]
-    assert prompt["2"]["inputs"]["image"] == "source.png"
-    assert prompt["3"]["inputs"]["image"] == "mask.png"
+    names = {title: headless.upload_name(inputs[title], inputs[title].read_bytes())
+             for title in ("source", "mask", "exemplar")}  # fmt: skip
+    assert [upload["name"] for upload in state["uploads"]] == list(names.values())
+    for upload in state["uploads"]:
+        assert upload["subfolder"] == "paint-by-example" and upload["overwrite"] == "false"
+    assert prompt["2"]["inputs"]["image"] == f"paint-by-example/{names['source']}"
+    assert prompt["3"]["inputs"]["image"] == f"paint-by-example/{names['mask']}"
     assert prompt["1"]["inputs"]["model_name"] == "m.safetensors"
     assert prompt["6"]["inputs"]["seed"] == 9 and prompt["6"]["inputs"]["resolution"] == 256
     assert prompt["5"]["inputs"]["resize"] == "center_crop"
@@ -198,3 +211,56 @@ def test_help_runs():
     with pytest.raises(SystemExit) as info:
         headless.main(["--help"])
     assert info.value.code == 0
+
+
+def test_upload_names_come_from_the_content_not_the_file_name(tmp_path):
+    first, second, again = tmp_path / "a/source.png", tmp_path / "b/source.png", tmp_path / "c.PNG"
+    for path, data in ((first, b"one"), (second, b"two"), (again, b"one")):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    name = headless.upload_name
+    assert name(first, b"one") != name(second, b"two")  # same file name, different images
+    assert name(first, b"one")[:20] == name(again, b"one")[:20]  # same image, any file name
+    assert name(again, b"one").endswith(".png") and "source" not in name(first, b"one")
+
+
+def test_an_existing_result_in_out_is_kept_and_the_new_one_gets_a_free_name(
+    fake_server, inputs, tmp_path, capsys
+):
+    server, _ = fake_server
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "out.png").write_bytes(b"an earlier result")
+    (out / "out-2.png").write_bytes(b"another earlier result")
+    assert headless.main(_args(server, inputs, out)) == 0
+    assert (out / "out.png").read_bytes() == b"an earlier result"
+    assert (out / "out-2.png").read_bytes() == b"another earlier result"
+    assert (out / "out-3.png").read_bytes() == b"PNGDATA"
+    assert capsys.readouterr().out.strip() == str(out / "out-3.png")
+
+
+def test_out_naming_a_file_is_refused_before_anything_is_uploaded_or_queued(
+    fake_server, inputs, tmp_path, capsys
+):
+    server, state = fake_server
+    existing = tmp_path / "result.png"
+    existing.write_bytes(b"the user's picture")
+    assert headless.main(_args(server, inputs, existing)) == headless.EXIT_USAGE
+    assert "is an existing file" in capsys.readouterr().err
+    assert existing.read_bytes() == b"the user's picture"
+    assert "uploads" not in state and "prompt" not in state
+    blocked = tmp_path / "blocked"
+    blocked.write_bytes(b"")
+    assert headless.main(_args(server, inputs, blocked / "sub")) == headless.EXIT_USAGE
+    assert "cannot create the --out folder" in capsys.readouterr().err
+    assert "uploads" not in state and "prompt" not in state
+
+
+def test_a_missing_input_is_refused_before_anything_is_uploaded(
+    fake_server, inputs, tmp_path, capsys
+):
+    server, state = fake_server
+    inputs["exemplar"].unlink()
+    assert headless.main(_args(server, inputs, tmp_path / "out")) == headless.EXIT_USAGE
+    assert "cannot read" in capsys.readouterr().err
+    assert "uploads" not in state and "prompt" not in state
