@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 EXPECTED = {"basic_exemplar_edit", "stock_ksampler_edit", "similarity_sweep", "bezier_mask_demo"}
@@ -28,10 +29,18 @@ def test_files_on_disk_are_what_the_single_source_generates():
     assert build.main(["--check"]) == 0
 
 
-def test_every_template_has_an_api_twin_and_nothing_else_is_listed():
+def test_every_template_has_an_api_twin_a_thumbnail_and_nothing_else_is_listed():
     ui = {p.stem for p in WORKFLOWS.glob("*.json")}
     api = {p.stem for p in (WORKFLOWS / "api").glob("*.json")}
-    assert ui == api == EXPECTED
+    thumbnails = {p.stem for p in WORKFLOWS.glob("*.jpg")}
+    assert ui == api == thumbnails == EXPECTED
+
+
+def test_no_folder_of_the_pack_shadows_the_template_folder():
+    # ComfyUI serves a pack's templates from the first of these folders that exists
+    # (app/custom_node_manager.py); an earlier one would answer 404 for every template.
+    shadowing = ["example_workflows", "example", "examples", "workflow"]
+    assert [name for name in shadowing if (WORKFLOWS.parent / name).exists()] == []
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -69,3 +78,54 @@ def test_ui_links_are_consistent_between_link_table_and_sockets():
         for link_id, src, src_slot, dst, dst_slot, _kind in ui["links"]:
             assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
             assert link_id in nodes[src]["outputs"][src_slot]["links"]
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_template_layout_has_no_overlapping_nodes_and_groups_hold_only_their_stage(name):
+    build = _build()
+    workflow = next(w for w in build.WORKFLOWS if w.name == name)
+    nodes = {node.id: node for node in workflow.nodes}
+    boxes = {node.id: node.box() for node in workflow.nodes}
+    for first in boxes:
+        for second in boxes:
+            if first < second:
+                assert not _overlap(boxes[first], boxes[second]), (name, first, second)
+    frames = []
+    for group in workflow.groups:
+        x, y, w, h = build.group_bounding(group, nodes)
+        frame = (x, y, x + w, y + h)
+        for node_id, box in boxes.items():  # the frontend moves every node inside a group
+            assert _overlap(frame, box) == (node_id in group.members), (name, group.title, node_id)
+        frames.append(frame)
+    for i, first in enumerate(frames):
+        for second in frames[i + 1 :]:
+            assert not _overlap(first, second), name
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_template_opens_at_a_readable_zoom_with_a_note_first(name):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    notes = [node for node in ui["nodes"] if node["type"] == "Note"]
+    assert len(notes) == 1 and len(notes[0]["widgets_values"][0]) > 200
+    assert "Change" in notes[0]["widgets_values"][0]
+    ds = ui["extra"]["ds"]
+    assert 0.8 <= ds["scale"] <= 1.0  # the frontend draws widget text in full above ~0.57
+    x, y = notes[0]["pos"]
+    assert (x + ds["offset"][0]) * ds["scale"] >= 0 and (y + ds["offset"][1]) * ds["scale"] >= 0
+
+
+def test_thumbnails_carry_the_stamp_of_their_template_and_go_stale_when_it_changes():
+    build = _build()
+    assert build.stale_thumbnails() == []
+    for workflow in build.WORKFLOWS:
+        with Image.open(build.thumbnail_path(workflow)) as image:
+            assert image.format == "JPEG" and image.size == (512, 512)
+    workflow = build.WORKFLOWS[0]
+    workflow.nodes[-2].inputs["steps"] = 49  # the sampler: the template changed, not its picture
+    problems = build.stale_thumbnails()
+    assert len(problems) == 1 and problems[0].startswith(f"{workflow.name}.jpg")
+    assert build.main(["--check"]) == 1

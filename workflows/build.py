@@ -1,26 +1,44 @@
-"""Generate the workflow templates (UI format) and their API-format twins from one source.
+"""Generate the workflow templates (UI format), their API-format twins and their thumbnails.
 
-    python workflows/build.py          # write workflows/*.json and workflows/api/*.json
-    python workflows/build.py --check  # exit 1 if the files on disk differ from the source
+    python workflows/build.py                  # write workflows/*.json and workflows/api/*.json
+    python workflows/build.py --thumbnails     # also run every template in a real ComfyUI and
+                                               # write workflows/<name>.jpg from its results
+    python workflows/build.py --check          # exit 1 if a file differs from the source or a
+                                               # thumbnail was made from another template
 
-The source is ``WORKFLOWS`` below: nodes with named inputs (literal widget values or links).
-``NODE_SPECS`` gives each node type's input order, socket types and outputs, which the UI format
-needs (its ``widgets_values`` are positional); the host tests check it against ComfyUI's
-``/object_info``. Runs without ComfyUI.
+The source is ``WORKFLOWS`` below: nodes with named inputs (literal widget values or links), their
+place on the canvas, a Note saying what the template shows, groups for its stages, and what its
+thumbnail shows. ``NODE_SPECS`` gives each node type's input order, socket types and outputs,
+which the UI format needs (its ``widgets_values`` are positional); the host tests check it against
+ComfyUI's ``/object_info``, and the browser tests check the layout in the real frontend.
+
+Thumbnails come from a real run of each template (its API twin, through the headless runner) with
+the embedded model. Each one carries a stamp: a hash of the template, the model and the example
+inputs it was made from, so ``--check`` finds a stale thumbnail without ComfyUI. ``--thumbnails``
+starts a ComfyUI from ``COMFYUI_PATH`` with the pack installed as a user would have it, or uses a
+running one given with ``--server`` (it must have this pack and its example inputs).
+Everything else runs without ComfyUI.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 API_DIR = HERE / "api"
 DEFAULT_MODEL = "pbe-mini.safetensors"  # the embedded model: templates run on install
+MODEL_FILE = REPO / "models" / DEFAULT_MODEL
+EXAMPLE_INPUTS = REPO / "example_inputs"  # installed into ComfyUI's input folder as pbe_example_*
+EXAMPLE_PREFIX = "pbe_example_"
 
 
 @dataclass(frozen=True)
@@ -30,32 +48,47 @@ class Spec:
     inputs: (name, type) in ComfyUI's input order; a type in WIDGET_TYPES (or "COMBO") is a
     widget, anything else a socket. seeded: widget names followed by a control_after_generate
     value. outputs: (name, type). upload: image loaders carry an extra "image" upload widget value.
+    size: the node's size on the canvas (width, height of the body below the title bar), at
+    least what the frontend draws it at (image loaders and SaveImage get room for a preview).
+    virtual: a frontend-only node (Note) that is not part of the prompt.
     """
 
     inputs: tuple[tuple[str, str], ...]
     outputs: tuple[tuple[str, str], ...] = ()
     seeded: tuple[str, ...] = ()
     upload: bool = False
+    size: tuple[int, int] = (330, 120)
+    virtual: bool = False
 
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+PREVIEW = (330, 340)  # a node that shows an image: room for a 64-128 px example and its caption
 
 NODE_SPECS: dict[str, Spec] = {
+    "Note": Spec(inputs=(("text", "STRING"),), virtual=True, size=(330, 380)),
     "LoadImage": Spec(
-        inputs=(("image", "COMBO"),), outputs=(("IMAGE", "IMAGE"), ("MASK", "MASK")), upload=True
+        inputs=(("image", "COMBO"),),
+        outputs=(("IMAGE", "IMAGE"), ("MASK", "MASK")),
+        upload=True,
+        size=PREVIEW,
     ),
     "LoadImageMask": Spec(
         inputs=(("image", "COMBO"), ("channel", "COMBO")),
         outputs=(("MASK", "MASK"),),
         upload=True,
+        size=PREVIEW,
     ),
-    "SaveImage": Spec(inputs=(("images", "IMAGE"), ("filename_prefix", "STRING"))),
-    "MaskToImage": Spec(inputs=(("mask", "MASK"),), outputs=(("IMAGE", "IMAGE"),)),
+    "SaveImage": Spec(inputs=(("images", "IMAGE"), ("filename_prefix", "STRING")), size=PREVIEW),
+    "MaskToImage": Spec(inputs=(("mask", "MASK"),), outputs=(("IMAGE", "IMAGE"),), size=(200, 30)),
     "ImageBatch": Spec(
-        inputs=(("image1", "IMAGE"), ("image2", "IMAGE")), outputs=(("IMAGE", "IMAGE"),)
+        inputs=(("image1", "IMAGE"), ("image2", "IMAGE")),
+        outputs=(("IMAGE", "IMAGE"),),
+        size=(160, 50),
     ),
     "VAEDecode": Spec(
-        inputs=(("samples", "LATENT"), ("vae", "VAE")), outputs=(("IMAGE", "IMAGE"),)
+        inputs=(("samples", "LATENT"), ("vae", "VAE")),
+        outputs=(("IMAGE", "IMAGE"),),
+        size=(160, 50),
     ),
     "InpaintModelConditioning": Spec(
         inputs=(
@@ -71,6 +104,7 @@ NODE_SPECS: dict[str, Spec] = {
             ("negative", "CONDITIONING"),
             ("latent", "LATENT"),
         ),
+        size=(330, 140),
     ),
     "KSampler": Spec(
         inputs=(
@@ -87,10 +121,12 @@ NODE_SPECS: dict[str, Spec] = {
         ),
         outputs=(("LATENT", "LATENT"),),
         seeded=("seed",),
+        size=(330, 270),
     ),
     "PaintByExample.Loader": Spec(
         inputs=(("model_name", "COMBO"), ("weight_dtype", "COMBO")),
         outputs=(("MODEL", "MODEL"), ("VAE", "VAE"), ("PBE_ENCODER", "PBE_ENCODER")),
+        size=(330, 130),
     ),
     "PaintByExample.ExemplarEncode": Spec(
         inputs=(
@@ -102,11 +138,13 @@ NODE_SPECS: dict[str, Spec] = {
             ("exemplar_mask", "MASK"),
         ),
         outputs=(("positive", "CONDITIONING"), ("negative", "CONDITIONING")),
+        size=(330, 150),
     ),
     "PaintByExample.MaskBezierJitter": Spec(
         inputs=(("mask", "MASK"), ("seed", "INT"), ("jitter", "INT"), ("box_expansion", "FLOAT")),
         outputs=(("mask", "MASK"),),
         seeded=("seed",),
+        size=(330, 140),
     ),
     "PaintByExample.InpaintSampler": Spec(
         inputs=(
@@ -129,6 +167,7 @@ NODE_SPECS: dict[str, Spec] = {
         ),
         outputs=(("IMAGE", "IMAGE"), ("LATENT", "LATENT")),
         seeded=("seed",),
+        size=(330, 400),
     ),
     "PaintByExample.SimilarityGuidance": Spec(
         inputs=(
@@ -141,6 +180,7 @@ NODE_SPECS: dict[str, Spec] = {
             ("rescale_phi", "FLOAT"),
         ),
         outputs=(("MODEL", "MODEL"),),
+        size=(340, 180),
     ),
 }
 
@@ -157,7 +197,37 @@ class Node:
     class_type: str
     title: str
     inputs: dict[str, Any]  # name -> literal value or Link
-    pos: tuple[int, int] = (0, 0)
+    pos: tuple[int, int] = (0, 0)  # top-left corner of the body; the title bar sits above it
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return NODE_SPECS[self.class_type].size
+
+    def box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) on the canvas, title bar included."""
+        x, y = self.pos
+        width, height = self.size
+        return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+@dataclass(frozen=True)
+class Group:
+    """A titled frame around the nodes of one stage."""
+
+    title: str
+    members: tuple[int, ...]
+    color: str = "#3f789e"
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One picture of a thumbnail: an example input file, or the ``index``-th image saved by the
+    SaveImage node titled ``save``."""
+
+    label: str
+    input: str | None = None  # file in example_inputs/
+    save: str | None = None
+    index: int = 0
 
 
 @dataclass
@@ -165,31 +235,111 @@ class Workflow:
     name: str
     description: str
     nodes: list[Node] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    thumbnail: tuple[Tile, ...] = ()
+
+    def real_nodes(self) -> list[Node]:
+        """The nodes ComfyUI executes (Notes are the frontend's own)."""
+        return [node for node in self.nodes if not NODE_SPECS[node.class_type].virtual]
+
+
+# ------------------------------------------------------------------------------------------
+# Canvas geometry (the frontend's, comfyui-frontend-package 1.27)
+# ------------------------------------------------------------------------------------------
+
+TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT
+GROUP_HEADER = 64  # a group's title band (font 24 px) and the node badges above title bars
+GROUP_PAD = 10
+COLUMN = 370  # a 330 px node and a 40 px gap
+ROW2 = 540  # bodies of the second row: below the tallest first-row node and both groups' frames
+VIEW = (1850, 950)  # canvas area of a 1920x1080 screen, for the view the template opens at
+VIEW_MARGIN = 60
+MIN_SCALE, MAX_SCALE = 0.8, 1.0  # readable: the frontend draws text in full above about 0.57
+
+
+def col(index: int) -> int:
+    return index * COLUMN
+
+
+def group_bounding(group: Group, nodes: dict[int, Node]) -> list[int]:
+    boxes = [nodes[i].box() for i in group.members]
+    left = min(b[0] for b in boxes) - GROUP_PAD
+    top = min(b[1] for b in boxes) - GROUP_HEADER
+    right = max(b[2] for b in boxes) + GROUP_PAD
+    bottom = max(b[3] for b in boxes) + GROUP_PAD
+    return [left, top, right - left, bottom - top]
+
+
+def canvas_bounds(workflow: Workflow) -> tuple[int, int, int, int]:
+    nodes = {node.id: node for node in workflow.nodes}
+    boxes = [node.box() for node in workflow.nodes]
+    for group in workflow.groups:
+        x, y, w, h = group_bounding(group, nodes)
+        boxes.append((x, y, x + w, y + h))
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def opening_view(workflow: Workflow) -> dict[str, Any]:
+    """The zoom and offset the frontend opens the template at (``extra.ds``): the whole graph
+    when it fits a 1920x1080 screen at a readable zoom, else its left part (the Note first) at
+    the smallest readable zoom."""
+    left, top, right, bottom = canvas_bounds(workflow)
+    fit = min(
+        (VIEW[0] - 2 * VIEW_MARGIN) / (right - left), (VIEW[1] - 2 * VIEW_MARGIN) / (bottom - top)
+    )
+    scale = round(min(MAX_SCALE, max(MIN_SCALE, fit)), 3)
+    offset = [VIEW_MARGIN / scale - left, (VIEW_MARGIN + 40) / scale - top]  # 40: the top bar
+    return {"scale": scale, "offset": [round(v, 1) for v in offset]}
 
 
 # ------------------------------------------------------------------------------------------
 # The single source
 # ------------------------------------------------------------------------------------------
 
+NOTE_ID = 20  # every template's Note
+ROW1_INPUTS = (2, 3, 4)  # source, mask, exemplar
+MODEL_GROUP = Group("Model and exemplar encoding", (1, 5), "#8A8")
+INPUT_GROUP = Group("Inputs: change these", ROW1_INPUTS, "#b58b2a")
 
-def _loaders(x: int = 0) -> list[Node]:
+MODEL_NOTE = (
+    "model_name: pbe-mini.safetensors is the small demo model that ships with the pack "
+    "(64 px synthetic shapes, made to show the mechanics). For photos, put the official "
+    "weights (Fantasy-Studio/Paint-by-Example, or this pack's converted single file) in "
+    "ComfyUI/models/paint_by_example and pick them here."
+)
+INPUTS_NOTE = (
+    "Change the three inputs: source (your photo), mask (white = repaint, the photo's size), "
+    "exemplar (a photo of the object to paint in)."
+)
+
+
+def _note(text: str) -> Node:
+    return Node(NOTE_ID, "Note", "About this template", {"text": text}, (col(0), 0))
+
+
+def _loaders() -> list[Node]:
     return [
         Node(
             1,
             "PaintByExample.Loader",
             "loader",
             {"model_name": DEFAULT_MODEL, "weight_dtype": "default"},
-            (x, 0),
+            (col(0), ROW2),
         ),
-        Node(2, "LoadImage", "source", {"image": "pbe_example_source.png"}, (x, 260)),
+        Node(2, "LoadImage", "source", {"image": f"{EXAMPLE_PREFIX}source.png"}, (col(1), 0)),
         Node(
             3,
             "LoadImageMask",
             "mask",
-            {"image": "pbe_example_mask.png", "channel": "red"},
-            (x, 620),
+            {"image": f"{EXAMPLE_PREFIX}mask.png", "channel": "red"},
+            (col(2), 0),
         ),
-        Node(4, "LoadImage", "exemplar", {"image": "pbe_example_exemplar.png"}, (x, 860)),
+        Node(4, "LoadImage", "exemplar", {"image": f"{EXAMPLE_PREFIX}exemplar.png"}, (col(3), 0)),
         Node(
             5,
             "PaintByExample.ExemplarEncode",
@@ -201,7 +351,7 @@ def _loaders(x: int = 0) -> list[Node]:
                 "resize": "squash",
                 "background_fill": 1.0,
             },
-            (x + 380, 700),
+            (col(1), ROW2),
         ),
     ]
 
@@ -239,21 +389,48 @@ def _save(node_id: int, title: str, images: Link, prefix: str, pos: tuple[int, i
     return Node(node_id, "SaveImage", title, {"images": images, "filename_prefix": prefix}, pos)
 
 
+INPUT_TILES = (
+    Tile("source", input="source.png"),
+    Tile("mask", input="mask.png"),
+    Tile("exemplar", input="exemplar.png"),
+)
+
 WORKFLOWS: list[Workflow] = [
     Workflow(
         "basic_exemplar_edit",
         "Paint the exemplar into the masked area with the Paint-by-Example sampler.",
-        _loaders()
-        + [
-            _sampler(6, "sampler", Link(1, 0), Link(3, 0), 5.0, (800, 200)),
-            _save(7, "save", Link(6, 0), "pbe_edit", (1200, 200)),
+        [
+            _note(
+                "Basic exemplar edit\n\n"
+                "Paints the exemplar's object into the white area of the mask, re-posed and "
+                "blended into the scene rather than pasted.\n\n"
+                f"{INPUTS_NOTE}\n\n"
+                "sampler: similarity (5) sets how closely the result follows the exemplar; "
+                "3 to 7 is the useful range. Outside the mask's feather band the output is the "
+                "source, pixel for pixel.\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
+            _sampler(6, "sampler", Link(1, 0), Link(3, 0), 5.0, (col(4), 0)),
+            _save(7, "save", Link(6, 0), "pbe_edit", (col(5), 0)),
         ],
+        [INPUT_GROUP, MODEL_GROUP, Group("Edit and save", (6, 7))],
+        INPUT_TILES + (Tile("result", save="save"),),
     ),
     Workflow(
         "stock_ksampler_edit",
         "The same edit from stock nodes: InpaintModelConditioning + KSampler + VAEDecode.",
-        _loaders()
-        + [
+        [
+            _note(
+                "The same edit from stock nodes\n\n"
+                "The Loader's MODEL works with ComfyUI's own InpaintModelConditioning, KSampler "
+                "and VAEDecode: the Loader patches its input layout to Paint-by-Example's. "
+                "KSampler's cfg is the similarity. Unlike the pack's sampler, this edits the "
+                "whole image at its own size and does not paste back the untouched source.\n\n"
+                f"{INPUTS_NOTE} Keep the image small (the demo model works at 64 px).\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
             Node(
                 6,
                 "InpaintModelConditioning",
@@ -266,7 +443,7 @@ WORKFLOWS: list[Workflow] = [
                     "mask": Link(3, 0),
                     "noise_mask": True,
                 },
-                (800, 200),
+                (col(4), 0),
             ),
             Node(
                 7,
@@ -284,20 +461,32 @@ WORKFLOWS: list[Workflow] = [
                     "latent_image": Link(6, 2),
                     "denoise": 1.0,
                 },
-                (1150, 200),
+                (col(4), 210),
             ),
-            Node(8, "VAEDecode", "decode", {"samples": Link(7, 0), "vae": Link(1, 1)}, (1500, 200)),
-            _save(9, "save", Link(8, 0), "pbe_stock", (1750, 200)),
+            Node(8, "VAEDecode", "decode", {"samples": Link(7, 0), "vae": Link(1, 1)}, (col(5), 0)),
+            _save(9, "save", Link(8, 0), "pbe_stock", (col(5), 110)),
         ],
+        [INPUT_GROUP, MODEL_GROUP, Group("Stock ComfyUI nodes", (6, 7, 8, 9))],
+        INPUT_TILES + (Tile("result", save="save"),),
     ),
     Workflow(
         "similarity_sweep",
         "One edit at similarity 2, 5 and 9, plus a scheduled, rescaled Similarity Guidance.",
-        _loaders()
-        + [
-            _sampler(6, "similarity 2", Link(1, 0), Link(3, 0), 2.0, (800, 0)),
-            _sampler(7, "similarity 5", Link(1, 0), Link(3, 0), 5.0, (800, 420)),
-            _sampler(8, "similarity 9", Link(1, 0), Link(3, 0), 9.0, (800, 840)),
+        [
+            _note(
+                "Similarity sweep\n\n"
+                "The same edit at similarity 2, 5 and 9, and once through Similarity Guidance: "
+                "similarity 9 falling to 3 over the steps, rescaled (rescale_phi 0.7) against "
+                "over-saturation. Low similarity blends the object into the scene; high "
+                "similarity copies the exemplar's look more closely.\n\n"
+                "The four results are saved as one batch, in that order.\n\n"
+                f"{INPUTS_NOTE}\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
+            _sampler(6, "similarity 2", Link(1, 0), Link(3, 0), 2.0, (col(4), 0)),
+            _sampler(7, "similarity 5", Link(1, 0), Link(3, 0), 5.0, (col(5), 0)),
+            _sampler(8, "similarity 9", Link(1, 0), Link(3, 0), 9.0, (col(4), ROW2)),
             Node(
                 9,
                 "PaintByExample.SimilarityGuidance",
@@ -311,38 +500,60 @@ WORKFLOWS: list[Workflow] = [
                     "sigma_high": 1000.0,
                     "rescale_phi": 0.7,
                 },
-                (400, 1260),
+                (col(3) - 20, ROW2),
             ),
-            _sampler(10, "guided", Link(9, 0), Link(3, 0), 5.0, (800, 1260)),
+            _sampler(10, "guided", Link(9, 0), Link(3, 0), 5.0, (col(5), ROW2)),
             Node(
                 11,
                 "ImageBatch",
                 "batch 2+5",
                 {"image1": Link(6, 0), "image2": Link(7, 0)},
-                (1200, 200),
+                (col(6), 0),
             ),
             Node(
                 12,
                 "ImageBatch",
                 "batch +9",
                 {"image1": Link(11, 0), "image2": Link(8, 0)},
-                (1200, 400),
+                (col(6), 110),
             ),
             Node(
                 13,
                 "ImageBatch",
                 "batch +guided",
                 {"image1": Link(12, 0), "image2": Link(10, 0)},
-                (1200, 600),
+                (col(6), 220),
             ),
-            _save(14, "save", Link(13, 0), "pbe_sweep", (1450, 400)),
+            _save(14, "save", Link(13, 0), "pbe_sweep", (col(6), 330)),
         ],
+        [
+            INPUT_GROUP,
+            MODEL_GROUP,
+            Group("Scheduled guidance", (9,), "#a1309b"),
+            Group("Similarity 2, 5, 9 and guided", (6, 7, 8, 10)),
+            Group("Results, in order", (11, 12, 13, 14)),
+        ],
+        (
+            Tile("similarity 2", save="save", index=0),
+            Tile("similarity 5", save="save", index=1),
+            Tile("similarity 9", save="save", index=2),
+            Tile("guided 9 to 3", save="save", index=3),
+        ),
     ),
     Workflow(
         "bezier_mask_demo",
         "Reshape the mask's box into the paper's Bezier shape, then edit with it.",
-        _loaders()
-        + [
+        [
+            _note(
+                "Bezier mask\n\n"
+                "Paint-by-Example was trained on irregular Bezier-curve masks drawn around the "
+                "object's box, not on the object's exact outline. Mask Bezier Jitter turns any "
+                "mask's box into that shape (seeded), which is what the model expects: use it "
+                "when a rectangle or a tight cut-out gives a pasted look.\n\n"
+                f"{INPUTS_NOTE} Only the mask's box matters here.\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
             Node(
                 6,
                 "PaintByExample.MaskBezierJitter",
@@ -353,13 +564,25 @@ WORKFLOWS: list[Workflow] = [
                     "jitter": 5,
                     "box_expansion": 0.4,
                 },
-                (400, 620),
+                (col(2), ROW2),
             ),
-            _sampler(7, "sampler", Link(1, 0), Link(6, 0), 5.0, (800, 200)),
-            _save(8, "save", Link(7, 0), "pbe_bezier_edit", (1200, 200)),
-            Node(9, "MaskToImage", "mask preview", {"mask": Link(6, 0)}, (800, 700)),
-            _save(10, "save mask", Link(9, 0), "pbe_bezier_mask", (1200, 700)),
+            _sampler(7, "sampler", Link(1, 0), Link(6, 0), 5.0, (col(4), 0)),
+            _save(8, "save", Link(7, 0), "pbe_bezier_edit", (col(5), 0)),
+            Node(9, "MaskToImage", "mask preview", {"mask": Link(6, 0)}, (col(2), ROW2 + 200)),
+            _save(10, "save mask", Link(9, 0), "pbe_bezier_mask", (col(3), ROW2)),
         ],
+        [
+            INPUT_GROUP,
+            MODEL_GROUP,
+            Group("Bezier mask", (6, 9, 10), "#a1309b"),
+            Group("Edit and save", (7, 8)),
+        ],
+        (
+            Tile("source", input="source.png"),
+            Tile("Bezier mask", save="save mask"),
+            Tile("exemplar", input="exemplar.png"),
+            Tile("result", save="save"),
+        ),
     ),
 ]
 
@@ -375,7 +598,7 @@ def is_widget(kind: str) -> bool:
 
 def to_api(workflow: Workflow) -> dict[str, Any]:
     prompt: dict[str, Any] = {}
-    for node in workflow.nodes:
+    for node in workflow.real_nodes():
         spec = NODE_SPECS[node.class_type]
         names = {name for name, _ in spec.inputs}
         unknown = set(node.inputs) - names
@@ -393,6 +616,9 @@ def to_api(workflow: Workflow) -> dict[str, Any]:
             "_meta": {"title": node.title},
         }
     return prompt
+
+
+NOTE_COLORS = {"color": "#432", "bgcolor": "#653"}  # the frontend's own Note colours
 
 
 def to_ui(workflow: Workflow) -> dict[str, Any]:
@@ -429,22 +655,23 @@ def to_ui(workflow: Workflow) -> dict[str, Any]:
             inputs.append(entry)
         if spec.upload:
             widgets.append("image")
-        ui_nodes.append(
-            {
-                "id": node.id,
-                "type": node.class_type,
-                "title": node.title,
-                "pos": list(node.pos),
-                "size": [320, 120],
-                "flags": {},
-                "order": order,
-                "mode": 0,
-                "inputs": inputs,
-                "outputs": [],
-                "properties": {"Node name for S&R": node.class_type},
-                "widgets_values": widgets,
-            }
-        )
+        ui_node: dict[str, Any] = {
+            "id": node.id,
+            "type": node.class_type,
+            "title": node.title,
+            "pos": list(node.pos),
+            "size": list(node.size),
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": inputs,
+            "outputs": [],
+            "properties": {} if spec.virtual else {"Node name for S&R": node.class_type},
+            "widgets_values": widgets,
+        }
+        if node.class_type == "Note":
+            ui_node.update(NOTE_COLORS)
+        ui_nodes.append(ui_node)
     for ui_node in ui_nodes:
         spec = NODE_SPECS[ui_node["type"]]
         ui_node["outputs"] = [
@@ -456,14 +683,25 @@ def to_ui(workflow: Workflow) -> dict[str, Any]:
             }
             for i, (name, kind) in enumerate(spec.outputs)
         ]
+    groups = [
+        {
+            "id": index + 1,
+            "title": group.title,
+            "bounding": group_bounding(group, by_id),
+            "color": group.color,
+            "font_size": 24,
+            "flags": {},
+        }
+        for index, group in enumerate(workflow.groups)
+    ]
     return {
         "last_node_id": max(by_id),
         "last_link_id": len(links),
         "nodes": ui_nodes,
         "links": links,
-        "groups": [],
+        "groups": groups,
         "config": {},
-        "extra": {"info": {"description": workflow.description}},
+        "extra": {"info": {"description": workflow.description}, "ds": opening_view(workflow)},
         "version": 0.4,
     }
 
@@ -474,6 +712,8 @@ def ui_to_api(ui: dict[str, Any]) -> dict[str, Any]:
     prompt = {}
     for node in ui["nodes"]:
         spec = NODE_SPECS[node["type"]]
+        if spec.virtual:
+            continue
         widgets = list(node["widgets_values"])
         sockets = {entry["name"]: entry["link"] for entry in node["inputs"]}
         inputs: dict[str, Any] = {}
@@ -501,21 +741,175 @@ def render_all() -> dict[Path, str]:
     return files
 
 
+# ------------------------------------------------------------------------------------------
+# Thumbnails
+# ------------------------------------------------------------------------------------------
+
+THUMBNAIL_SIZE = 512  # the template browser shows a square card
+THUMBNAIL_FORMAT = 1  # raise when the picture's composition changes: every stamp goes stale
+STAMP_PREFIX = "paint-by-example template thumbnail "
+
+
+def thumbnail_path(workflow: Workflow) -> Path:
+    return HERE / f"{workflow.name}.jpg"
+
+
+def thumbnail_stamp(workflow: Workflow) -> str:
+    """Hash of what the thumbnail is made from: the template as run (its API twin), the model
+    and the example inputs, and the composition's format."""
+    digest = hashlib.sha256(f"format {THUMBNAIL_FORMAT}\n".encode())
+    digest.update(json.dumps(to_api(workflow), sort_keys=True).encode())
+    digest.update(MODEL_FILE.read_bytes())
+    for path in sorted(EXAMPLE_INPUTS.glob("*.png")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def read_stamp(path: Path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            comment = image.info.get("comment", b"")
+    except OSError:
+        return None
+    text = comment.decode(errors="replace") if isinstance(comment, bytes) else str(comment)
+    return text[len(STAMP_PREFIX) :] if text.startswith(STAMP_PREFIX) else None
+
+
+TILE_LABEL = 30  # label band above each picture
+
+
+def tile_cell(index: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of tile ``index``'s picture area in the 2x2 thumbnail."""
+    half = THUMBNAIL_SIZE // 2
+    x0, y0 = (index % 2) * half, (index // 2) * half
+    return x0, y0 + TILE_LABEL, x0 + half, y0 + half
+
+
+def compose_thumbnail(workflow: Workflow, saved: dict[str, list[Path]]):
+    """The 2x2 picture of ``workflow.thumbnail``'s tiles; ``saved``: SaveImage title -> files."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    sheet = Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=20)
+    for index, tile in enumerate(workflow.thumbnail):
+        if tile.input is not None:
+            path = EXAMPLE_INPUTS / tile.input
+        else:
+            files = saved.get(tile.save or "", [])
+            if len(files) <= tile.index:
+                raise RuntimeError(
+                    f"{workflow.name}: no image {tile.index} from the node titled {tile.save!r} "
+                    f"(it saved {len(files)})"
+                )
+            path = files[tile.index]
+        with Image.open(path) as image:
+            picture = image.convert("RGB")
+        left, top, right, bottom = tile_cell(index)
+        room = min(right - left, bottom - top) - 8
+        scale = room / max(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.NEAREST)
+        sheet.paste(picture, (left + (right - left - size[0]) // 2, top + 4))
+        label_at = ((left + right) // 2, top - TILE_LABEL + 6)
+        draw.text(label_at, tile.label, fill=(230, 230, 230), font=font, anchor="mt")
+    return sheet
+
+
+def write_thumbnail(workflow: Workflow, saved: dict[str, list[Path]]) -> Path:
+    path = thumbnail_path(workflow)
+    comment = (STAMP_PREFIX + thumbnail_stamp(workflow)).encode()
+    compose_thumbnail(workflow, saved).save(path, "JPEG", quality=90, comment=comment)
+    return path
+
+
+def run_template(workflow: Workflow, server: str, out: Path) -> dict[str, list[Path]]:
+    """Run the template's API twin as it is (its own example inputs and model) on a ComfyUI
+    server; returns SaveImage title -> the downloaded images, in order."""
+    sys.path.insert(0, str(REPO))
+    from exemplar_core.headless import RunOptions, run_outputs
+
+    options = RunOptions(
+        workflow=API_DIR / f"{workflow.name}.json", server=server, out=out, quiet=True
+    )
+    saved: dict[str, list[Path]] = {}
+    for item in run_outputs(options):
+        saved.setdefault(item.title, []).append(item.path)
+    return saved
+
+
+def make_thumbnails(server: str | None) -> list[Path]:
+    """Run every template and write its thumbnail; starts a ComfyUI (COMFYUI_PATH) with the
+    pack installed as a user would when ``server`` is None."""
+    with tempfile.TemporaryDirectory(prefix="pbe-thumbnails-") as scratch:
+        running = None
+        if server is None:
+            if not os.environ.get("COMFYUI_PATH"):
+                raise SystemExit(
+                    "error: --thumbnails runs the templates in ComfyUI: set COMFYUI_PATH to a "
+                    "ComfyUI checkout, or pass --server URL of a running one with this pack"
+                )
+            sys.path.insert(0, str(REPO / "tests" / "host"))
+            import pbe_host
+
+            running = pbe_host.start_user_install(Path(scratch) / "comfy")
+            server = running.url
+        try:
+            written = []
+            for workflow in WORKFLOWS:
+                saved = run_template(workflow, server, Path(scratch) / workflow.name)
+                written.append(write_thumbnail(workflow, saved))
+            return written
+        finally:
+            if running is not None:
+                running.stop()
+
+
+def stale_thumbnails() -> list[str]:
+    problems = []
+    for workflow in WORKFLOWS:
+        path = thumbnail_path(workflow)
+        stamp = read_stamp(path) if path.exists() else None
+        if stamp is None:
+            problems.append(f"{path.name}: missing, or not made by this generator")
+        elif stamp != thumbnail_stamp(workflow):
+            problems.append(f"{path.name}: made from another template, model or example inputs")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare with the files")
+    parser.add_argument(
+        "--thumbnails", action="store_true", help="run every template in ComfyUI and write its .jpg"
+    )
+    parser.add_argument(
+        "--server", help="with --thumbnails: a running ComfyUI with this pack (default: start one)"
+    )
     args = parser.parse_args(argv)
     stale = []
     for path, text in render_all().items():
         current = path.read_text() if path.exists() else None
         if current != text:
-            stale.append(path)
+            stale.append(str(path))
             if not args.check:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
-    if args.check and stale:
-        print("out of date (run python workflows/build.py):", *stale, sep="\n  ")
+    if args.thumbnails and not args.check:
+        for path in make_thumbnails(args.server):
+            print(f"wrote {path}")
+    problems = stale_thumbnails()
+    if args.check and (stale or problems):
+        if stale:
+            print("out of date (run python workflows/build.py):", *stale, sep="\n  ")
+        if problems:
+            print("stale thumbnails (run python workflows/build.py --thumbnails):", *problems,
+                  sep="\n  ")  # fmt: skip
         return 1
+    if problems:
+        print("note: stale thumbnails (run with --thumbnails):", *problems, sep="\n  ")
     return 0
 
 
