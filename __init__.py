@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 
+# Served by ComfyUI at /extensions/<pack folder>/; the frontend's node help panel reads
+# docs/<node id>.md there. Those pages are the nodes' documentation (docs/nodes.md links to them).
+WEB_DIRECTORY = "./web"
+
 if importlib.util.find_spec("comfy_api") is not None:
 
     async def comfy_entrypoint():
