@@ -47,3 +47,21 @@ def loaded(host):
     return host.run(
         "PaintByExample.Loader", model_name=pbe_host.TINY_MODEL_NAME, weight_dtype="fp32"
     )
+
+
+@pytest.fixture(scope="session")
+def user_install(tmp_path_factory):
+    """ComfyUI started as a user's install runs it (the pack copied into custom_nodes/, an empty
+    input folder, the embedded model only), loading the pack as 0.3.64 does: get_node_list()."""
+    server = pbe_host.start_user_install(tmp_path_factory.mktemp("user_install"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def user_install_newer_loader(tmp_path_factory):
+    """The same install, loading the pack as ComfyUI after 0.3.64 does: on_load() first."""
+    base = tmp_path_factory.mktemp("user_install_newer")
+    server = pbe_host.start_user_install(base, newer_loader=True)
+    yield server
+    server.stop()

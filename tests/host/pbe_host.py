@@ -16,10 +16,12 @@ import asyncio
 import importlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +143,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+PACK_FOLDER = "paint-by-example"  # the folder name the README's install command gives
+NEWER_LOADER = Path(__file__).resolve().parent / "newer_loader.py"
+BUILT_HERE = {".git", ".venv", ".ci-venv", "out", "runs", "build", "dist", "__pycache__",
+              ".pytest_cache", ".ruff_cache"}  # fmt: skip
+
+
+def pack_files() -> list[str]:
+    """The pack's files as a clone has them: what git tracks plus new files it does not ignore
+    (so uncommitted work is tested too); without git, every file but what is built here."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT, capture_output=True, check=True,
+        ).stdout.decode()
+        return [name for name in listed.split("\0") if name and (REPO_ROOT / name).is_file()]
+    except (OSError, subprocess.CalledProcessError):
+        return [
+            str(path.relative_to(REPO_ROOT)) for path in REPO_ROOT.rglob("*")
+            if path.is_file() and not BUILT_HERE & set(path.relative_to(REPO_ROOT).parts)
+        ]
+
+
+def install_pack(custom_nodes: Path, name: str = PACK_FOLDER) -> Path:
+    """A copy of the pack at ``custom_nodes/<name>``, as ``git clone`` into ComfyUI's
+    custom_nodes folder leaves it (no link back to this checkout, nothing built here)."""
+    target = custom_nodes / name
+    for relative in pack_files():
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / relative, destination)
+    return target
+
+
 def write_extra_paths(base: Path, models_dir: Path) -> Path:
     """extra_model_paths.yaml naming a custom_nodes folder (holding a link to this repo) and
     the test's model folder."""
@@ -159,14 +194,19 @@ def write_extra_paths(base: Path, models_dir: Path) -> Path:
     return yaml
 
 
-def comfyui_command(base: Path, yaml: Path, port: int, *extra: str) -> list[str]:
-    (base / "comfy" / "custom_nodes").mkdir(parents=True, exist_ok=True)  # start-up lists it
+def comfyui_command(
+    base_directory: Path, yaml: Path | None, port: int, *extra: str, newer_loader: bool = False
+) -> list[str]:
+    """``main.py --cpu`` on 127.0.0.1 with its folders under ``base_directory``. newer_loader:
+    start it through newer_loader.py, which loads extensions as ComfyUI after 0.3.64 does."""
+    (base_directory / "custom_nodes").mkdir(parents=True, exist_ok=True)  # start-up lists it
+    launcher = [str(NEWER_LOADER)] if newer_loader else []
+    paths = ["--extra-model-paths-config", str(yaml)] if yaml is not None else []
     return [
-        sys.executable, str(Path(COMFYUI_PATH) / "main.py"), "--cpu",
+        sys.executable, *launcher, str(Path(COMFYUI_PATH) / "main.py"), "--cpu",
         "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-        "--disable-api-nodes", "--base-directory", str(base / "comfy"),
-        "--extra-model-paths-config", str(yaml), *extra,
-    ]
+        "--disable-api-nodes", "--base-directory", str(base_directory), *paths, *extra,
+    ]  # fmt: skip
 
 
 @dataclass
@@ -174,6 +214,7 @@ class Server:
     process: subprocess.Popen
     url: str
     log_path: Path
+    base_directory: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -181,6 +222,18 @@ class Server:
     def get(self, path: str) -> object:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
+
+    def get_bytes(self, path: str) -> tuple[int, str, bytes]:
+        """(status, content type, body) of a GET, without raising on 4xx/5xx."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=30) as response:
+                return response.status, response.headers.get_content_type(), response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get_content_type(), err.read()
+
+    @property
+    def input_directory(self) -> Path:
+        return self.base_directory / "input"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -192,17 +245,15 @@ class Server:
                 self.process.wait(timeout=10)
 
 
-def start_server(base: Path, models_dir: Path, timeout: float = 120.0) -> Server:
-    yaml = write_extra_paths(base, models_dir)
-    port = free_port()
-    log_path = base / "comfyui.log"
+def launch(command: list[str], base_directory: Path, log_path: Path, timeout: float) -> Server:
+    """Start ``command`` and wait until the server answers ``/system_stats``."""
+    port = int(command[command.index("--port") + 1])
     log_file = open(log_path, "w")  # noqa: SIM115 (kept open for the server's lifetime)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     process = subprocess.Popen(
-        comfyui_command(base, yaml, port), cwd=str(base), stdout=log_file,
-        stderr=subprocess.STDOUT, env=env,
+        command, cwd=str(base_directory), stdout=log_file, stderr=subprocess.STDOUT, env=env
     )
-    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    server = Server(process, f"http://127.0.0.1:{port}", log_path, base_directory)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -214,3 +265,20 @@ def start_server(base: Path, models_dir: Path, timeout: float = 120.0) -> Server
             time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{server.log()[-4000:]}")
+
+
+def start_server(base: Path, models_dir: Path, timeout: float = 120.0) -> Server:
+    """A server with the pack linked in through extra_model_paths.yaml and the test's models."""
+    yaml = write_extra_paths(base, models_dir)
+    command = comfyui_command(base / "comfy", yaml, free_port())
+    return launch(command, base / "comfy", base / "comfyui.log", timeout)
+
+
+def start_user_install(base: Path, newer_loader: bool = False, timeout: float = 120.0) -> Server:
+    """ComfyUI as a user's install runs it: a copy of the pack in ``custom_nodes/``, an empty
+    input folder, no extra_model_paths.yaml, nothing pre-copied."""
+    comfy = base / "ComfyUI"
+    install_pack(comfy / "custom_nodes")
+    (comfy / "input").mkdir(parents=True, exist_ok=True)
+    command = comfyui_command(comfy, None, free_port(), newer_loader=newer_loader)
+    return launch(command, comfy, base / "comfyui.log", timeout)

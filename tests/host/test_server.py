@@ -80,6 +80,8 @@ def _options(workflow: Path, server, inputs, out: Path, **changes):
 def test_object_info_matches_the_workflow_node_specs(server):
     build = _build_module()
     for class_type, spec in build.NODE_SPECS.items():
+        if spec.virtual:  # the frontend's own node (Note): the server does not know it
+            continue
         info = server.get(f"/object_info/{class_type}")[class_type]
         order = info["input_order"]
         names = order.get("required", []) + order.get("optional", [])
@@ -169,7 +171,9 @@ def test_headless_cli_exits_non_zero_with_the_server_message(server, images, tmp
 
 def test_quick_test_for_ci_reports_no_import_failure(tmp_path, models_dir):
     yaml = pbe_host.write_extra_paths(tmp_path, models_dir)
-    command = pbe_host.comfyui_command(tmp_path, yaml, pbe_host.free_port(), "--quick-test-for-ci")
+    command = pbe_host.comfyui_command(
+        tmp_path / "comfy", yaml, pbe_host.free_port(), "--quick-test-for-ci"
+    )
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-3000:]
