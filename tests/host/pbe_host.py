@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -36,6 +37,17 @@ SKIP_REASON = (
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL_NAME = "tiny-pbe.safetensors"
+
+
+def workflows_build() -> ModuleType:
+    """``workflows/build.py`` (the templates' single source), imported by path."""
+    spec = importlib.util.spec_from_file_location(
+        "workflows_build", REPO_ROOT / "workflows/build.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module
 
 
 # ------------------------------------------------------------------------------------------
@@ -155,12 +167,15 @@ def pack_files() -> list[str]:
     try:
         listed = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO_ROOT, capture_output=True, check=True,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
         ).stdout.decode()
         return [name for name in listed.split("\0") if name and (REPO_ROOT / name).is_file()]
     except (OSError, subprocess.CalledProcessError):
         return [
-            str(path.relative_to(REPO_ROOT)) for path in REPO_ROOT.rglob("*")
+            str(path.relative_to(REPO_ROOT))
+            for path in REPO_ROOT.rglob("*")
             if path.is_file() and not BUILT_HERE & set(path.relative_to(REPO_ROOT).parts)
         ]
 

@@ -15,8 +15,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import pbe_host
@@ -55,17 +53,9 @@ def _why_no_browser() -> str | None:
 pytestmark = pytest.mark.skipif(_why_no_browser() is not None, reason=str(_why_no_browser()))
 
 
-def _build_module():
-    spec = importlib.util.spec_from_file_location("workflows_build", REPO / "workflows/build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def build():
-    return _build_module()
+    return pbe_host.workflows_build()
 
 
 @pytest.fixture(scope="module")
@@ -210,18 +200,14 @@ def _check_opening_view(state: dict) -> None:
 
 def _queue_and_wait(page, server, timeout: float = 600.0) -> dict:
     """Press Run; return the prompt's /history entry once it has finished."""
+    from exemplar_core.headless import Client, wait_history
+
     with page.expect_response(
         lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST"
     ) as answer:
         page.locator("[data-testid=queue-button]").click()
     prompt_id = answer.value.json()["prompt_id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        history = server.get(f"/history/{prompt_id}")
-        if prompt_id in history:
-            return history[prompt_id]
-        time.sleep(0.5)
-    raise AssertionError(f"prompt {prompt_id} queued from the frontend did not finish")
+    return wait_history(Client(server.url), prompt_id, timeout, quiet=True)
 
 
 @pytest.mark.parametrize("name", TEMPLATES)

@@ -9,10 +9,8 @@ empty, and nothing is uploaded by the test (the pack must put the templates' inp
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import shutil
-import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -26,14 +24,6 @@ REPO = pbe_host.REPO_ROOT
 PACK = pbe_host.PACK_FOLDER
 TEMPLATES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 LOADERS = ["0.3.64 loader", "newer loader"]
-
-
-def _build_module():
-    spec = importlib.util.spec_from_file_location("workflows_build", REPO / "workflows/build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(params=LOADERS)
@@ -88,7 +78,7 @@ def test_every_image_a_template_loads_is_offered_by_the_image_loaders(installed)
 def test_every_api_twin_runs_as_it_is_and_matches_its_thumbnail(installed, name, tmp_path):
     from exemplar_core.headless import RunOptions, run_outputs
 
-    build = _build_module()
+    build = pbe_host.workflows_build()
     workflow = next(w for w in build.WORKFLOWS if w.name == name)
     options = RunOptions(workflow=REPO / "workflows/api" / f"{name}.json",
                          server=installed.url, out=tmp_path, timeout=600, quiet=True)  # fmt: skip

@@ -4,7 +4,6 @@ headless runner on a tiny checkpoint in the project's own format, and bad input 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,14 +20,6 @@ OVERRIDES = {  # tiny and fast: 2 steps at 64 px
     "PaintByExample.InpaintSampler": {"steps": 2, "resolution": SIZE, "feather": 4},
     "KSampler": {"steps": 2},
 }
-
-
-def _build_module():
-    spec = importlib.util.spec_from_file_location("workflows_build", REPO / "workflows/build.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +69,7 @@ def _options(workflow: Path, server, inputs, out: Path, **changes):
 
 
 def test_object_info_matches_the_workflow_node_specs(server):
-    build = _build_module()
+    build = pbe_host.workflows_build()
     for class_type, spec in build.NODE_SPECS.items():
         if spec.virtual:  # the frontend's own node (Note): the server does not know it
             continue
