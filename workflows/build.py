@@ -828,7 +828,8 @@ def write_thumbnail(workflow: Workflow, saved: dict[str, list[Path]]) -> Path:
 def run_template(workflow: Workflow, server: str, out: Path) -> dict[str, list[Path]]:
     """Run the template's API twin as it is (its own example inputs and model) on a ComfyUI
     server; returns SaveImage title -> the downloaded images, in order."""
-    sys.path.insert(0, str(REPO))
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
     from exemplar_core.headless import RunOptions, run_outputs
 
     options = RunOptions(
