@@ -23,6 +23,7 @@ Everything else runs without ComfyUI.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ API_DIR = HERE / "api"
 DEFAULT_MODEL = "pbe-mini.safetensors"  # the embedded model: templates run on install
 MODEL_FILE = REPO / "models" / DEFAULT_MODEL
 EXAMPLE_INPUTS = REPO / "example_inputs"  # installed into ComfyUI's input folder as pbe_example_*
-EXAMPLE_PREFIX = "pbe_example_"
+EXAMPLE_PREFIX = "pbe_example_"  # as nodes/folders.py installs them (that module needs ComfyUI)
 
 
 @dataclass(frozen=True)
@@ -754,14 +755,21 @@ def thumbnail_path(workflow: Workflow) -> Path:
     return HERE / f"{workflow.name}.jpg"
 
 
+@functools.cache
+def _shared_sources_digest() -> str:
+    """Hash of what every template runs on: the model and the example inputs (read once)."""
+    digest = hashlib.sha256(MODEL_FILE.read_bytes())
+    for path in sorted(EXAMPLE_INPUTS.glob("*.png")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def thumbnail_stamp(workflow: Workflow) -> str:
     """Hash of what the thumbnail is made from: the template as run (its API twin), the model
     and the example inputs, and the composition's format."""
     digest = hashlib.sha256(f"format {THUMBNAIL_FORMAT}\n".encode())
     digest.update(json.dumps(to_api(workflow), sort_keys=True).encode())
-    digest.update(MODEL_FILE.read_bytes())
-    for path in sorted(EXAMPLE_INPUTS.glob("*.png")):
-        digest.update(path.name.encode() + path.read_bytes())
+    digest.update(_shared_sources_digest().encode())
     return digest.hexdigest()
 
 
