@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 
 from . import keymap
 from .config import CLIP_MEAN, CLIP_STD, ConfigError, EncoderConfig
+from .files import atomic_write, atomic_write_text, same_file
 from .model import ModelConfigs, PaintByExampleModel
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def _read_safetensors(path: Path, lazy: bool) -> tuple[StateDict, dict[str, str]
     """Tensors and metadata of a ``.safetensors`` file; ``lazy``: meta tensors from the header."""
     from safetensors import safe_open
 
+    _safetensors_header(path)  # refuses a hostile header size before safetensors allocates it
     try:
         tensors: StateDict = {}
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -217,6 +218,144 @@ def _is_metadata_global(name: str) -> bool:
     return name in METADATA_GLOBALS or name.startswith(METADATA_GLOBAL_PREFIXES)
 
 
+# Limits that keep a hostile or broken pickled checkpoint from exhausting memory. torch stores
+# weights uncompressed and memory-maps them; only the pickle (names and structure, under 1 MB for
+# the official model) is read into memory, and compressed entries are inflated into memory whole.
+MAX_PICKLE_RECORD = 256 * 2**20
+MAX_COMPRESSED_TOTAL = 256 * 2**20
+# Element sizes of the storage classes a legacy (pre-zip) torch file names.
+_LEGACY_ELEMENT_SIZES = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
+    "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1,
+    "BoolStorage": 1, "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16,
+}  # fmt: skip
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+def _refuse_oversized(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} was not loaded: {what}. A checkpoint saved by torch never does this; the file is "
+        f"corrupt or was made to exhaust memory. Use the .safetensors version of the model."
+    )
+
+
+def _check_zip_checkpoint(path: Path) -> None:
+    """Refuse a zip checkpoint whose entries claim more than the file holds (a zip bomb)."""
+    file_size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): {err}. "
+            f"Download it again or use the .safetensors version."
+        ) from err
+    compressed = 0
+    records = {entry.filename: entry for entry in entries}
+    for entry in entries:
+        if entry.filename.endswith(".pkl") and entry.file_size > MAX_PICKLE_RECORD:
+            raise _refuse_oversized(
+                path, f"its pickle {entry.filename} claims {entry.file_size:,} bytes"
+            )
+        if entry.compress_type == zipfile.ZIP_STORED:
+            if entry.file_size > file_size:
+                raise _refuse_oversized(
+                    path,
+                    f"the entry {entry.filename} claims {entry.file_size:,} bytes in a file of "
+                    f"{file_size:,}",
+                )
+        else:
+            compressed += entry.file_size
+            if compressed > MAX_COMPRESSED_TOTAL:
+                raise _refuse_oversized(
+                    path,
+                    f"its compressed entries expand to more than {MAX_COMPRESSED_TOTAL:,} bytes "
+                    f"({entry.filename} alone to {entry.file_size:,} from "
+                    f"{entry.compress_size:,}): a zip bomb",
+                )
+    pickles = [name for name in records if name.endswith("/data.pkl")]
+    if len(pickles) != 1:
+        return  # not a torch checkpoint: torch.load refuses it with its own message
+    prefix = pickles[0].removesuffix("data.pkl")
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(pickles[0]) as data:
+            scan = _StorageScan(data)
+            scan.load()
+    except Exception as err:  # noqa: BLE001 - any failure of the scan means a broken file
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(err).__name__}: {err}. Download it again or use the .safetensors version."
+        ) from err
+    for key, declared in scan.declared.items():
+        entry = records.get(f"{prefix}data/{key}")
+        stored = entry.file_size if entry is not None else 0
+        if declared > stored:
+            raise _refuse_oversized(
+                path, f"tensor storage {key} declares {declared:,} bytes but stores {stored:,}"
+            )
+
+
+class _StorageScan(pickle.Unpickler):
+    """Reads a torch pickle only to collect the tensor bytes it declares, per storage key.
+
+    Nothing from the file runs: every global becomes a stub. torch allocates a legacy file's
+    storages at their declared size before reading them, and maps a zip's storages over their
+    records, so the declared sizes are checked against what the file stores first.
+    """
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.declared: dict[Any, int] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        size = _LEGACY_ELEMENT_SIZES.get(name, 8) if module == "torch" else 8
+        return type(name, (IgnoredPickleObject,), {"element_size": size})
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage"):
+            storage_type, root_key, _, numel = pid[1:5]
+            if isinstance(numel, int):
+                size = getattr(storage_type, "element_size", 8)
+                self.declared[root_key] = max(self.declared.get(root_key, 0), numel * size)
+        return IgnoredPickleObject()
+
+
+class _BoundedReader:
+    """A file whose reads never ask for more than what is left (a pickle's length fields lie)."""
+
+    def __init__(self, file: Any, size: int) -> None:
+        self.file, self.size = file, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.file.tell())
+        return self.file.read(left if n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.file.readline(max(0, self.size - self.file.tell()))
+
+
+def _check_legacy_checkpoint(path: Path) -> None:
+    """Refuse a legacy (pre-zip) torch file that declares more tensor bytes than it holds."""
+    file_size = path.stat().st_size
+    try:
+        with open(path, "rb") as raw:
+            scan = _StorageScan(_BoundedReader(raw, file_size))
+            if scan.load() != _LEGACY_MAGIC:
+                return  # not a legacy torch file: torch.load refuses it with its own message
+            for _ in range(3):  # protocol version, system info, the objects
+                scan.load()
+    except Exception as err:  # noqa: BLE001 - any failure of the scan means a broken file
+        raise CheckpointError(
+            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): "
+            f"{type(err).__name__}: {err}. Download it again or use the .safetensors version."
+        ) from err
+    declared = sum(scan.declared.values())
+    if declared > file_size:
+        raise _refuse_oversized(
+            path, f"it declares {declared:,} bytes of tensors but holds only {file_size:,} bytes"
+        )
+
+
 def _read_pickle(path: Path) -> Any:
     """``torch.load(weights_only=True)``: refuses every pickled object that is not tensor data.
 
@@ -226,6 +365,10 @@ def _read_pickle(path: Path) -> Any:
     is refused with its name.
     """
     is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip_checkpoint(path)
+    else:
+        _check_legacy_checkpoint(path)
     try:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
@@ -267,19 +410,43 @@ def _read_weights_file(path: Path, lazy: bool) -> StateDict:
 # --------------------------------------------------------------------------------------------
 
 
+# safetensors' own limit; the header of the official model (about 1,200 tensors) is ~150 KB.
+MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a ``.safetensors`` file, its claimed size checked before it is read.
+
+    A header size larger than the file (a text file's first bytes read as a number, a hostile
+    file claiming gigabytes) is refused without allocating it.
+    """
+    try:
+        file_size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise ValueError(f"it has only {file_size} bytes")
+            size = int.from_bytes(prefix, "little")
+            if size <= 1 or size > MAX_SAFETENSORS_HEADER or size > file_size - 8:
+                raise ValueError(
+                    f"its first 8 bytes claim a {size:,}-byte header, but the file has "
+                    f"{file_size:,} bytes and a header may have at most "
+                    f"{MAX_SAFETENSORS_HEADER:,}"
+                )
+            header = json.loads(f.read(size))
+    except (OSError, ValueError) as err:  # json.JSONDecodeError and UnicodeError are ValueErrors
+        raise CheckpointError(
+            f"{path} is not a readable .safetensors file (truncated, corrupt or another kind of "
+            f"file?): {err}. Download or convert it again."
+        ) from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the .safetensors header is not a JSON object")
+    return header
+
+
 def _safetensors_metadata(path: Path) -> dict[str, str]:
     """The metadata of a safetensors header without reading tensors ({} if it has none)."""
-    try:
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            if size <= 0 or size > 100_000_000:
-                raise ValueError(f"header size {size}")
-            header = json.loads(f.read(size))
-        return dict(header.get("__metadata__") or {})
-    except (OSError, ValueError) as err:
-        raise CheckpointError(
-            f"{path} is not a readable .safetensors file (truncated or corrupt?): {err}"
-        ) from err
+    return dict(_safetensors_header(path).get("__metadata__") or {})
 
 
 def detect_format(path: str | os.PathLike[str]) -> Format:
@@ -672,10 +839,11 @@ def save_diffusers(
         ),
     }
     for part, (weights, config, name) in files.items():
-        (out / part).mkdir(parents=True, exist_ok=True)
-        (out / part / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        save_file(_prepare_tensors(weights, None), str(out / part / name), {"format": "pt"})
-    (out / "scheduler").mkdir(exist_ok=True)
+        atomic_write_text(out / part / "config.json", json.dumps(config, indent=2))
+        tensors = _prepare_tensors(weights, None)
+        atomic_write(
+            out / part / name, lambda tmp, t=tensors: save_file(t, str(tmp), {"format": "pt"})
+        )
     scheduler = {
         "_class_name": "PNDMScheduler",
         "skip_prk_steps": True,
@@ -683,8 +851,7 @@ def save_diffusers(
         "steps_offset": 1,
         **SCHEDULE,
     }
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
-    (out / "feature_extractor").mkdir(exist_ok=True)
+    atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(scheduler, indent=2))
     size = configs.encoder.image_size
     extractor = {
         "crop_size": {"height": size, "width": size},
@@ -699,7 +866,7 @@ def save_diffusers(
         "image_std": list(configs.encoder.std),
         "image_processor_type": "CLIPImageProcessor",
     }
-    (out / "feature_extractor" / "preprocessor_config.json").write_text(json.dumps(extractor))
+    atomic_write_text(out / "feature_extractor" / "preprocessor_config.json", json.dumps(extractor))
     index = {
         "_class_name": "PaintByExamplePipeline",
         "feature_extractor": ["transformers", "CLIPImageProcessor"],
@@ -710,7 +877,7 @@ def save_diffusers(
         "safety_checker": [None, None],
         "requires_safety_checker": False,
     }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    atomic_write_text(out / "model_index.json", json.dumps(index, indent=2))
     return out
 
 
@@ -820,27 +987,6 @@ def _prepare_tensors(tensors: Mapping[str, Tensor], dtype: torch.dtype | None) -
     return out
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` for a temp file next to ``path``, then ``os.replace`` it."""
-    if not path.parent.is_dir():
-        raise CheckpointError(f"the folder {path.parent} does not exist")
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_single_file(
     ckpt: PbECheckpoint, path: str | os.PathLike[str], dtype: torch.dtype | str | None = None
 ) -> Path:
@@ -853,13 +999,13 @@ def save_single_file(
     out = Path(path)
     if out.suffix != ".safetensors":
         raise CheckpointError(f"{out}: the single file must end in .safetensors")
-    if ckpt.source and _same_file(out, Path(ckpt.source)):
+    if ckpt.source and same_file(out, Path(ckpt.source)):
         raise CheckpointError(
             f"{out} is the file being converted; write the result to another path"
         )
     tensors = _prepare_tensors(single_file_state_dict(ckpt), _resolve_dtype(dtype))
     metadata = single_file_metadata(ckpt)
-    _atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata))
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp), metadata))
     return out
 
 
@@ -868,15 +1014,15 @@ def save_official(
 ) -> Path:
     """Write the official LDM layout: ``.safetensors``, or ``.ckpt`` as ``{"state_dict": ...}``."""
     out = Path(path)
-    if ckpt.source and _same_file(out, Path(ckpt.source)):
+    if ckpt.source and same_file(out, Path(ckpt.source)):
         raise CheckpointError(f"{out} is the file being converted; write the result elsewhere")
     tensors = _prepare_tensors(official_state_dict(ckpt), _resolve_dtype(dtype))
     if out.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        _atomic_write(out, lambda tmp: save_file(tensors, tmp))
+        atomic_write(out, lambda tmp: save_file(tensors, str(tmp)))
     else:
-        _atomic_write(out, lambda tmp: torch.save({"state_dict": tensors}, tmp))
+        atomic_write(out, lambda tmp: torch.save({"state_dict": tensors}, tmp))
     return out
 
 
