@@ -7,12 +7,16 @@ Standalone: ``python -m exemplar_core.convert convert SRC DST.safetensors [--dty
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from .files import DestinationError, check_destination
 from .formats import DTYPES, CheckpointError, PbECheckpoint, load_checkpoint, save_single_file
+
+EXIT_BAD_INPUT = 2  # the same status as every other command of ``python -m exemplar_core``
 
 _FORMAT_NAMES = {
     "official-ckpt": "official LDM checkpoint (.ckpt, weights under state_dict)",
@@ -44,8 +48,31 @@ def _vae_summary(config: dict[str, Any]) -> str:
     )
 
 
-def describe(ckpt: PbECheckpoint) -> list[str]:
-    """Human-readable lines: format, parts, configs, parameter counts, dtypes."""
+# ``info`` and ``convert`` print each metadata value up to this many characters unless --full.
+METADATA_PREVIEW = 2000
+
+
+def _metadata_lines(metadata: dict[str, str], full: bool) -> list[str]:
+    """Each metadata entry, JSON values pretty-printed; a cut says how much is left out."""
+    lines = ["metadata:"]
+    for key, value in sorted(metadata.items()):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        text = json.dumps(parsed, indent=2) if isinstance(parsed, (dict, list)) else value
+        if not full and len(text) > METADATA_PREVIEW:
+            cut = text.rfind("\n", 0, METADATA_PREVIEW)
+            cut = cut if cut > 0 else METADATA_PREVIEW
+            text = f"{text[:cut]}\n... {len(text) - cut:,} more characters, use --full to see all"
+        first, *rest = text.splitlines() or [""]
+        lines.append(f"  {key}: {first}")
+        lines.extend(f"    {line}" for line in rest)
+    return lines
+
+
+def describe(ckpt: PbECheckpoint, full_metadata: bool = False) -> list[str]:
+    """Human-readable lines: format, parts, configs, parameter counts, dtypes, metadata."""
     enc = ckpt.configs.encoder
     counts = ckpt.parameter_counts()
     dtypes = ckpt.dtypes()
@@ -64,30 +91,36 @@ def describe(ckpt: PbECheckpoint) -> list[str]:
         f"dtype:   unet {dtypes['unet']}, vae {dtypes['vae']}, encoder {dtypes['encoder']}",
     ]
     if ckpt.metadata:
-        extra = ", ".join(f"{k}={v[:60]}" for k, v in sorted(ckpt.metadata.items()))
-        lines.append(f"metadata: {extra}")
+        lines.extend(_metadata_lines(ckpt.metadata, full_metadata))
     return lines
+
+
+def _overwrite_requested(args: argparse.Namespace) -> bool:
+    if args.force:
+        print(
+            "note: --force is deprecated and will be removed; use --overwrite (same meaning)",
+            file=sys.stderr,
+        )
+    return bool(args.overwrite or args.force)
 
 
 def run_convert(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     src, dst = Path(args.src), Path(args.dst)
-    if dst.suffix != ".safetensors":
-        print(f"error: {dst} must end in .safetensors", file=sys.stderr)
-        return 2
-    if dst.exists() and not args.force:
-        print(f"error: {dst} exists; pass --force to overwrite it", file=sys.stderr)
-        return 2
     try:
+        # Everything about DST is checked before SRC is read (minutes for the official .ckpt).
+        if dst.suffix != ".safetensors":
+            raise CheckpointError(f"{dst} must end in .safetensors (the single-file format)")
+        check_destination(dst, overwrite=_overwrite_requested(args), inputs=[src], what="DST")
         ckpt = load_checkpoint(src)
         print("found:", file=out)
         for line in describe(ckpt):
             print(f"  {line}", file=out)
         ckpt.metadata.setdefault("converted_from", ckpt.format)
         save_single_file(ckpt, dst, dtype=DTYPES[args.dtype])
-    except CheckpointError as err:
+    except (CheckpointError, DestinationError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     print(f"wrote {dst} ({args.dtype}, {dst.stat().st_size / 2**20:.1f} MiB)", file=out)
     return 0
 
@@ -98,8 +131,8 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
         ckpt = load_checkpoint(args.file, lazy=True)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    for line in describe(ckpt):
+        return EXIT_BAD_INPUT
+    for line in describe(ckpt, full_metadata=args.full):
         print(line, file=out)
     return 0
 
@@ -110,23 +143,40 @@ def register(subparsers: Any) -> None:
         "convert",
         help="convert an official or diffusers checkpoint to the single-file format",
         description="Read a Paint-by-Example checkpoint (official .ckpt/.safetensors, diffusers "
-        "folder or single file) and write the project single-file .safetensors.",
+        "folder or single file) and write the project single-file .safetensors. DST is checked "
+        "first (folder created if missing, never over SRC, never over a file without "
+        "--overwrite), so a bad DST fails before SRC is read.",
     )
     convert.add_argument("src", help="official model.ckpt / .safetensors, or a diffusers folder")
-    convert.add_argument("dst", help="output .safetensors path")
+    convert.add_argument("dst", help="output .safetensors path (its folder is created if missing)")
     convert.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
         default="fp32",
-        help="storage dtype of floating tensors (fp32 is lossless; default fp32)",
+        help="storage dtype of floating tensors; fp32 is lossless (default: %(default)s)",
     )
-    convert.add_argument("--force", action="store_true", help="overwrite an existing DST")
+    convert.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DST if it exists (default: an existing DST is an error)",
+    )
+    # The old name of --overwrite, kept so that scripts keep working; hidden from --help.
+    convert.add_argument("--force", action="store_true", help=argparse.SUPPRESS)
     convert.set_defaults(func=run_convert)
 
     info = subparsers.add_parser(
-        "info", help="say what a checkpoint is (or why it is not Paint-by-Example)"
+        "info",
+        help="say what a checkpoint is (or why it is not Paint-by-Example)",
+        description="Print a checkpoint's format, architecture, parameter counts, dtypes and "
+        "metadata. Reads only the header (safetensors) or a memory map (.ckpt).",
     )
     info.add_argument("file", help="checkpoint file or diffusers folder")
+    info.add_argument(
+        "--full",
+        action="store_true",
+        help=f"print every metadata value whole (default: values longer than "
+        f"{METADATA_PREVIEW} characters are cut at a line, with a note saying how much is left)",
+    )
     info.set_defaults(func=run_info)
 
 

@@ -50,14 +50,24 @@ def test_convert_writes_a_lossless_single_file_and_says_what_it_found(
         assert all(torch.equal(got[k], part[k]) for k in part), name
 
 
-def test_convert_refuses_to_overwrite_without_force(official_ckpt, tmp_path, capsys):
+def test_convert_refuses_to_overwrite_without_overwrite(official_ckpt, tmp_path, capsys):
     src, _ = official_ckpt
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"keep me")
     assert convert.main(["convert", str(src), str(dst)]) == 2
-    assert "--force" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err
     assert dst.read_bytes() == b"keep me"
+    assert convert.main(["convert", str(src), str(dst), "--overwrite"]) == 0
+    assert formats.detect_format(dst) == "single-file"
+
+
+def test_old_force_flag_still_overwrites_with_a_deprecation_note(official_ckpt, tmp_path, capsys):
+    src, _ = official_ckpt
+    dst = tmp_path / "out.safetensors"
+    dst.write_bytes(b"old")
     assert convert.main(["convert", str(src), str(dst), "--force"]) == 0
+    assert "--force is deprecated" in capsys.readouterr().err
     assert formats.detect_format(dst) == "single-file"
 
 
@@ -75,7 +85,7 @@ def test_convert_of_a_non_pbe_checkpoint_fails_with_the_reason(tmp_path, capsys)
     src = tmp_path / "sd15-inpainting.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32, 9, 3, 3)}, src)
     dst = tmp_path / "out.safetensors"
-    assert convert.main(["convert", str(src), str(dst)]) == 1
+    assert convert.main(["convert", str(src), str(dst)]) == 2
     assert "inpainting" in capsys.readouterr().err
     assert not dst.exists()
 
@@ -91,7 +101,7 @@ def test_info_describes_a_checkpoint(official_ckpt, capsys):
 def test_info_exits_non_zero_with_the_reason(tmp_path, capsys):
     path = tmp_path / "sdxl.safetensors"
     save_file({"conditioner.embedders.0.model.ln_final.weight": torch.zeros(4)}, path)
-    assert convert.main(["info", str(path)]) == 1
+    assert convert.main(["info", str(path)]) == 2
     err = capsys.readouterr().err
     assert "is not a Paint-by-Example checkpoint" in err and "SDXL" in err
 
@@ -100,7 +110,7 @@ def test_register_adds_both_commands_to_another_cli():
     parser = argparse.ArgumentParser()
     convert.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["convert", "a.ckpt", "b.safetensors", "--dtype", "bf16"])
-    assert args.func is convert.run_convert and args.dtype == "bf16" and not args.force
+    assert args.func is convert.run_convert and args.dtype == "bf16" and not args.overwrite
     assert parser.parse_args(["info", "x"]).func is convert.run_info
 
 
