@@ -1,4 +1,8 @@
-"""``python -m exemplar_core``: edit, convert, info (plain PyTorch, no ComfyUI needed)."""
+"""``python -m exemplar_core``: edit, convert, info, demo, headless (no ComfyUI needed).
+
+Every command exits 0 on success, 2 on bad input (with a message naming the problem and what is
+expected), 1 when a ComfyUI server refuses or fails a headless workflow.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,28 @@ def _dtype(name: str):
     ]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0 (feather)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     from .editor import SCHEDULERS, EditSettings
 
@@ -30,61 +56,127 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Repaint the white area of MASK in SOURCE so that it shows the object of EXEMPLAR. "
             "By default only a window around the mask is processed at --size and stitched back "
-            "with a feathered blend: everything outside the feather band stays the source."
+            "with a feathered blend: everything outside the feather band stays the source. "
+            "--out is checked before the model is loaded."
         ),
     )
-    p.add_argument("--checkpoint", required=True, help="any Paint-by-Example checkpoint format")
-    p.add_argument("--source", required=True, help="the image to edit (any size)")
-    p.add_argument("--mask", required=True, help="white = repaint; same size as the source")
-    p.add_argument("--exemplar", required=True, help="image of the object to paint in")
-    p.add_argument("--exemplar-mask", help="optional: white = the object in the exemplar")
-    p.add_argument("--out", required=True, help="output image (.png, .jpg or .webp)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"denoising steps ({d.steps})")
-    p.add_argument("--scale", type=float, default=d.scale, help=f"similarity scale s ({d.scale})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default=d.scheduler, help="sampler")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="the model: official .ckpt/.safetensors, a diffusers folder or this pack's single "
+        "file (required)",
+    )
+    p.add_argument("--source", required=True, help="the image to edit, any size (required)")
+    p.add_argument(
+        "--mask",
+        required=True,
+        help="white = repaint; the source's size unless --resize-mask (required)",
+    )
+    p.add_argument(
+        "--exemplar", required=True, help="image of the object to paint in, any size (required)"
+    )
+    p.add_argument(
+        "--exemplar-mask",
+        help="white = the object in the exemplar; the rest is ignored (default: none, the "
+        "whole exemplar)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output image, .png, .jpg or .webp; its folder is created if missing (required)",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=d.steps, help="denoising steps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=d.scale,
+        help="similarity scale s: how strongly the result follows the exemplar; 1 = no "
+        "guidance (default: %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default=d.scheduler,
+        help="sampler: pndm is the paper's PLMS (default: %(default)s)",
+    )
     p.add_argument(
         "--size",
-        type=int,
+        type=positive_int,
         default=d.size,
-        help="processing resolution (default: the model's own, 512 for the published model)",
+        help="processing resolution in px, a multiple of 64 for the published model (default: the "
+        "model's own, 512 for the published model)",
     )
     p.add_argument(
         "--context-margin",
         type=float,
         default=d.context_margin,
-        help=f"context around the mask, times its box's longer side ({d.context_margin})",
+        help="context around the mask, times its box's longer side (default: %(default)s)",
     )
-    p.add_argument("--feather", type=int, default=d.feather, help=f"blend band in px ({d.feather})")
-    p.add_argument("--color-match", action="store_true", help="match colours to the source")
     p.add_argument(
-        "--no-paste-back", action="store_true", help="write the raw decoded window instead"
+        "--feather",
+        type=non_negative_int,
+        default=d.feather,
+        help="px over which the edit blends into the source (default: %(default)s)",
+    )
+    p.add_argument(
+        "--color-match",
+        action="store_true",
+        help="match the edit's colours to the source around it (default: off)",
+    )
+    p.add_argument(
+        "--no-paste-back",
+        action="store_true",
+        help="write the processed window itself, at processing size (--size: 512x512 for the "
+        "published model, not the source's size), instead of the whole source with the edited "
+        "window stitched in (default: off, the source's size is written)",
     )
     p.add_argument(
         "--whole-image",
         action="store_true",
-        help="resize the whole image (sides to multiples of 64) instead of cropping",
+        help="process the whole image resized (sides to multiples of 64) instead of a window "
+        "around the mask (default: off)",
     )
     p.add_argument(
         "--mask-resize",
         choices=("bilinear", "nearest"),
         default=d.mask_resize,
-        help="latent-size mask: bilinear as the official code (default), nearest as diffusers",
+        help="how the mask is shrunk to latent size: bilinear as the official code, nearest as "
+        "diffusers (default: %(default)s)",
     )
     p.add_argument(
         "--exemplar-resize",
         choices=("squash", "center_crop"),
         default=d.exemplar_resize,
-        help="squash to the encoder size as the official code (default), or centre-crop",
+        help="squash to the encoder size as the official code, or centre-crop as diffusers "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--resize-mask",
         action="store_true",
-        help="stretch a mask of another size to the source's size instead of failing",
+        help="stretch a mask of another size to the source's size (default: off, a mask of "
+        "another size is an error)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to run; auto = cuda when torch sees a GPU, else cpu (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="weight and compute precision; auto = fp16 on cuda, fp32 on cpu (default: "
+        "%(default)s)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (default: off, an existing --out is an error)",
+    )
     p.set_defaults(func=run_edit)
 
 
@@ -93,21 +185,27 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from .editor import Editor, EditSettings
-    from .image_io import ImageError, load_mask, load_rgb, save_rgb
+    from .files import check_destination
+    from .image_io import ImageError, check_output_name, load_mask, load_rgb, save_rgb
 
+    # --out is checked before anything is loaded: a model load takes seconds to minutes.
     out = Path(args.out)
-    inputs = {Path(p).resolve() for p in (args.source, args.mask, args.exemplar) if p}
-    if out.resolve() in inputs:
-        raise ImageError(f"--out {out} is one of the inputs; choose another file")
-    if out.exists() and not args.overwrite:
-        raise ImageError(f"{out} already exists; choose another path or pass --overwrite")
+    inputs = [args.source, args.mask, args.exemplar, args.exemplar_mask, args.checkpoint]
+    check_destination(out, overwrite=args.overwrite, inputs=inputs, what="--out")
+    check_output_name(out)
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")
     exemplar_mask = (
         load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
     )
-    if mask.shape[-2:] != source.shape[-2:] and args.resize_mask:
+    if mask.shape[-2:] != source.shape[-2:]:
+        if not args.resize_mask:
+            (h, w), (mh, mw) = source.shape[-2:], mask.shape[-2:]
+            raise ImageError(
+                f"mask is {mw}x{mh} but the source is {w}x{h}: give a mask of the source's size "
+                f"(or pass --resize-mask to stretch it)"
+            )
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     settings = EditSettings(
         steps=args.steps,
@@ -132,28 +230,57 @@ def run_edit(args: argparse.Namespace) -> int:
     result = editor.edit(source, mask, exemplar, settings, exemplar_mask=exemplar_mask)
     done = time.perf_counter()
     save_rgb(result.image, out, overwrite=args.overwrite)
-    region = result.region
-    where = (
-        "nothing (empty mask)"
-        if region is None
-        else (
-            f"window {region.x1 - region.x0}x{region.y1 - region.y0} at "
-            f"({region.x0}, {region.y0}), processed at {region.width}x{region.height}"
-        )
-    )
     print(
-        f"wrote {out} ({result.image.shape[-1]}x{result.image.shape[-2]}); edited {where}; "
+        f"wrote {out} ({result.image.shape[-1]}x{result.image.shape[-2]}): "
+        f"{_what_was_written(result.region, settings.paste_back)}; "
         f"load {loaded - start:.1f}s, edit {done - loaded:.1f}s on {editor.device}"
     )
     return 0
 
 
+def _what_was_written(region, paste_back: bool) -> str:
+    """The printed account of an edit: which window was processed and what the file holds."""
+    if region is None:
+        return "the source unchanged (the mask is empty)"
+    window = (
+        f"window {region.x1 - region.x0}x{region.y1 - region.y0} at ({region.x0}, {region.y0}), "
+        f"processed at {region.width}x{region.height}"
+    )
+    if paste_back:
+        return f"the source with the edited {window}"
+    return (
+        f"only the processed window at its processing size {region.width}x{region.height} "
+        f"(--no-paste-back), not pasted into the source: the {window}"
+    )
+
+
+def add_headless_command(subparsers: argparse._SubParsersAction) -> None:
+    from . import headless
+
+    p = subparsers.add_parser(
+        "headless",
+        help="run an API-format workflow on a running ComfyUI and download the results",
+        description=headless.DESCRIPTION,
+    )
+    headless.add_arguments(p)
+    p.set_defaults(func=run_headless)
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    from . import headless
+
+    return headless.run_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exemplar_core",
-        description="Paint-by-Example without ComfyUI: edit, convert and inspect checkpoints",
+        description="Paint-by-Example without ComfyUI: edit, convert and inspect checkpoints, "
+        "run the demo, or drive a running ComfyUI headlessly",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress and details (default: off)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_edit_command(sub)
     from . import convert
@@ -161,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert.register(sub)
     add_demo_command(sub)
+    add_headless_command(sub)
     return parser
 
 
@@ -172,8 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        # Every error class of ours is a ValueError carrying a message written for the user.
+    except (ValueError, OSError) as exc:
+        # Every error class of ours is a ValueError carrying a message written for the user;
+        # OSError covers what the system refuses (a full disk, a permission taken away mid-run).
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

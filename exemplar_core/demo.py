@@ -8,10 +8,13 @@ architecture family at 64 px, trained by this project's own trainer on synthetic
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 import torch
+
+from .cli import positive_int
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACK_ROOT / "models" / "pbe-mini.safetensors"
@@ -30,17 +33,73 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
             "(source | mask | exemplar | results). Needs no download."
         ),
     )
-    p.add_argument("--out", default="out/demo", help="output folder (a fresh one is picked if "
-                   "it already holds a demo; nothing is overwritten)")  # fmt: skip
-    p.add_argument("--checkpoint", default=str(DEFAULT_MODEL), help="model (default: embedded)")
-    p.add_argument("--source", default=str(EXAMPLES / "source.png"))
-    p.add_argument("--mask", default=str(EXAMPLES / "mask.png"))
-    p.add_argument("--exemplar", default=str(EXAMPLES / "exemplar.png"))
-    p.add_argument("--scales", default=",".join(f"{s:g}" for s in DEFAULT_SCALES))
-    p.add_argument("--result-scale", type=float, default=5.0, help="scale of result.png (5)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out",
+        default="out/demo",
+        help="output folder; a fresh one (NAME-2, NAME-3, ...) is picked if it already holds a "
+        "demo, nothing is overwritten (default: %(default)s)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=str(DEFAULT_MODEL),
+        help="model file (default: the embedded miniature model, models/pbe-mini.safetensors)",
+    )
+    p.add_argument(
+        "--source",
+        default=str(EXAMPLES / "source.png"),
+        help="image to edit (default: the bundled example_inputs/source.png)",
+    )
+    p.add_argument(
+        "--mask",
+        default=str(EXAMPLES / "mask.png"),
+        help="white = repaint, the source's size (default: the bundled example_inputs/mask.png)",
+    )
+    p.add_argument(
+        "--exemplar",
+        default=str(EXAMPLES / "exemplar.png"),
+        help="image of the object to paint in (default: the bundled example_inputs/exemplar.png)",
+    )
+    p.add_argument(
+        "--scales",
+        type=scale_list,
+        default=DEFAULT_SCALES,
+        help="comma-separated similarity scales for the contact sheet (default: "
+        f"{','.join(f'{s:g}' for s in DEFAULT_SCALES)})",
+    )
+    p.add_argument(
+        "--result-scale",
+        type=float,
+        default=5.0,
+        help="similarity scale of result.png (default: %(default)g)",
+    )
+    p.add_argument(
+        "--steps", type=positive_int, default=20, help="DDIM steps per edit (default: %(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.set_defaults(func=run_demo)
+
+
+def scale_list(text: str) -> tuple[float, ...]:
+    """argparse type: ``"0,1,3"`` -> (0.0, 1.0, 3.0)."""
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0,1,3,5; got {text!r}"
+        ) from None
+    if not all(math.isfinite(s) for s in scales):
+        raise argparse.ArgumentTypeError(f"scales must be finite numbers, got {text!r}")
+    return scales
+
+
+def check_out_folder(path: Path) -> None:
+    """Refuse an --out that cannot become a folder, before the model is loaded."""
+    from .files import DestinationError, check_destination
+
+    if path.exists() and not path.is_dir():
+        raise DestinationError(f"--out {path} is a file; --out names a folder for the results")
+    # The folder's parent must be writable (or creatable) for the results to be written.
+    check_destination(path / "result.png", overwrite=True, what="--out")
 
 
 def fresh_folder(path: Path) -> Path:
@@ -73,7 +132,7 @@ def contact_sheet(tiles: list[tuple[str, torch.Tensor]], tile: int = TILE):
 
 def run_demo(args: argparse.Namespace) -> int:
     from .editor import Editor, EditSettings
-    from .image_io import load_mask, load_rgb, save_rgb
+    from .image_io import ImageError, load_mask, load_rgb, save_image, save_rgb
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
@@ -81,11 +140,16 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{checkpoint} not found: the embedded model ships in the repository's models/ "
             f"folder (git clone the whole pack), or pass --checkpoint"
         )
-    scales = [float(s) for s in args.scales.split(",")]
+    check_out_folder(Path(args.out))
+    scales = list(args.scales)
     started = time.perf_counter()
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")
+    if mask.shape[-2:] != source.shape[-2:]:
+        (h, w), (mh, mw) = source.shape[-2:], mask.shape[-2:]
+        raise ImageError(f"mask is {mw}x{mh} but the source is {w}x{h}: give a mask of the "
+                         f"source's size")  # fmt: skip
     editor = Editor.from_file(checkpoint, device="cpu")
     results = {}
     for scale in sorted(set(scales) | {args.result_scale}):
@@ -96,7 +160,7 @@ def run_demo(args: argparse.Namespace) -> int:
     save_rgb(results[args.result_scale], out / "result.png")
     tiles = [("source", source), ("mask", mask.expand(-1, 3, -1, -1)), ("exemplar", exemplar)]
     tiles += [(f"s = {s:g}", results[s]) for s in scales]
-    contact_sheet(tiles).save(out / "contact_sheet.png")
+    save_image(contact_sheet(tiles), out / "contact_sheet.png")
     seconds = time.perf_counter() - started
     print(f"wrote {out / 'result.png'} (s = {args.result_scale:g}) and "
           f"{out / 'contact_sheet.png'} in {seconds:.1f} s")  # fmt: skip

@@ -29,6 +29,7 @@ import base64
 import hashlib
 import itertools
 import json
+import math
 import mimetypes
 import os
 import socket
@@ -50,6 +51,8 @@ EXIT_USAGE = 2  # bad arguments, unreadable files, no server
 
 IMAGE_LOADERS = ("LoadImage", "LoadImageMask")
 UPLOAD_SUBFOLDER = "paint-by-example"  # in ComfyUI's input folder: uploads never meet user files
+# How long the runner waits for a server to accept a connection before calling it unreachable.
+CONNECT_TIMEOUT = 10.0
 
 
 class HeadlessError(RuntimeError):
@@ -203,6 +206,21 @@ class Client:
         except (urllib.error.URLError, OSError) as err:
             raise HeadlessError(
                 f"cannot reach ComfyUI at {self.server}: {err}; is it running (python main.py)?",
+                EXIT_USAGE,
+            ) from err
+
+    def check_reachable(self, timeout: float = CONNECT_TIMEOUT) -> None:
+        """Connect once, briefly, so that a wrong --server fails in seconds, not at the first
+        request's full timeout."""
+        parsed = urllib.parse.urlparse(self.server)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+        except OSError as err:
+            raise HeadlessError(
+                f"cannot reach ComfyUI at {self.server} ({err or type(err).__name__}); expected a "
+                f"running ComfyUI there (python main.py --listen ... --port ...): start it or "
+                f"correct --server",
                 EXIT_USAGE,
             ) from err
 
@@ -517,6 +535,7 @@ def run_outputs(options: RunOptions) -> list[SavedImage]:
         set_input(prompt, target, value)
 
     client = Client(options.server, timeout=min(options.timeout, 60.0))
+    client.check_reachable(min(CONNECT_TIMEOUT, options.timeout))
     for node_id, title, path, data in uploads:
         prompt[node_id]["inputs"]["image"] = client.upload_image(path, data)
         _log(options.quiet, f"uploaded {path} -> {title} ({prompt[node_id]['inputs']['image']})")
@@ -544,45 +563,108 @@ def run_outputs(options: RunOptions) -> list[SavedImage]:
     return download_outputs(client, entry, out_dir, prompt)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m exemplar_core.headless",
-        description="Run an API-format workflow on a running ComfyUI: upload images, queue, "
-        "stream progress, download the results. Exits 1 with the server's message on failure.",
-    )
+DESCRIPTION = (
+    "Run an API-format workflow on a running ComfyUI: upload images, queue, stream progress, "
+    "download the results. Exits 1 with the server's message when ComfyUI rejects or fails the "
+    "workflow, 2 on bad arguments or when the server cannot be reached."
+)
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def server_url(text: str) -> str:
+    """argparse type: an http(s)://host[:port] address (a bare host:port gets http://)."""
+    url = text.strip().rstrip("/")
+    if "://" not in url:
+        url = f"http://{url}"
+    parsed = urllib.parse.urlparse(url)
+    try:
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an invalid port; expected http://HOST:PORT"
+        ) from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(
+            f"expected an address like http://127.0.0.1:8188, got {text!r}"
+        )
+    return url
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The runner's options (shared by ``python -m exemplar_core headless`` and this module)."""
     parser.add_argument("workflow", type=Path, help="API-format workflow (workflows/api/*.json)")
-    parser.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI address")
-    parser.add_argument("--source", type=Path, help="image for the loader titled 'source'")
     parser.add_argument(
-        "--mask", type=Path, help="mask image for the loader titled 'mask' (white = repaint)"
+        "--server",
+        type=server_url,
+        default="http://127.0.0.1:8188",
+        help="address of the running ComfyUI (default: %(default)s)",
     )
-    parser.add_argument("--exemplar", type=Path, help="image for the loader titled 'exemplar'")
+    parser.add_argument(
+        "--source", type=Path, help="image for the loader titled 'source' (default: none)"
+    )
+    parser.add_argument(
+        "--mask",
+        type=Path,
+        help="mask image for the loader titled 'mask', white = repaint (default: none)",
+    )
+    parser.add_argument(
+        "--exemplar", type=Path, help="image for the loader titled 'exemplar' (default: none)"
+    )
     parser.add_argument(
         "--image",
         action="append",
         default=[],
         metavar="TITLE=PATH",
-        help="upload PATH into the image loader titled TITLE (repeatable)",
+        help="upload PATH into the image loader titled TITLE; repeatable (default: none)",
     )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="TITLE.INPUT=VALUE",
-        help="set a node input; VALUE is JSON when it parses (repeatable)",
+        help="set a node input; VALUE is JSON when it parses; repeatable (default: none)",
     )
-    parser.add_argument("--model", help="model file name for every Paint-by-Example Loader")
-    parser.add_argument("--seed", type=int, help="seed for every sampler")
-    parser.add_argument("--steps", type=int, help="steps for every sampler")
+    parser.add_argument(
+        "--model",
+        help="model file name for every Paint-by-Example Loader (default: the workflow's own)",
+    )
+    parser.add_argument(
+        "--seed", type=int, help="seed for every sampler (default: the workflow's own)"
+    )
+    parser.add_argument(
+        "--steps", type=int, help="steps for every sampler (default: the workflow's own)"
+    )
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("comfyui-results"),
-        help="folder for the downloaded images (created if missing; a name already taken there "
-        "gets a -2, -3... suffix, nothing is overwritten)",
+        help="folder for the downloaded images, created if missing; a name already taken there "
+        "gets a -2, -3... suffix, nothing is overwritten (default: %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=600.0,
+        help="seconds to wait for the workflow to finish (default: %(default)g)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr (default: off)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m exemplar_core.headless", description=DESCRIPTION
+    )
+    add_arguments(parser)
     return parser
 
 
@@ -616,14 +698,18 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_args(args: argparse.Namespace) -> int:
+    """Run parsed arguments; prints the saved files, or the error, and returns the exit code."""
     try:
         run(options_from_args(args))
     except HeadlessError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
     return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_args(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

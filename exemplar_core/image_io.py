@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .files import DestinationError, atomic_write
+
 
 class ImageError(ValueError):
     """An image file that is missing, unreadable or unusable."""
@@ -16,13 +18,18 @@ class ImageError(ValueError):
 
 def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
     p = Path(path)
+    if p.is_dir():
+        raise ImageError(f"{what} {p} is a folder; give an image file (.png, .jpg, .webp, ...)")
     if not p.is_file():
         raise ImageError(f"{what} file not found: {p}")
     try:
         image = Image.open(p)
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageError(f"{what} file {p} is not a readable image ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(
+            f"{what} file {p} is not a readable image ({exc}); expected a PNG, JPEG, WebP or "
+            f"another image format PIL reads"
+        ) from exc
     return image
 
 
@@ -78,28 +85,40 @@ def load_mask(path: str | os.PathLike[str], what: str = "mask") -> torch.Tensor:
 def save_rgb(image: torch.Tensor, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """image: [1, 3, H, W] or [3, H, W] float 0..1 -> an 8-bit PNG/JPEG/WebP at ``path``.
 
-    Refuses to replace an existing file unless ``overwrite``; writes atomically.
+    Refuses to replace an existing file unless ``overwrite``; writes atomically (files.py).
     """
     p = Path(path)
-    if p.exists() and not overwrite:
-        raise ImageError(f"{p} already exists; choose another path or pass --overwrite")
+    image_format = _format_for(p)
     if image.ndim == 4:
         image = image[0]
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    return save_image(Image.fromarray(array.astype(np.uint8)), p, image_format, overwrite)
+
+
+def save_image(
+    image: Image.Image, path: Path, image_format: str | None = None, overwrite: bool = False
+) -> Path:
+    """A PIL image written atomically at ``path`` (format from the suffix unless given)."""
+    image_format = image_format or _format_for(path)
     try:
-        Image.fromarray(array.astype(np.uint8)).save(tmp, format=_format_for(p))
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p
+        return atomic_write(
+            path, lambda tmp: image.save(tmp, format=image_format), overwrite=overwrite
+        )
+    except DestinationError as err:
+        raise ImageError(str(err)) from err
+
+
+def check_output_name(path: str | os.PathLike[str]) -> None:
+    """Refuse an image name whose suffix names no format we write (before any work is done)."""
+    _format_for(Path(path))
 
 
 def _format_for(path: Path) -> str:
     suffix = path.suffix.lower()
     formats = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
     if suffix not in formats:
-        raise ImageError(f"cannot write {path}: use a .png, .jpg or .webp file name")
+        raise ImageError(
+            f"cannot write {path}: the name must end in .png, .jpg, .jpeg or .webp "
+            f"(got {path.suffix or 'no extension'!r})"
+        )
     return formats[suffix]
