@@ -77,9 +77,28 @@ def list_models() -> list[str]:
     return sorted(names)
 
 
+def _leaves_folder(name: str) -> bool:
+    """True for a name that points outside the folder it is looked up in ('..', absolute)."""
+    parts = name.replace("\\", "/").split("/")
+    return os.path.isabs(name) or ".." in parts or bool(os.path.splitdrive(name)[0])
+
+
 def resolve(name: str) -> str:
-    """Full path of a listed model (file or diffusers folder); raises with the folders to use."""
-    relative = os.path.relpath(os.path.join("/", name), "/")
+    """Full path of a listed model (file or diffusers folder); raises with the folders to use.
+
+    Links inside a model folder are followed, as ComfyUI's own loaders do: users link models
+    from a shared drive, and the pack only ever reads these folders, never writes into them.
+    A name that leaves the folder by itself ('..', an absolute path) is refused rather than
+    quietly cut back to a file of the same name inside it: names come from the loader's list.
+    """
+    if _leaves_folder(name):
+        raise ModelNotFoundError(
+            f"model name {name!r} points outside the Paint-by-Example model folders ('..' or an "
+            f"absolute path); choose a name from the list, i.e. a file or diffusers folder inside "
+            f"{default_folder()} or another folder under 'paint_by_example:' in "
+            f"extra_model_paths.yaml"
+        )
+    relative = os.path.normpath(name)
     for root in search_paths():
         candidate = os.path.join(root, relative)
         if os.path.isfile(candidate) or os.path.isfile(os.path.join(candidate, "model_index.json")):
