@@ -109,9 +109,9 @@ def run_convert(args: argparse.Namespace, out: TextIO | None = None) -> int:
     src, dst = Path(args.src), Path(args.dst)
     try:
         # Everything about DST is checked before SRC is read (minutes for the official .ckpt).
+        check_destination(dst, overwrite=_overwrite_requested(args), inputs=[src], what="DST")
         if dst.suffix != ".safetensors":
             raise CheckpointError(f"{dst} must end in .safetensors (the single-file format)")
-        check_destination(dst, overwrite=_overwrite_requested(args), inputs=[src], what="DST")
         ckpt = load_checkpoint(src)
         print("found:", file=out)
         for line in describe(ckpt):

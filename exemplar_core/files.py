@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def check_destination(
     for source in inputs:
         if source is not None and same_file(out, Path(source)):
             raise DestinationError(
-                f"{what} {out} is also an input ({source}); write the result to another file"
+                f"{what} {out} is one of the inputs ({source}); write the result to another file"
             )
     if out.exists() and not overwrite:
         raise DestinationError(
@@ -120,7 +121,11 @@ def atomic_write(
         raise DestinationError(f"cannot create the folder {out.parent}: {err}") from err
     tmp = _create_temp(out.parent, out.name)
     try:
+        mode = stat.S_IMODE(tmp.stat().st_mode)  # 0666 minus the umask, as the kernel applied it
         write(tmp)
+        # Some writers replace the file with one of their own, 0600 (safetensors does).
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         if not overwrite and out.exists():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,22 @@ def test_module_runs_as_a_script(official_ckpt):
     )
     assert result.returncode == 0, result.stderr
     assert "official LDM checkpoint" in result.stdout
+
+
+def test_info_prints_metadata_whole_as_json_and_cuts_only_with_a_note(official_ckpt, tmp_path):
+    _, ckpt = official_ckpt
+    config = {"learning_rate": 1e-5, "dataset": "subject", "steps": 4000}
+    long = {f"key_{i:03d}": "x" * 20 for i in range(200)}  # ~6 KB: above the preview
+    ckpt.metadata = {"train_config": json.dumps(config), "long": json.dumps(long), "note": "hi"}
+    path = formats.save_single_file(ckpt, tmp_path / "m.safetensors")
+    out = io.StringIO()
+    assert convert.run_info(argparse.Namespace(file=str(path), full=False), out) == 0
+    printed = out.getvalue()
+    block = printed.split("  train_config: ", 1)[1].split("\n  note:")[0]
+    assert json.loads(block.replace("\n    ", "\n")) == config  # whole, readable JSON
+    assert "note: hi" in printed
+    assert "more characters, use --full" in printed
+    out = io.StringIO()
+    assert convert.run_info(argparse.Namespace(file=str(path), full=True), out) == 0
+    block = out.getvalue().split("  long: ", 1)[1].split("\n  note:")[0]
+    assert json.loads(block.replace("\n    ", "\n")) == long
