@@ -221,8 +221,8 @@ def _is_metadata_global(name: str) -> bool:
 # Limits that keep a hostile or broken pickled checkpoint from exhausting memory. torch stores
 # weights uncompressed and memory-maps them; only the pickle (names and structure, under 1 MB for
 # the official model) is read into memory, and compressed entries are inflated into memory whole.
-MAX_PICKLE_RECORD = 256 * 2**20
-MAX_COMPRESSED_TOTAL = 256 * 2**20
+MAX_PICKLE_RECORD = 64 * 2**20
+MAX_COMPRESSED_TOTAL = 64 * 2**20
 # Element sizes of the storage classes a legacy (pre-zip) torch file names.
 _LEGACY_ELEMENT_SIZES = {
     "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
