@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cli import positive_int  # the CLI module imports only the standard library
+
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1  # the server refused or failed the workflow
 EXIT_USAGE = 2  # bad arguments, unreadable files, no server
@@ -642,7 +644,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, help="seed for every sampler (default: the workflow's own)"
     )
     parser.add_argument(
-        "--steps", type=int, help="steps for every sampler (default: the workflow's own)"
+        "--steps", type=positive_int, help="steps for every sampler (default: the workflow's own)"
     )
     parser.add_argument(
         "--out",

@@ -292,6 +292,11 @@ CASES = [
         ("--timeout", "number of seconds"),
     ),
     Case(
+        "headless-zero-steps",
+        ("headless", str(WORKFLOW), "--steps", "0"),
+        ("--steps", "at least 1"),
+    ),
+    Case(
         "headless-bad-server",
         ("headless", str(WORKFLOW), "--server", "ftp://x"),
         ("--server", "http://127.0.0.1:8188"),
