@@ -295,6 +295,19 @@ def _check_zip_checkpoint(path: Path) -> None:
             )
 
 
+class _ScanStub(IgnoredPickleObject):
+    """Stands in for any pickled class during a scan, containers (OrderedDict, list) included."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
 class _StorageScan(pickle.Unpickler):
     """Reads a torch pickle only to collect the tensor bytes it declares, per storage key.
 
@@ -309,7 +322,7 @@ class _StorageScan(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         size = _LEGACY_ELEMENT_SIZES.get(name, 8) if module == "torch" else 8
-        return type(name, (IgnoredPickleObject,), {"element_size": size})
+        return type(name, (_ScanStub,), {"element_size": size})
 
     def persistent_load(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage"):

@@ -95,6 +95,22 @@ def test_zip_bomb_ckpt_is_refused_before_it_is_inflated(tmp_path, entry_name, ex
     assert expected in message
 
 
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_the_size_checks_pass_what_torch_save_writes(tmp_path, zip_format):
+    # model.state_dict() is an OrderedDict with a _metadata attribute; Lightning adds nested
+    # containers, numpy scalars and shared storages.
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    state = model.state_dict()
+    state["tied"] = state["0.weight"][1:]  # a view into another tensor's storage
+    checkpoint = {"state_dict": state, "epoch": 3, "loops": [collections.OrderedDict(a={1, 2})],
+                  "hparams": {"lr": 1e-5, "sizes": (1, 2)}}  # fmt: skip
+    path = tmp_path / "model.ckpt"
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
+    loaded = formats._read_pickle(path)
+    assert list(loaded["state_dict"]) == list(state)
+    assert torch.equal(loaded["state_dict"]["tied"], state["0.weight"][1:])
+
+
 def test_zip_ckpt_declaring_more_tensor_bytes_than_it_stores_is_refused(tmp_path):
     class Storage:
         pass
