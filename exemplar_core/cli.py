@@ -184,9 +184,9 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from .editor import Editor, EditSettings
+    from .editor import Editor, EditSettings, check_mask_size
     from .files import check_destination
-    from .image_io import ImageError, check_output_name, load_mask, load_rgb, save_rgb
+    from .image_io import check_output_name, load_mask, load_rgb, save_rgb
 
     # --out is checked before anything is loaded: a model load takes seconds to minutes.
     out = Path(args.out)
@@ -199,14 +199,9 @@ def run_edit(args: argparse.Namespace) -> int:
     exemplar_mask = (
         load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
     )
-    if mask.shape[-2:] != source.shape[-2:]:
-        if not args.resize_mask:
-            (h, w), (mh, mw) = source.shape[-2:], mask.shape[-2:]
-            raise ImageError(
-                f"mask is {mw}x{mh} but the source is {w}x{h}: give a mask of the source's size "
-                f"(or pass --resize-mask to stretch it)"
-            )
+    if args.resize_mask and mask.shape[-2:] != source.shape[-2:]:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
+    check_mask_size(source, mask)  # before the model is loaded
     settings = EditSettings(
         steps=args.steps,
         scale=args.scale,

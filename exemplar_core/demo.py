@@ -131,8 +131,8 @@ def contact_sheet(tiles: list[tuple[str, torch.Tensor]], tile: int = TILE):
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .editor import Editor, EditSettings
-    from .image_io import ImageError, load_mask, load_rgb, save_image, save_rgb
+    from .editor import Editor, EditSettings, check_mask_size
+    from .image_io import load_mask, load_rgb, save_image, save_rgb
 
     checkpoint = Path(args.checkpoint)
     if not checkpoint.exists():
@@ -146,10 +146,7 @@ def run_demo(args: argparse.Namespace) -> int:
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")
-    if mask.shape[-2:] != source.shape[-2:]:
-        (h, w), (mh, mw) = source.shape[-2:], mask.shape[-2:]
-        raise ImageError(f"mask is {mw}x{mh} but the source is {w}x{h}: give a mask of the "
-                         f"source's size")  # fmt: skip
+    check_mask_size(source, mask, hint="")  # before the model is loaded
     editor = Editor.from_file(checkpoint, device="cpu")
     results = {}
     for scale in sorted(set(scales) | {args.result_scale}):

@@ -94,6 +94,20 @@ class EditResult:
     region: crop.Region | None  # None when the mask was empty and nothing was edited
 
 
+RESIZE_MASK_HINT = " (or pass --resize-mask to stretch it)"
+
+
+def check_mask_size(
+    source: torch.Tensor, edit_mask: torch.Tensor, hint: str = RESIZE_MASK_HINT
+) -> None:
+    """Refuse a mask [..., h, w] whose size is not the source's [..., H, W], naming both sizes."""
+    if edit_mask.shape[-2:] != source.shape[-2:]:
+        (h, w), (mh, mw) = source.shape[-2:], edit_mask.shape[-2:]
+        raise EditError(
+            f"mask is {mw}x{mh} but the source is {w}x{h}: give a mask of the source's size{hint}"
+        )
+
+
 def _as_batch(x: torch.Tensor, channels: int, what: str) -> torch.Tensor:
     if x.ndim == 3:
         x = x[None]
@@ -224,13 +238,7 @@ class Editor:
         edit_mask = _as_batch(edit_mask, 1, "mask")
         if source.shape[0] != 1 or edit_mask.shape[0] != 1:
             raise EditError("the editor works on one source and one mask at a time")
-        if edit_mask.shape[-2:] != source.shape[-2:]:
-            h, w = source.shape[-2:]
-            mh, mw = edit_mask.shape[-2:]
-            raise EditError(
-                f"mask is {mw}x{mh} but the source is {w}x{h}: give a mask of the source's size "
-                f"(or pass --resize-mask to stretch it)"
-            )
+        check_mask_size(source, edit_mask)
         edit_bin = inpaint.binarize_edit_mask(edit_mask)
         condition = self.encode_exemplar(exemplar, exemplar_mask, settings.exemplar_resize)
         if edit_bin.sum() == 0:

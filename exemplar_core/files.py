@@ -106,7 +106,7 @@ def _fsync_folder(folder: Path) -> None:
 def atomic_write(
     path: str | os.PathLike[str], write: Callable[[Path], object], *, overwrite: bool = True
 ) -> Path:
-    """Create ``path`` through ``write(tmp_path)``: a readers never sees a partial file.
+    """Create ``path`` through ``write(tmp_path)``: a reader never sees a partial file.
 
     The temp file is made in the destination's folder (created if missing) with the user's umask
     (0644 under umask 022), flushed to disk, then renamed over ``path``; on any failure it is
