@@ -28,6 +28,7 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (the same path, or links or hard links to one file)."""
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
     except OSError:
@@ -40,7 +41,6 @@ def check_destination(
     overwrite: bool,
     inputs: Iterable[str | os.PathLike[str] | None] = (),
     what: str = "output",
-    overwrite_flag: str = "--overwrite",
 ) -> Path:
     """Refuse an output path that would fail or destroy something, before any work is done.
 
@@ -58,7 +58,7 @@ def check_destination(
             )
     if out.exists() and not overwrite:
         raise DestinationError(
-            f"{what} {out} already exists; choose another path or pass {overwrite_flag}"
+            f"{what} {out} already exists; choose another path or pass --overwrite"
         )
     existing = _nearest_existing(out.parent if str(out.parent) else Path("."))
     if not existing.is_dir():
