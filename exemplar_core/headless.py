@@ -126,7 +126,10 @@ def read_input(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as err:
-        raise HeadlessError(f"cannot read {path}: {err}", EXIT_USAGE) from err
+        raise HeadlessError(
+            f"cannot read {path}: {err.strerror or err}; expected an image file to upload",
+            EXIT_USAGE,
+        ) from err
 
 
 def upload_name(path: Path, data: bytes) -> str:
@@ -503,7 +506,11 @@ def run_outputs(options: RunOptions) -> list[SavedImage]:
     try:
         prompt = json.loads(options.workflow.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise HeadlessError(f"cannot read workflow {options.workflow}: {err}", EXIT_USAGE) from err
+        raise HeadlessError(
+            f"cannot read workflow {options.workflow}: {getattr(err, 'strerror', None) or err}; "
+            f"expected an API-format workflow JSON file (workflows/api/*.json)",
+            EXIT_USAGE,
+        ) from err
     if not isinstance(prompt, dict) or not all(
         isinstance(n, dict) and "class_type" in n for n in prompt.values()
     ):

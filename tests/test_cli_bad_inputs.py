@@ -301,7 +301,11 @@ CASES = [
         ("headless", str(WORKFLOW), "--server", "ftp://x"),
         ("--server", "http://127.0.0.1:8188"),
     ),
-    Case("headless-missing-workflow", ("headless", "{t}/nope.json"), ("cannot read workflow",)),
+    Case(
+        "headless-missing-workflow",
+        ("headless", "{t}/nope.json"),
+        ("cannot read workflow", "expected an api-format workflow"),
+    ),
     Case(
         "headless-missing-source",
         (
@@ -314,7 +318,7 @@ CASES = [
             "--server",
             "{closed}",
         ),
-        ("cannot read", "nope.png"),
+        ("cannot read", "nope.png", "expected an image file"),
     ),
     Case(
         "headless-out-is-a-file",
