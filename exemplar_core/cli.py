@@ -109,7 +109,7 @@ def run_edit(args: argparse.Namespace) -> int:
     )
     if mask.shape[-2:] != source.shape[-2:] and args.resize_mask:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
-    settings = EditSettings(
+    settings = EditSettings.from_options(
         steps=args.steps,
         scale=args.scale,
         seed=args.seed,

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .checks import SIMILARITY_MAX, SettingError, check_number
+
 PACK_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACK_ROOT / "models" / "pbe-mini.safetensors"
 EXAMPLES = PACK_ROOT / "example_inputs"
@@ -41,6 +43,21 @@ def add_demo_command(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_demo)
+
+
+def parse_scales(text: str) -> list[float]:
+    """``--scales`` "0,1,5" -> [0.0, 1.0, 5.0]; each a finite number in the similarity range."""
+    scales = []
+    for item in text.split(","):
+        try:
+            scale = float(item)
+        except ValueError:
+            raise SettingError(
+                "--scales", f"must be comma-separated numbers such as 0,3,5, got {text!r}"
+            ) from None
+        check_number(scale, "--scales", 0.0, SIMILARITY_MAX)
+        scales.append(scale)
+    return scales
 
 
 def fresh_folder(path: Path) -> Path:
@@ -81,17 +98,19 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{checkpoint} not found: the embedded model ships in the repository's models/ "
             f"folder (git clone the whole pack), or pass --checkpoint"
         )
-    scales = [float(s) for s in args.scales.split(",")]
+    scales = parse_scales(args.scales)
+    check_number(args.result_scale, "--result-scale", 0.0, SIMILARITY_MAX)
+    settings = {
+        scale: EditSettings.from_options(steps=args.steps, scale=scale, seed=args.seed,
+                                         scheduler="ddim", feather=4)
+        for scale in sorted(set(scales) | {args.result_scale})
+    }  # fmt: skip
     started = time.perf_counter()
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")
     editor = Editor.from_file(checkpoint, device="cpu")
-    results = {}
-    for scale in sorted(set(scales) | {args.result_scale}):
-        settings = EditSettings(steps=args.steps, scale=scale, seed=args.seed, scheduler="ddim",
-                                feather=4)  # fmt: skip
-        results[scale] = editor.edit(source, mask, exemplar, settings).image
+    results = {scale: editor.edit(source, mask, exemplar, s).image for scale, s in settings.items()}
     out = fresh_folder(Path(args.out))
     save_rgb(results[args.result_scale], out / "result.png")
     tiles = [("source", source), ("mask", mask.expand(-1, 3, -1, -1)), ("exemplar", exemplar)]
