@@ -250,7 +250,7 @@ class Case:
     edit: Edit
     outcome: str  # REFUSED, FAILED or OK
     words: tuple[str, ...] = ()  # all must appear in the message (case-insensitive)
-    node: str | None = None  # the node id whose error it is
+    node: str | None = None  # the node whose error it is; for REFUSED: the marked "node.input"
 
 
 CASES = [
@@ -272,7 +272,7 @@ CASES = [
     Case("1 px masked in a 64 px image", sets(**{"3.image": "dot_mask.png"}), OK),
     Case("2048x2048 image, small mask", large_source, OK),
     Case("resolution 4096 (over the max)", sets(**{"6.resolution": 4096}), REFUSED,
-         ("resolution", "bigger than max of 2048")),
+         ("resolution", "bigger than max of 2048"), "6.resolution"),
     Case("resolution 20 (not a multiple)", sets(**{"6.resolution": 20}), FAILED,
          ("resolution 20", "multiple of"), "6"),
     # --- Inpaint Sampler: numbers
@@ -281,27 +281,29 @@ CASES = [
     Case("similarity 'nan'", sets(**{"6.similarity": "nan"}), FAILED,
          ("similarity", "finite number"), "6"),
     Case("similarity 'inf'", sets(**{"6.similarity": "inf"}), REFUSED,
-         ("similarity", "bigger than max")),
+         ("similarity", "bigger than max"), "6.similarity"),
     Case("similarity -1", sets(**{"6.similarity": -1}), REFUSED,
-         ("similarity", "smaller than min")),
+         ("similarity", "smaller than min"), "6.similarity"),
     Case("similarity 1e308", sets(**{"6.similarity": 1e308}), REFUSED,
-         ("similarity", "bigger than max")),
+         ("similarity", "bigger than max"), "6.similarity"),
     Case("denoise 'nan'", sets(**{"6.denoise": "nan"}), FAILED,
          ("denoise", "finite number"), "6"),
-    Case("denoise 0", sets(**{"6.denoise": 0}), REFUSED, ("denoise", "smaller than min")),
+    Case("denoise 0", sets(**{"6.denoise": 0}), REFUSED,
+         ("denoise", "smaller than min"), "6.denoise"),
     Case("context_margin 'nan'", sets(**{"6.context_margin": "nan"}), FAILED,
          ("context_margin", "finite number"), "6"),
     Case("context_margin -inf", sets(**{"6.context_margin": "-inf"}), REFUSED,
-         ("context_margin", "smaller than min")),
+         ("context_margin", "smaller than min"), "6.context_margin"),
     Case("steps 'nan'", sets(**{"6.steps": "nan"}), REFUSED,
-         ("steps", "INT")),
-    Case("steps 0", sets(**{"6.steps": 0}), REFUSED, ("steps", "smaller than min")),
-    Case("feather -1", sets(**{"6.feather": -1}), REFUSED, ("feather", "smaller than min")),
+         ("steps", "INT"), "6.steps"),
+    Case("steps 0", sets(**{"6.steps": 0}), REFUSED, ("steps", "smaller than min"), "6.steps"),
+    Case("feather -1", sets(**{"6.feather": -1}), REFUSED,
+         ("feather", "smaller than min"), "6.feather"),
     Case("seed 2^64-1 (the declared max)", sets(**{"6.seed": SEED_MAX}), OK),
     Case("seed 2^64-1, 2 images", then(images_batch(2), sets(**{"6.seed": SEED_MAX})), OK),
     Case("seed 2^64", sets(**{"6.seed": SEED_MAX + 1}), REFUSED,
-         ("seed", "bigger than max")),
-    Case("seed -1", sets(**{"6.seed": -1}), REFUSED, ("seed", "smaller than min")),
+         ("seed", "bigger than max"), "6.seed"),
+    Case("seed -1", sets(**{"6.seed": -1}), REFUSED, ("seed", "smaller than min"), "6.seed"),
     Case("unknown sampler_name", sets(**{"6.sampler_name": "plms"}), FAILED,
          ("sampler_name 'plms' is not one of", "ddim"), "6"),
     # --- Exemplar Encode
@@ -321,7 +323,8 @@ CASES = [
          ("mask 0 is empty", "mark the area to edit in white"), "8"),
     Case("Bezier: box_expansion NaN", bezier(box_expansion=NAN), FAILED,
          ("box_expansion", "finite number"), "8"),
-    Case("Bezier: jitter -1", bezier(jitter=-1), REFUSED, ("jitter", "smaller than min")),
+    Case("Bezier: jitter -1", bezier(jitter=-1), REFUSED,
+         ("jitter", "smaller than min"), "8.jitter"),
     Case("Bezier: seed 2^64-1, 2 masks", then(bezier(seed=SEED_MAX),
          lambda p: mask_batch(p, 2), lambda p: p["8"]["inputs"].update(mask=["22", 0]),
          sets(**{"6.mask": ["8", 0]}), images_batch(2)), OK),
@@ -342,11 +345,11 @@ CASES = [
          ("schedule 'cosine' is not one of", "linear"), "9"),
     # --- Loader and model files
     Case("missing model name", sets(**{"1.model_name": "missing.safetensors"}), REFUSED,
-         ("missing.safetensors", "was not found", "paint_by_example")),
+         ("missing.safetensors", "was not found", "paint_by_example"), "1.model_name"),
     Case("path traversal", sets(**{"1.model_name": "../../input/source.png"}), REFUSED,
-         ("was not found",)),
+         ("was not found",), "1.model_name"),
     Case("absolute path", sets(**{"1.model_name": "/etc/hostname"}), REFUSED,
-         ("was not found",)),
+         ("was not found",), "1.model_name"),
     Case("text file named .safetensors", sets(**{"1.model_name": "notes.safetensors"}), FAILED,
          ("notes.safetensors", "not a readable .safetensors file"), "1"),
     Case("empty file", sets(**{"1.model_name": "empty.safetensors"}), FAILED,
@@ -363,16 +366,17 @@ CASES = [
          ("nan-unet.safetensors", "UNet", "NaN"), "6"),
     Case("NaN weights in the VAE decoder", sets(**{"1.model_name": "nan-vae.safetensors"}),
          FAILED, ("nan-vae.safetensors", "VAE", "NaN"), "6"),
-    Case("unknown weight_dtype", sets(**{"1.model_name": MODEL, "1.weight_dtype": "fp8"}),
-         REFUSED, ("weight_dtype", "fp8")),
+    Case("unknown weight_dtype", sets(**{"1.weight_dtype": "fp8"}), FAILED,
+         ("weight_dtype 'fp8' is not one of", "fp32"), "1"),
     # --- Links
     Case("IMAGE linked into mask", sets(**{"6.mask": ["2", 0]}), REFUSED,
-         ("mask", "IMAGE", "MASK")),
+         ("mask", "IMAGE", "MASK"), "6.mask"),
     Case("VAE linked into model", sets(**{"6.model": ["1", 1]}), REFUSED,
-         ("model", "VAE", "MODEL")),
+         ("model", "VAE", "MODEL"), "6.model"),
     Case("MASK linked into exemplar", sets(**{"5.exemplar": ["3", 0]}), REFUSED,
-         ("exemplar", "MASK", "IMAGE")),
-    Case("missing mask link", drop("6.mask"), REFUSED, ("required input is missing", "mask")),
+         ("exemplar", "MASK", "IMAGE"), "5.exemplar"),
+    Case("missing mask link", drop("6.mask"), REFUSED,
+         ("required input is missing", "mask"), "6.mask"),
 ]  # fmt: skip
 
 
@@ -419,11 +423,22 @@ def execution_error(entry: dict) -> dict | None:
     return None
 
 
+def flagged_inputs(answer: dict) -> str:
+    """The inputs a 400 answer marks as wrong, as "node.input" (what the frontend outlines)."""
+    found = {
+        f"{node_id}.{item.get('extra_info', {}).get('input_name')}"
+        for node_id, info in (answer.get("node_errors") or {}).items()
+        for item in info.get("errors", [])
+    }
+    return ", ".join(sorted(found))
+
+
 def run_prompt(server: pbe_host.Server, prompt: dict) -> tuple[str, str, str | None]:
-    """(outcome, message, failing node id) of one prompt."""
+    """(outcome, message, where) of one prompt: where is the failing node's id, or for a 400
+    answer the inputs it marks."""
     status, answer = post_prompt(server, prompt)
     if status == 400:
-        return REFUSED, rejection_text(answer), None
+        return REFUSED, rejection_text(answer), flagged_inputs(answer)
     assert status == 200, (status, answer)
     entry = wait_history(server, answer["prompt_id"])
     error = execution_error(entry)
@@ -467,8 +482,8 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_working(install, user
     assert outcome == case.outcome, f"{case.name}: got {outcome}, not {case.outcome}: {message}"
     for word in case.words:
         assert word.lower() in message.lower(), f"{case.name}: {word!r} not in {message!r}"
-    if case.node is not None:
-        assert node == case.node, f"{case.name}: the error came from node {node}: {message}"
+    if case.outcome != OK:
+        assert node == case.node, f"{case.name}: the error is on {node}, not {case.node}: {message}"
     if outcome == FAILED:  # a message of ours, not a crash inside torch or ComfyUI
         assert "PaintByExampleInputError" in message or "CheckpointError" in message, message
     assert install.server.process.poll() is None, "the server died"
