@@ -215,6 +215,18 @@ def drop(target: str) -> Edit:
     return edit
 
 
+def linked(target: str, value: float) -> Edit:
+    """``target`` fed by a PrimitiveFloat link holding ``value`` (ComfyUI never range-checks a
+    linked value)."""
+
+    def edit(prompt: dict) -> None:
+        node, name = target.split(".")
+        prompt["27"] = {"class_type": "PrimitiveFloat", "inputs": {"value": value}}
+        prompt[node]["inputs"][name] = ["27", 0]
+
+    return edit
+
+
 def images_batch(count: int) -> Edit:
     def edit(prompt: dict) -> None:
         prompt["6"]["inputs"]["image"] = repeat(prompt, "23", ["2", 0], count)
@@ -286,6 +298,10 @@ CASES = [
          ("similarity", "smaller than min"), "6.similarity"),
     Case("similarity 1e308", sets(**{"6.similarity": 1e308}), REFUSED,
          ("similarity", "bigger than max"), "6.similarity"),
+    Case("similarity NaN through a link", linked("6.similarity", NAN), FAILED,
+         ("similarity", "finite number"), "6"),
+    Case("similarity 80 through a link", linked("6.similarity", 80.0), FAILED,
+         ("similarity must be a finite number between 0 and 50, got 80",), "6"),
     Case("denoise 'nan'", sets(**{"6.denoise": "nan"}), FAILED,
          ("denoise", "finite number"), "6"),
     Case("denoise 0", sets(**{"6.denoise": 0}), REFUSED,
