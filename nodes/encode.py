@@ -149,6 +149,8 @@ class ExemplarEncode(io.ComfyNode):
         positive = combine_embeddings(embeds, Combine(combine))
         with torch.inference_mode():
             uncond = encoder.encoder.learnable_vector.detach().float()
-        check_model_output(uncond, "exemplar encoder's learned vector", encoder.source)
+        check_model_output(
+            uncond, "exemplar encoder's learned vector", encoder.source, encoder.encoder
+        )
         negative = uncond.to(positive.device).expand(positive.shape[0], 1, -1).clone()
         return io.NodeOutput([[positive, {}]], [[negative, {}]])

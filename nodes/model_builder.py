@@ -99,6 +99,11 @@ def model_source(model: comfy.model_patcher.ModelPatcher) -> str:
     return str(model.model_options.get(SOURCE_KEY, ""))
 
 
+def vae_source(vae) -> str:
+    """The checkpoint file a VAE of this pack was built from ("" if unknown)."""
+    return str(getattr(vae, SOURCE_KEY, ""))
+
+
 def model_native_size(model: comfy.model_patcher.ModelPatcher) -> int:
     return int(model.model_options.get(NATIVE_SIZE_KEY, 512))
 
@@ -116,6 +121,7 @@ def build_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
         "VAE", set(vae.first_stage_model.state_dict().keys()), set(ckpt.vae.keys()), ckpt.source
     )
     factor = ckpt.configs.vae_scale_factor
+    setattr(vae, SOURCE_KEY, ckpt.source)
     vae.downscale_ratio = factor
     vae.upscale_ratio = factor
     vae.latent_channels = int(ckpt.configs.vae.get("latent_channels", 4))

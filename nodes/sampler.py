@@ -39,7 +39,13 @@ from .checks import (
     check_same_size,
     check_widgets,
 )
-from .model_builder import is_pbe_model, model_native_size, model_source, size_multiple
+from .model_builder import (
+    is_pbe_model,
+    model_native_size,
+    model_source,
+    size_multiple,
+    vae_source,
+)
 from .types import CATEGORY, NODE_PREFIX, seed_input
 
 
@@ -341,7 +347,7 @@ def _edit_one(
     positive = node_helpers.conditioning_set_values(positive, extra)
     negative = node_helpers.conditioning_set_values(negative, extra)
 
-    check_model_output(masked_latent, "VAE encoder", model_source(model), _vae_module(vae))
+    check_model_output(masked_latent, "VAE encoder", vae_source(vae), _vae_module(vae))
     start = comfy.sample.fix_empty_latent_channels(model, start)
     noise = comfy.sample.prepare_noise(start, seed)
     callback = latent_preview.prepare_callback(model, steps)
@@ -361,10 +367,9 @@ def _edit_one(
         seed=_sampler_seed(seed, sampler_name),
     )
     mm.throw_exception_if_processing_interrupted()
-    source_name = model_source(model)
-    check_model_output(samples, "UNet", source_name, model.model.diffusion_model)
+    check_model_output(samples, "UNet", model_source(model), model.model.diffusion_model)
     decoded = vae.decode(samples)[..., :3].float()
-    check_model_output(decoded, "VAE decoder", source_name, _vae_module(vae))
+    check_model_output(decoded, "VAE decoder", vae_source(vae), _vae_module(vae))
     raw = _to_bchw(decoded).cpu().clamp(0, 1)
     if color_match:
         raw = match_color(raw, window, keep_window)

@@ -227,6 +227,17 @@ def linked(target: str, value: float) -> Edit:
     return edit
 
 
+def second_loader(model_name: str, output: str) -> Edit:
+    """The sampler's ``output`` ("vae" or "model") from a second Loader of ``model_name``."""
+
+    def edit(prompt: dict) -> None:
+        prompt["28"] = {"class_type": "PaintByExample.Loader",
+                        "inputs": {"model_name": model_name, "weight_dtype": "fp32"}}  # fmt: skip
+        prompt["6"]["inputs"][output] = ["28", {"model": 0, "vae": 1}[output]]
+
+    return edit
+
+
 def images_batch(count: int) -> Edit:
     def edit(prompt: dict) -> None:
         prompt["6"]["inputs"]["image"] = repeat(prompt, "23", ["2", 0], count)
@@ -382,6 +393,8 @@ CASES = [
          ("nan-unet.safetensors", "UNet", "NaN"), "6"),
     Case("NaN weights in the VAE decoder", sets(**{"1.model_name": "nan-vae.safetensors"}),
          FAILED, ("nan-vae.safetensors", "VAE", "NaN"), "6"),
+    Case("VAE of a NaN file, model of a good one", second_loader("nan-vae.safetensors", "vae"),
+         FAILED, ("VAE decoder of", "nan-vae.safetensors", "NaN"), "6"),
     Case("unknown weight_dtype", sets(**{"1.weight_dtype": "fp8"}), FAILED,
          ("weight_dtype 'fp8' is not one of", "fp32"), "1"),
     # --- Links
