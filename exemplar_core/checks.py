@@ -11,6 +11,7 @@ The limits below are the declared ranges of the node inputs and the editor's set
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -55,8 +56,10 @@ def check_number(
     ``integer``). Bools are refused: ``True`` as a step count is a wiring mistake."""
     kind = "whole number" if integer else "finite number"
     expected = " ".join(part for part in (kind, _expected(low, high)) if part)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SettingError(name, f"must be a {expected}, got {value!r}")
+    # numpy scalars from other nodes count; whole numbers stay exact (2**64 - 1 is no float)
+    value = int(value) if isinstance(value, numbers.Integral) else float(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise SettingError(name, f"must be a {expected}, got {value}")
     if integer and value != int(value):

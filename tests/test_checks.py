@@ -24,9 +24,15 @@ def test_check_number_names_the_setting_and_its_range(value, integer, message):
     assert caught.value.name == "steps"
 
 
-def test_a_finite_value_in_range_passes():
+def test_a_finite_value_in_range_passes_numpy_scalars_too():
+    import numpy as np
+
     check_number(2**64 - 1, "seed", 0, 2**64 - 1, integer=True)
+    check_number(np.uint64(2**64 - 1), "seed", 0, 2**64 - 1, integer=True)
     check_number(0.5, "eta", 0.0, 1.0)
+    check_number(np.float32(0.5), "eta", 0.0, 1.0)
+    with pytest.raises(SettingError, match="got nan"):
+        check_number(np.float32("nan"), "eta", 0.0, 1.0)
 
 
 def test_non_finite_output_of_finite_weights_is_called_an_overflow():
