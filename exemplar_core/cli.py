@@ -202,7 +202,7 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.resize_mask and mask.shape[-2:] != source.shape[-2:]:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     check_mask_size(source, mask)  # before the model is loaded
-    settings = EditSettings(
+    settings = EditSettings.from_options(
         steps=args.steps,
         scale=args.scale,
         seed=args.seed,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import SIMILARITY_MAX, check_number
 from .cli import positive_int
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
@@ -142,17 +143,21 @@ def run_demo(args: argparse.Namespace) -> int:
         )
     check_out_folder(Path(args.out))
     scales = list(args.scales)
+    for scale in scales:
+        check_number(scale, "--scales", 0.0, SIMILARITY_MAX)
+    check_number(args.result_scale, "--result-scale", 0.0, SIMILARITY_MAX)
+    settings = {
+        scale: EditSettings.from_options(steps=args.steps, scale=scale, seed=args.seed,
+                                         scheduler="ddim", feather=4)
+        for scale in sorted(set(scales) | {args.result_scale})
+    }  # fmt: skip
     started = time.perf_counter()
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")
     check_mask_size(source, mask, hint="")  # before the model is loaded
     editor = Editor.from_file(checkpoint, device="cpu")
-    results = {}
-    for scale in sorted(set(scales) | {args.result_scale}):
-        settings = EditSettings(steps=args.steps, scale=scale, seed=args.seed, scheduler="ddim",
-                                feather=4)  # fmt: skip
-        results[scale] = editor.edit(source, mask, exemplar, settings).image
+    results = {scale: editor.edit(source, mask, exemplar, s).image for scale, s in settings.items()}
     out = fresh_folder(Path(args.out))
     save_rgb(results[args.result_scale], out / "result.png")
     tiles = [("source", source), ("mask", mask.expand(-1, 3, -1, -1)), ("exemplar", exemplar)]

@@ -17,6 +17,16 @@ from typing import Literal
 import torch
 
 from . import crop, inpaint
+from .checks import (
+    CONTEXT_MARGIN_MAX,
+    FEATHER_MAX,
+    RESOLUTION_MAX,
+    SEED_MAX,
+    SIMILARITY_MAX,
+    SettingError,
+    check_number,
+    check_output,
+)
 from .color import match_color
 from .config import SCHEDULE
 from .guidance import combine
@@ -31,6 +41,10 @@ SCHEDULERS: tuple[str, ...] = ("pndm", "ddim", "dpmpp_2m", "euler_a")
 
 class EditError(ValueError):
     """Inputs the editor cannot work with."""
+
+
+class EditSettingError(SettingError, EditError):
+    """A setting out of range; ``name`` is the field (the CLI shows its ``--option``)."""
 
 
 def make_scheduler(name: str):
@@ -74,17 +88,51 @@ class EditSettings:
     exemplar_resize: ResizeMode = "squash"
     eta: float = 0.0  # DDIM only
 
+    def __post_init__(self) -> None:
+        """Every number finite and in range, before any model is loaded."""
+        limits = {
+            "steps": (1, SCHEDULE["num_train_timesteps"], True),
+            "scale": (0.0, SIMILARITY_MAX, False),
+            "seed": (0, SEED_MAX, True),
+            "size": (1, RESOLUTION_MAX, True),
+            "context_margin": (0.0, CONTEXT_MARGIN_MAX, False),
+            "feather": (0, FEATHER_MAX, True),
+            "eta": (0.0, 1.0, False),
+        }
+        for name, (low, high, integer) in limits.items():
+            value = getattr(self, name)
+            if name == "size" and value is None:
+                continue
+            try:
+                check_number(value, name, low, high, integer)
+            except SettingError as err:
+                raise EditSettingError(err.name, err.problem) from None
+        choices = {
+            "scheduler": SCHEDULERS,
+            "mask_resize": ("bilinear", "nearest"),
+            "exemplar_resize": ("squash", "center_crop"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise EditSettingError(
+                    name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def from_options(cls, **fields) -> EditSettings:
+        """Settings from command-line options: an error names ``--context-margin`` where the
+        field is ``context_margin`` (each field given is the option of the same name)."""
+        try:
+            return cls(**fields)
+        except EditSettingError as err:
+            raise EditSettingError("--" + err.name.replace("_", "-"), err.problem) from None
+
     def check(self, size_multiple: int) -> None:
-        if self.steps < 1:
-            raise EditError(f"steps must be at least 1, got {self.steps}")
-        if self.scheduler not in SCHEDULERS:
-            raise EditError(
-                f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}"
-            )
+        """The settings that depend on the model: the size is a multiple of its UNet's."""
         if self.size is not None and (self.size < size_multiple or self.size % size_multiple):
-            raise EditError(f"size must be a positive multiple of {size_multiple}, got {self.size}")
-        if self.feather < 0 or self.context_margin < 0:
-            raise EditError("feather and context margin must be >= 0")
+            raise EditSettingError(
+                "size", f"must be a positive multiple of {size_multiple}, got {self.size}"
+            )
 
 
 @dataclass
@@ -127,7 +175,9 @@ class Editor:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         progress: bool = True,
+        source: str = "",
     ) -> None:
+        self.source = source  # the model file, for messages
         self.device = torch.device(device) if device is not None else _auto_device()
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
@@ -143,7 +193,7 @@ class Editor:
     ) -> Editor:
         from .formats import load_model
 
-        return cls(load_model(path), device=device, dtype=dtype)
+        return cls(load_model(path), device=device, dtype=dtype, source=str(path))
 
     @property
     def size_multiple(self) -> int:
@@ -165,7 +215,17 @@ class Editor:
     ) -> torch.Tensor:
         """exemplar: [B, 3, H, W] or [B, H, W, 3] 0..1 -> condition [B, 1, D]."""
         pixels = preprocess_exemplar(exemplar, self.model.encoder.config, exemplar_mask, mode)
-        return self.model.encoder(pixels.to(self.device))
+        condition = self.model.encoder(pixels.to(self.device))
+        self._check_output(condition, "exemplar encoder", self.model.encoder)
+        # The learned unconditional vector is the encoder's too (the guidance's other half).
+        self._check_output(
+            self.model.encoder.unconditional(1), "exemplar encoder", self.model.encoder
+        )
+        return condition
+
+    def _check_output(self, output: torch.Tensor, part: str, module: torch.nn.Module) -> None:
+        hint = "fp32 (--dtype fp32)" if self.dtype != torch.float32 else "fp32"
+        check_output(output, part, self.source, module, dtype_hint=hint)
 
     @torch.no_grad()
     def sample(
@@ -272,6 +332,7 @@ class Editor:
         masked_latent = self.model.encode_latent(
             masked.to(self.device, self.dtype), generator=generator
         )
+        self._check_output(masked_latent, "VAE encoder", self.model.vae)
         keep_latent = inpaint.latent_keep_mask(keep, latent_hw, settings.mask_resize)
         latents = self.sample(
             masked_latent,
@@ -282,7 +343,10 @@ class Editor:
             noise=noise,
             callback=callback,
         )
-        raw = ((self.model.decode_latent(latents).float() + 1) / 2).clamp(0, 1).cpu()
+        self._check_output(latents, "UNet", self.model.unet)
+        decoded = self.model.decode_latent(latents).float()
+        self._check_output(decoded, "VAE decoder", self.model.vae)
+        raw = ((decoded + 1) / 2).clamp(0, 1).cpu()
         if settings.color_match:
             raw = match_color(raw, window, keep)
         if not settings.paste_back:

@@ -6,7 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..exemplar_core.bezier import DEFAULT_EXTEND_SHARE, DEFAULT_JITTER, bezier_mask_from_mask
-from .checks import PaintByExampleInputError, check_mask
+from .checks import PaintByExampleInputError, check_mask, check_widgets
 from .types import CATEGORY, NODE_PREFIX, seed_input
 
 
@@ -60,6 +60,7 @@ class MaskBezierJitter(io.ComfyNode):
         jitter: int = DEFAULT_JITTER,
         box_expansion: float = DEFAULT_EXTEND_SHARE,
     ) -> io.NodeOutput:
+        check_widgets(cls, locals())
         masks = check_mask(mask, "mask").float()
         for index, item in enumerate(masks):
             if not bool((item >= 0.5).any()):
@@ -67,10 +68,6 @@ class MaskBezierJitter(io.ComfyNode):
                     f"mask {index} is empty (no pixel >= 0.5): there is no box to reshape; "
                     f"mark the area to edit in white"
                 )
-        if not 0.0 <= box_expansion <= 1.0 or jitter < 0:
-            raise PaintByExampleInputError(
-                f"jitter must be >= 0 and box_expansion in 0..1, got {jitter} and {box_expansion}"
-            )
         out = bezier_mask_from_mask(
             masks.cpu(), seed=int(seed), jitter=int(jitter), expand=float(box_expansion)
         )

@@ -6,7 +6,12 @@ running and the next prompt works.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+from comfy_api.latest import io
+
+from ..exemplar_core.checks import NonFiniteOutputError, SettingError, check_number, check_output
 
 
 class PaintByExampleInputError(ValueError):
@@ -79,6 +84,30 @@ def check_edit_mask_content(edit_mask: torch.Tensor, index: int) -> None:
         )
 
 
-def check_finite(value: float, what: str) -> None:
-    if value != value or value in (float("inf"), float("-inf")):
-        raise PaintByExampleInputError(f"{what} must be a finite number, got {value}")
+def check_widgets(node: type[io.ComfyNode], values: Mapping[str, object]) -> None:
+    """Every number and choice input of ``node`` against its declaration.
+
+    ComfyUI 0.3.64 lets NaN through its min/max check (``"nan"`` and bare ``NaN`` in a prompt
+    convert to a float that compares false), does not check a V3 node's choices, and never checks
+    a value that arrives through a link; this does all three, naming the input.
+    """
+    for spec in node.define_schema().inputs:
+        if spec.id not in values or values[spec.id] is None:
+            continue
+        value = values[spec.id]
+        if isinstance(spec, (io.Float.Input, io.Int.Input)):
+            try:
+                check_number(value, spec.id, spec.min, spec.max, isinstance(spec, io.Int.Input))
+            except SettingError as err:
+                raise PaintByExampleInputError(str(err)) from None
+        elif isinstance(spec, io.Combo.Input) and spec.options and value not in spec.options:
+            choices = ", ".join(map(str, spec.options))
+            raise PaintByExampleInputError(f"{spec.id} {value!r} is not one of: {choices}")
+
+
+def check_model_output(output: torch.Tensor, part: str, source: str, module=None) -> None:
+    """``check_output`` for a node: a NaN/inf output of a model part fails the node."""
+    try:
+        check_output(output, part, source, module, dtype_hint="fp32 (weight_dtype fp32)")
+    except NonFiniteOutputError as err:
+        raise PaintByExampleInputError(str(err)) from None

@@ -9,7 +9,13 @@ import torch
 from comfy_api.latest import io
 
 from ..exemplar_core.preprocess import ExemplarError, preprocess_exemplar
-from .checks import PaintByExampleInputError, check_image, check_mask
+from .checks import (
+    PaintByExampleInputError,
+    check_image,
+    check_mask,
+    check_model_output,
+    check_widgets,
+)
 from .types import CATEGORY, NODE_PREFIX, ExemplarEncoderHandle, PbEEncoder
 
 
@@ -49,6 +55,7 @@ def encode_exemplars(
     device = handle.patcher.load_device
     with torch.inference_mode():
         embeds = handle.encoder(pixels.to(device=device, dtype=handle.dtype))
+        check_model_output(embeds, "exemplar encoder", handle.source, handle.encoder)
     return embeds.float().to(mm.intermediate_device())
 
 
@@ -129,6 +136,7 @@ class ExemplarEncode(io.ComfyNode):
         background_fill: float = 1.0,
         exemplar_mask: torch.Tensor | None = None,
     ) -> io.NodeOutput:
+        check_widgets(cls, locals())
         if not isinstance(encoder, ExemplarEncoderHandle):
             raise PaintByExampleInputError(
                 f"'encoder' must be the PBE_ENCODER output of the Paint-by-Example Loader, got "
@@ -141,5 +149,8 @@ class ExemplarEncode(io.ComfyNode):
         positive = combine_embeddings(embeds, Combine(combine))
         with torch.inference_mode():
             uncond = encoder.encoder.learnable_vector.detach().float()
+        check_model_output(
+            uncond, "exemplar encoder's learned vector", encoder.source, encoder.encoder
+        )
         negative = uncond.to(positive.device).expand(positive.shape[0], 1, -1).clone()
         return io.NodeOutput([[positive, {}]], [[negative, {}]])

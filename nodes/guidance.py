@@ -13,13 +13,14 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..exemplar_core.checks import SIMILARITY_MAX
 from ..exemplar_core.guidance import (
     DEFAULT_SIMILARITY,
     GuidanceError,
     SimilarityGuidance,
     step_index,
 )
-from .checks import PaintByExampleInputError
+from .checks import PaintByExampleInputError, check_widgets
 from .model_builder import is_pbe_model
 from .types import CATEGORY, NODE_PREFIX
 
@@ -99,7 +100,7 @@ class SimilarityGuidanceNode(io.ComfyNode):
                     "similarity",
                     default=DEFAULT_SIMILARITY,
                     min=0.0,
-                    max=50.0,
+                    max=SIMILARITY_MAX,
                     step=0.1,
                     tooltip="Similarity scale s (the paper's default is 5): higher follows the "
                     "exemplar more closely. Overrides the sampler's cfg.",
@@ -115,7 +116,7 @@ class SimilarityGuidanceNode(io.ComfyNode):
                     "similarity_end",
                     default=DEFAULT_SIMILARITY,
                     min=0.0,
-                    max=50.0,
+                    max=SIMILARITY_MAX,
                     step=0.1,
                     tooltip="Scale at the last step when the schedule is linear (ignored when "
                     "constant).",
@@ -168,6 +169,12 @@ class SimilarityGuidanceNode(io.ComfyNode):
         sigma_high: float = SIGMA_CEILING,
         rescale_phi: float = 0.0,
     ) -> io.NodeOutput:
+        check_widgets(cls, locals())
+        if sigma_low > sigma_high:
+            raise PaintByExampleInputError(
+                f"sigma_low ({sigma_low:g}) is above sigma_high ({sigma_high:g}): the guidance "
+                f"interval is empty; give sigma_low <= sigma_high"
+            )
         if not is_pbe_model(model):
             raise PaintByExampleInputError(
                 "Similarity Guidance needs a Paint-by-Example MODEL from the Paint-by-Example "

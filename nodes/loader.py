@@ -59,9 +59,8 @@ class Loader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_name: str, weight_dtype: str = "default") -> bool | str:
-        if weight_dtype not in DTYPE_CHOICES:
-            return f"weight_dtype {weight_dtype!r} is not one of {DTYPE_CHOICES}"
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        # Only model_name: ComfyUI reports a failure here against every input this takes.
         try:
             folders.resolve(model_name)
         except folders.ModelNotFoundError as err:
@@ -71,6 +70,11 @@ class Loader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str, weight_dtype: str = "default") -> io.NodeOutput:
         from ..exemplar_core.formats import CheckpointError, load_checkpoint
+
+        if weight_dtype not in DTYPE_CHOICES:
+            raise PaintByExampleInputError(
+                f"weight_dtype {weight_dtype!r} is not one of: {', '.join(DTYPE_CHOICES)}"
+            )
 
         path = folders.resolve(model_name)
         try:

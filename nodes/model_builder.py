@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # ComfyUI's concat keys for Paint-by-Example's UNet input [x, masked-image latent, keep mask].
 PBE_CONCAT_KEYS = ("masked_image", "mask_inverted")
 NATIVE_SIZE_KEY = "paint_by_example_native_size"
+SOURCE_KEY = "paint_by_example_source"  # the checkpoint file, for messages
 MODEL_MARKER = "paint_by_example"  # model_options key set on every MODEL this pack builds
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -84,12 +85,23 @@ def build_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
     patcher.add_object_patch("concat_keys", PBE_CONCAT_KEYS)
     patcher.model_options[MODEL_MARKER] = True
     patcher.model_options[NATIVE_SIZE_KEY] = native_size(ckpt)
+    patcher.model_options[SOURCE_KEY] = ckpt.source
     return patcher
 
 
 def native_size(ckpt) -> int:
     """The resolution the model was trained at: UNet sample size x VAE factor (512 for SD1)."""
     return int(ckpt.configs.unet.get("sample_size", 64)) * ckpt.configs.vae_scale_factor
+
+
+def model_source(model: comfy.model_patcher.ModelPatcher) -> str:
+    """The checkpoint file a MODEL of this pack was built from ("" if unknown)."""
+    return str(model.model_options.get(SOURCE_KEY, ""))
+
+
+def vae_source(vae) -> str:
+    """The checkpoint file a VAE of this pack was built from ("" if unknown)."""
+    return str(getattr(vae, SOURCE_KEY, ""))
 
 
 def model_native_size(model: comfy.model_patcher.ModelPatcher) -> int:
@@ -109,6 +121,7 @@ def build_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
         "VAE", set(vae.first_stage_model.state_dict().keys()), set(ckpt.vae.keys()), ckpt.source
     )
     factor = ckpt.configs.vae_scale_factor
+    setattr(vae, SOURCE_KEY, ckpt.source)
     vae.downscale_ratio = factor
     vae.upscale_ratio = factor
     vae.latent_channels = int(ckpt.configs.vae.get("latent_channels", 4))

@@ -20,6 +20,13 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..exemplar_core import crop, inpaint
+from ..exemplar_core.checks import (
+    CONTEXT_MARGIN_MAX,
+    FEATHER_MAX,
+    RESOLUTION_MAX,
+    SEED_MAX,
+    SIMILARITY_MAX,
+)
 from ..exemplar_core.color import match_color
 from ..exemplar_core.guidance import DEFAULT_SIMILARITY
 from .checks import (
@@ -28,9 +35,17 @@ from .checks import (
     check_edit_mask_content,
     check_image,
     check_mask,
+    check_model_output,
     check_same_size,
+    check_widgets,
 )
-from .model_builder import is_pbe_model, model_native_size, size_multiple
+from .model_builder import (
+    is_pbe_model,
+    model_native_size,
+    model_source,
+    size_multiple,
+    vae_source,
+)
 from .types import CATEGORY, NODE_PREFIX, seed_input
 
 
@@ -125,7 +140,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     "similarity",
                     default=DEFAULT_SIMILARITY,
                     min=0.0,
-                    max=50.0,
+                    max=SIMILARITY_MAX,
                     step=0.1,
                     round=0.01,
                     tooltip="Guidance scale s: higher follows the exemplar more closely (paper: "
@@ -157,7 +172,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     "context_margin",
                     default=0.25,
                     min=0.0,
-                    max=4.0,
+                    max=CONTEXT_MARGIN_MAX,
                     step=0.05,
                     tooltip="Context around the mask's box, as a share of its longer side, on "
                     "each side of the processed window.",
@@ -166,7 +181,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     "resolution",
                     default=0,
                     min=0,
-                    max=2048,
+                    max=RESOLUTION_MAX,
                     step=16,
                     tooltip="Longer side of the processed window. 0 = the model's own training "
                     "resolution (512 for the published model, 64 for the embedded mini model).",
@@ -175,7 +190,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     "feather",
                     default=16,
                     min=0,
-                    max=256,
+                    max=FEATHER_MAX,
                     tooltip="Pixels over which the edit blends into the source outside the mask.",
                 ),
                 io.Boolean.Input(
@@ -218,6 +233,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
         feather: int = 16,
         color_match: bool = False,
     ) -> io.NodeOutput:
+        check_widgets(cls, locals())
         if not is_pbe_model(model):
             raise PaintByExampleInputError(
                 "the MODEL is not a Paint-by-Example model: connect the MODEL output of the "
@@ -256,7 +272,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                 _select(negative, index, neg_batch),
                 images[index : index + 1],
                 edit,
-                seed + index,
+                (seed + index) % (SEED_MAX + 1),  # seed + i wraps around in the seed range
                 steps,
                 similarity,
                 sampler_name,
@@ -271,6 +287,20 @@ class ExemplarInpaintSampler(io.ComfyNode):
             outputs.append(result)
             latents.append(latent)
         return io.NodeOutput(torch.cat(outputs), {"samples": _stack(latents)})
+
+
+def _sampler_seed(seed: int, sampler_name: str) -> int:
+    """The seed handed to ComfyUI's sampler. Its ddim seeds the inpaint noise with seed + 1, past
+    torch's range at the top of the seed widget's; torch draws the same numbers for s and
+    s - 2**64, so ddim gets that form (other samplers keep s: torchsde refuses negative seeds)."""
+    if sampler_name == "ddim" and seed > SEED_MAX // 2:
+        return seed - (SEED_MAX + 1)
+    return seed
+
+
+def _vae_module(vae) -> torch.nn.Module | None:
+    module = getattr(vae, "first_stage_model", None)
+    return module if isinstance(module, torch.nn.Module) else None
 
 
 def _stack(latents: list[torch.Tensor]) -> torch.Tensor:
@@ -317,6 +347,7 @@ def _edit_one(
     positive = node_helpers.conditioning_set_values(positive, extra)
     negative = node_helpers.conditioning_set_values(negative, extra)
 
+    check_model_output(masked_latent, "VAE encoder", vae_source(vae), _vae_module(vae))
     start = comfy.sample.fix_empty_latent_channels(model, start)
     noise = comfy.sample.prepare_noise(start, seed)
     callback = latent_preview.prepare_callback(model, steps)
@@ -333,10 +364,13 @@ def _edit_one(
         denoise=denoise,
         callback=callback,
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=seed,
+        seed=_sampler_seed(seed, sampler_name),
     )
     mm.throw_exception_if_processing_interrupted()
-    raw = _to_bchw(vae.decode(samples)[..., :3].float()).cpu().clamp(0, 1)
+    check_model_output(samples, "UNet", model_source(model), model.model.diffusion_model)
+    decoded = vae.decode(samples)[..., :3].float()
+    check_model_output(decoded, "VAE decoder", vae_source(vae), _vae_module(vae))
+    raw = _to_bchw(decoded).cpu().clamp(0, 1)
     if color_match:
         raw = match_color(raw, window, keep_window)
     stitched = crop.stitch(source_bchw, raw, region, edit_mask[None, None], feather)

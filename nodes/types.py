@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
+from ..exemplar_core.checks import SEED_MAX
 from ..exemplar_core.config import EncoderConfig
 
 # The socket type of the exemplar encoder. The id is stable: saved workflows refer to it.
@@ -14,7 +15,6 @@ PbEEncoder = io.Custom("PBE_ENCODER")
 
 NODE_PREFIX = "PaintByExample."
 CATEGORY = "paint-by-example"
-SEED_MAX = 0xFFFFFFFFFFFFFFFF  # ComfyUI's own seed range (KSampler)
 
 
 def seed_input(tooltip: str) -> io.Int.Input:

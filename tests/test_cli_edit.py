@@ -72,3 +72,56 @@ def test_16_bit_greyscale_source_is_accepted(files):
     Image.fromarray(np.full((72, 100), 40000, np.uint16)).save(tmp / "src.png")
     assert main(_args(tmp, ckpt)) == 0
     assert torch.tensor(np.asarray(Image.open(tmp / "out.png"))).shape == (72, 100, 3)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--scale", "nan", "--scale must be a finite number between 0 and 50, got nan"),
+        ("--scale", "inf", "--scale must be a finite number between 0 and 50, got inf"),
+        ("--scale", "-1", "--scale must be a finite number between 0 and 50, got -1"),
+        ("--context-margin", "nan", "--context-margin must be a finite number between 0 and 4"),
+        ("--feather", "-3", "--feather must be a whole number between 0 and 256, got -3"),
+        ("--seed", str(2**64), "--seed must be a whole number between 0 and 18446744073709551615"),
+        ("--steps", "0", "--steps must be a whole number between 1 and 1000, got 0"),
+        ("--size", "100000", "--size must be a whole number between 1 and 2048"),
+    ],
+)
+def test_edit_refuses_nan_infinity_and_out_of_range_options_by_name(
+    files, capsys, option, value, message
+):
+    tmp, ckpt = files
+    assert main([*_args(tmp, ckpt), option, value]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp / "out.png").exists()
+
+
+def test_a_checkpoint_with_nan_weights_fails_instead_of_writing_a_black_image(
+    files, capsys, tiny_model
+):
+    tmp, _ = files
+    with torch.no_grad():
+        tiny_model.unet.conv_in.weight.fill_(float("nan"))
+    bad = save_single_file(checkpoint_from_model(tiny_model), tmp / "diverged.safetensors")
+    assert main(_args(tmp, bad)) == 2
+    err = capsys.readouterr().err
+    assert "the UNet of" in err and "diverged.safetensors produced NaN" in err
+    assert "weights hold NaN or infinite values" in err and "conv_in.weight" in err
+    assert not (tmp / "out.png").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--scales", "1,nan"], "--scales must be a finite number between 0 and 50, got nan"),
+        (["--scales", "1,x"], "--scales must be comma-separated numbers such as 0,3,5"),
+        (["--result-scale", "inf"], "--result-scale must be a finite number between 0 and 50"),
+        (["--steps", "0"], "--steps must be a whole number between 1 and 1000, got 0"),
+    ],
+)
+def test_demo_refuses_bad_numbers_by_option_before_loading(files, capsys, extra, message):
+    tmp, ckpt = files
+    args = ["demo", "--checkpoint", str(ckpt), "--out", str(tmp / "demo"), *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp / "demo").exists()

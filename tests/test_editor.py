@@ -135,13 +135,67 @@ def test_colour_match_moves_kept_area_statistics_towards_the_source(editor):
         ({"mask": torch.ones(1, 1, 50, 50)}, EditError, "mask is 50x50 but the source is 128x96"),
         ({"exemplar": torch.rand(1, 3, 10, 40)}, ExemplarError, "at least 16 px"),
         ({"source": torch.full((1, 3, 96, 128), float("nan"))}, EditError, "NaN"),
-        ({"settings": EditSettings(steps=0)}, EditError, "steps"),
-        ({"settings": EditSettings(size=100)}, EditError, "multiple of"),
-        ({"settings": EditSettings(scheduler="plms2")}, EditError, "unknown scheduler"),
+        ({"size": 100}, EditError, "size must be a positive multiple of"),
     ],
 )
 def test_bad_input_gets_a_clear_error(editor, change, error, message):
     source, mask, exemplar = _inputs()
-    args = {"source": source, "mask": mask, "exemplar": exemplar, "settings": FAST, **change}
+    args = {"source": source, "mask": mask, "exemplar": exemplar, **change}
+    settings = EditSettings(**{**FAST.__dict__, "size": args.pop("size", FAST.size)})
     with pytest.raises(error, match=message):
-        editor.edit(args["source"], args["mask"], args["exemplar"], args["settings"])
+        editor.edit(args["source"], args["mask"], args["exemplar"], settings)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("steps", 0, "steps must be a whole number between 1 and 1000, got 0"),
+        ("scale", float("nan"), "scale must be a finite number between 0 and 50, got nan"),
+        ("scale", float("inf"), "scale must be a finite number between 0 and 50, got inf"),
+        ("scale", 1e300, "scale must be a finite number between 0 and 50, got 1e[+]300"),
+        ("seed", 2**64, "seed must be a whole number between 0 and 18446744073709551615"),
+        ("seed", -1, "seed must be a whole number between 0 and"),
+        ("context_margin", float("nan"), "context_margin must be a finite number"),
+        ("feather", -1, "feather must be a whole number between 0 and 256, got -1"),
+        ("eta", float("nan"), "eta must be a finite number between 0 and 1, got nan"),
+        ("size", 100_000, "size must be a whole number between 1 and 2048"),
+        ("steps", 2.5, "steps must be a whole number"),
+        ("scheduler", "plms2", "scheduler must be one of pndm, ddim"),
+    ],
+)
+def test_settings_refuse_nan_infinity_and_out_of_range_values_by_name(field, value, message):
+    with pytest.raises(EditError, match=message):
+        EditSettings(**{field: value})
+
+
+def test_the_top_of_the_seed_range_works(editor):
+    source, mask, exemplar = _inputs()
+    settings = EditSettings(**{**FAST.__dict__, "seed": 2**64 - 1})
+    out = editor.edit(source, mask, exemplar, settings).image
+    assert torch.isfinite(out).all() and out.shape == source.shape
+
+
+@pytest.mark.parametrize(
+    "part, module, named",
+    [
+        ("exemplar encoder", "encoder", "exemplar encoder"),
+        ("UNet", "unet", "UNet"),
+        ("VAE decoder", "vae.decoder", "VAE decoder"),
+    ],
+)
+def test_nan_weights_fail_naming_the_file_and_the_part(tiny_model, tmp_path, part, module, named):
+    from exemplar_core.checks import NonFiniteOutputError
+    from exemplar_core.formats import checkpoint_from_model, save_single_file
+
+    target = tiny_model.get_submodule(module)
+    with torch.no_grad():
+        next(target.parameters()).fill_(float("nan"))
+    path = save_single_file(checkpoint_from_model(tiny_model), tmp_path / "diverged.safetensors")
+    editor = Editor.from_file(path, device="cpu")
+    editor.progress = False
+    source, mask, exemplar = _inputs()
+    with pytest.raises(NonFiniteOutputError) as caught:
+        editor.edit(source, mask, exemplar, FAST)
+    message = str(caught.value)
+    assert f"the {named} of {path} produced NaN" in message
+    assert "weights hold NaN or infinite values" in message and "black image" in message
