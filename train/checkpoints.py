@@ -168,7 +168,7 @@ def prune(root: Path, keep: int) -> None:
     for old in complete[keep:]:
         if old.name != named:
             shutil.rmtree(old, ignore_errors=True)
-    for leftover in root.glob(".old-step-*"):
+    for leftover in [*root.glob(".old-step-*"), *root.glob(".tmp-step-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
