@@ -503,3 +503,17 @@ def test_a_new_run_never_overwrites_another_runs_checkpoints(tmp_path, data, cap
     assert "already holds checkpoints" in capsys.readouterr().err
     after = (tmp_path / "run" / "checkpoints" / "step-00000001" / "manifest.json").read_text()
     assert after == before
+
+
+def test_a_signal_the_shell_ignores_stays_ignored():
+    """Background jobs of a script start with SIGINT ignored; the trainer must not take it over."""
+    from train.signals import StopSignals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals(announce=False) as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
