@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -449,6 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     add_run_options(w, "mini", 64, 16)
     w.add_argument("--checkpointing", action="store_true")
     args = parser.parse_args(argv)
+    if args.command != "data":  # every other command runs the trainer or accelerate
+        from train.preflight import PreflightError, require_training_extra
+
+        try:
+            require_training_extra()
+        except PreflightError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "worker":
         if args.side == "minimal":
             result = worker_minimal(args)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +119,78 @@ def test_two_processes_share_prior_generation_in_subject_mode(tmp_path):
     rank1 = (prior / "prior-rank1.jsonl").read_text().splitlines()
     assert (len(rank0), len(rank1)) == (3, 2)  # 5 samples split across the ranks
     assert summary["ranks_in_sync"] and summary["samples"] == 1 * (2 + 2) * 2
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e.split(b"=", 1)[1] for e in environ if e.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(tmp_path):
+    """SIGTERM reaches rank 1 only; rank 0 learns of it through the per-step agreement, both
+    finish the same step, write one complete checkpoint together and exit with 143."""
+    from train import checkpoints
+
+    data = write_jsonl(tmp_path / "ann.jsonl", make_images(tmp_path, 9))
+    out = tmp_path / "run"
+    options = {"max_steps": 200, "checkpoint_every": 1000, "validate_every": 0}
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(to_toml(tiny_config(out, data, train=options)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env["GLOO_SOCKET_IFNAME"] = "lo"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "train", "--config", str(config_file)]  # fmt: skip
+    log = tmp_path / "launch.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and process.poll() is None:
+                text = (out / "train.log").read_text() if (out / "train.log").is_file() else ""
+                if "step 2 loss" in text:
+                    break
+                time.sleep(0.05)
+            workers = {_rank_of(pid): pid for pid in _children(process.pid)}
+            assert set(workers) == {0, 1}, (workers, log.read_text()[-3000:])
+            os.kill(workers[1], signal.SIGTERM)
+            process.wait(timeout=180)
+        except BaseException:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    output = log.read_text()
+    assert process.returncode != 0, output[-3000:]
+    stopped = re.search(
+        r"stopped by SIGTERM at step (\d+): checkpoint (step-\d+) is complete", output
+    )
+    assert stopped, output[-3000:]
+    assert re.search(r"exitcode\s*:\s*143", output)  # torchrun reports the workers' code
+    assert "accelerate launch --num_processes 2 -m train --config" in output
+    root = out / "checkpoints"
+    assert checkpoints.read_latest(root) == stopped.group(2)
+    assert checkpoints.problem(root / stopped.group(2)) is None
+    manifest = json.loads((root / stopped.group(2) / "manifest.json").read_text())
+    assert {"rng-0.pt", "rng-1.pt"} <= set(manifest["files"])  # both ranks saved that step
+    state = json.loads((root / stopped.group(2) / "state.json").read_text())
+    assert state["step"] == int(stopped.group(1)) < 200

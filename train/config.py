@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+except ModuleNotFoundError:  # Python 3.10: the training extra's tomli (train/preflight.py)
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
 
 
 class ConfigError(ValueError):
@@ -319,6 +323,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read a TOML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
     data: dict[str, Any] = {}
+    if tomllib is None:
+        raise ConfigError('reading TOML on Python 3.10 needs tomli: pip install -e ".[train]"')
     if path is not None:
         file = Path(path)
         if not file.is_file():
@@ -335,7 +341,32 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             if not isinstance(target, dict):
                 raise ConfigError(f"--set {item}: {key} is not a section")
         target[keys[-1]] = value
-    return config_from_dict(data)
+    try:
+        return config_from_dict(data)
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"{_where(Path(path), overrides, str(exc))}{exc}") from exc
+
+
+def _where(file: Path, overrides: list[str], message: str) -> str:
+    """``FILE:LINE: `` for the first ``section.key`` a message names (``FILE: `` when the file
+    does not set it), or ``--set ...: `` when an override set it."""
+    match = re.search(r"\b(model|data|train|subject)\.(\w+)", message)
+    if match is None:
+        return f"{file}: "
+    section, key = match.groups()
+    for item in overrides:
+        if item.split("=", 1)[0].strip() == f"{section}.{key}":
+            return f"--set {item}: "
+    current = ""
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+        header = re.match(r"\s*\[\s*([\w.]+)\s*\]", line)
+        if header:
+            current = header.group(1)
+        elif current == section and re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return f"{file}:{number}: "
+    return f"{file}: "
 
 
 def validate(config: TrainConfig) -> None:

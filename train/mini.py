@@ -9,31 +9,63 @@ Stages (each skipped when its output already exists, so an interrupted run conti
    stand-in for CLIP's pre-training; frozen afterwards, as CLIP is);
 4. the Paint-by-Example stage (``python -m train --config train/configs/mini.toml``), resumable.
 The result is ``OUT/train/models/pbe-final.safetensors`` (EMA weights, fp16). Copy it to
-``models/pbe-mini.safetensors`` to make it the pack's embedded default.
+``models/pbe-mini.safetensors`` to make it the pack's embedded default. Needs the training extra
+(``pip install -e ".[train]"``), checked before the first stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 import time
 from pathlib import Path
 
-from . import synthetic
-from .config import load_config
-from .tower import tower_config, train_tower
-from .vae import train_vae, vae_config
+from .preflight import PreflightError, check_out_dir, is_run_folder, require_training_extra
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "mini.toml"
 
 
+def _steps(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m train.mini", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/mini", help="working folder (runs/mini)")
-    p.add_argument("--steps", type=int, default=3000, help="main-stage optimiser steps (3000)")
-    p.add_argument("--vae-steps", type=int, default=1500, help="VAE-stage steps (1500)")
-    p.add_argument("--tower-steps", type=int, default=1500, help="tower-stage steps (1500)")
+    p.add_argument("--steps", type=_steps, default=3000, help="main-stage optimiser steps (3000)")
+    p.add_argument("--vae-steps", type=_steps, default=1500, help="VAE-stage steps (1500)")
+    p.add_argument("--tower-steps", type=_steps, default=1500, help="tower-stage steps (1500)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    again = f"python -m train.mini {shlex.join(argv)}".rstrip()
+    try:
+        require_training_extra()  # before the data, VAE and tower stages spend their minutes
+        check_out_dir(out / "train", resume=is_run_folder(out / "train"))
+    except PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _stages(args, out, again)
+    except KeyboardInterrupt:  # the data, VAE and tower stages (the trainer saves, then stops)
+        print(
+            f"\ninterrupted; finished stages are kept. Continue with:\n  {again}", file=sys.stderr
+        )
+        return 130
+
+
+def _stages(args: argparse.Namespace, out: Path, again: str) -> int:
+    from . import synthetic
+    from .config import load_config
+    from .signals import exit_code
+    from .tower import tower_config, train_tower
+    from .trainer import TrainingError, TrainingStopped, train
+    from .vae import train_vae, vae_config
+
     timings: dict[str, float] = {}
 
     data = out / "data"
@@ -55,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         train_tower(data / "train.jsonl", out / "tower", tower_config("mini"), args.tower_steps)
         timings["tower"] = time.perf_counter() - start
 
-    from .trainer import train
-
     overrides = [
         f"out_dir={out / 'train'}",
         f"model.vae={vae_file}",
@@ -65,9 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         f"train.max_steps={args.steps}",
     ]
     config = load_config(str(CONFIG), overrides)
-    resume = (out / "train" / "checkpoints" / "latest").exists()
+    resume = is_run_folder(out / "train")
     start = time.perf_counter()
-    train(config, resume=resume)
+    try:
+        train(config, resume=resume)
+    except TrainingStopped as stop:
+        print(f"{stop}. Continue with:\n  {again}", file=sys.stderr)
+        return exit_code(stop.signum)
+    except TrainingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     timings["pbe"] = time.perf_counter() - start
     for stage, seconds in timings.items():
         print(f"{stage:>5}: {seconds / 60:.1f} min")

@@ -38,6 +38,8 @@ from exemplar_core.augment import (
 )
 from exemplar_core.config import EncoderConfig
 
+from .files import atomic_write
+
 ATTRIBUTES = ("color", "shape", "texture")
 
 
@@ -190,9 +192,7 @@ def train_tower(
         "held_out_accuracy": json.dumps(accuracy),
         "vocabulary": json.dumps(vocab),
     }
-    tmp = target_file.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(target_file)
+    atomic_write(target_file, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return target_file
 
 

@@ -4,7 +4,8 @@ One process per device through HF accelerate (``accelerate launch`` for DDP; a p
 -m train`` is one process). Layout under ``out_dir``::
 
     checkpoints/step-00002000/   resumable state (trained weights, optimiser, scheduler, EMA, RNG,
-                                 data position); written to a temporary folder, then renamed
+                                 data position, a manifest of sizes and hashes); written to a
+                                 temporary folder, then renamed (train/checkpoints.py)
     checkpoints/latest           name of the newest complete checkpoint (atomic replace)
     models/pbe-step-00002000.safetensors, models/pbe-final.safetensors   exported models
     validation/step-00001000.png validation grids; logs/ TensorBoard; train.log; summary.json
@@ -15,9 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from exemplar_core.augment import PairSpec
 from exemplar_core.config import SCHEDULE
 from exemplar_core.model import PaintByExampleModel
 
+from . import checkpoints
 from .config import TrainConfig
 from .dataset import (
     DataPosition,
@@ -43,14 +45,33 @@ from .dataset import (
     pair_spec,
 )
 from .ema import EMA
+from .files import atomic_text
 from .model_init import build_model
+from .preflight import check_out_dir
 from .readers import BoxFilter, ImageRecord, ReadStats, read_dataset, require_records
+from .signals import StopSignals, ignore_stop_signals
 
 log = logging.getLogger("train")
 
 
 class TrainingError(RuntimeError):
-    """The run cannot continue (diverged loss, inconsistent resume state)."""
+    """The run cannot continue (diverged loss, inconsistent resume state, a failed save)."""
+
+
+class ResumeError(TrainingError):
+    """``--resume`` found checkpoints but none it can continue from."""
+
+
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM stopped the run after a step; ``checkpoint`` holds that step (or, when
+    the signal came before any new step, the checkpoint the run started from, or None)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, main_process: bool):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.main_process = main_process
+        name = signal.Signals(signum).name
+        saved = f"checkpoint {checkpoint.name} is complete" if checkpoint else "no checkpoint yet"
+        super().__init__(f"stopped by {name} at step {step}: {saved}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,20 +303,22 @@ def prepare_data(config: TrainConfig) -> PreparedData:
 # checkpoint files
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+def _save_torch(obj, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write (a full disk) keeps its
+    OSError as the context of torch's RuntimeError."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    pointer = out_dir / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = out_dir / "checkpoints" / pointer.read_text(encoding="utf-8").strip()
-    return path if (path / "state.json").is_file() else None
+def _write_error(error: BaseException) -> str:
+    """The OSError behind a failed write (``[Errno 28] No space left on device``), else the
+    error itself."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(error).__name__}: {error}"
 
 
 def _rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -338,6 +361,7 @@ class Trainer:
         self.samples = 0
         self.data_checksum = 0.0  # sum of this rank's target pixels (shows the ranks' shards)
         self.last_checkpoint: Path | None = None
+        self.stop = StopSignals(announce=False)  # installed by run()
 
     # -- setup -----------------------------------------------------------------------------
     def _setup_logging(self) -> None:
@@ -348,12 +372,19 @@ class Trainer:
             log.addHandler(handler)
             log.setLevel(logging.INFO)
             self._log_handler = handler
+            # Warnings (a checkpoint passed over on resume, ...) also reach the terminal.
+            console = logging.StreamHandler()
+            console.setLevel(logging.WARNING)
+            console.setFormatter(logging.Formatter("warning: %(message)s"))
+            log.addHandler(console)
+            self._console_handler = console
 
     def setup(self) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
 
         cfg, t = self.config, self.config.train
+        check_out_dir(self.out_dir, self.resume)
         self.data = prepare_data(cfg)  # fails before any model loads
         # accelerate keeps its settings in process-wide singletons; clear them (not the process
         # group) so several runs with different settings can follow each other in one process.
@@ -371,6 +402,12 @@ class Trainer:
             kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=t.dist_timeout))],
         )
         acc = self.accelerator
+        self.stop.announce = acc.is_main_process
+        # Ranks agree on stopping and on failed saves through a CPU (gloo) group: its all-reduce
+        # of one integer per step never waits on an accelerator's queue.
+        self._control_group = None
+        if acc.num_processes > 1 and torch.distributed.get_backend() != "gloo":
+            self._control_group = torch.distributed.new_group(backend="gloo")
         self._setup_logging()
         log.info("data: %s", self.data.stats.summary())
         if t.cudnn_benchmark and torch.cuda.is_available():
@@ -440,7 +477,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out_dir / "logs"))
-            (self.out_dir / "config.toml").write_text(_to_toml(cfg), encoding="utf-8")
+            atomic_text(self.out_dir / "config.toml", _to_toml(cfg))
 
     def _prepare_prior(self) -> None:
         from .subject import ExemplarSource, PriorDataset, generate_prior, read_manifest
@@ -490,6 +527,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=2 if workers else None,
+            worker_init_fn=ignore_stop_signals if workers else None,
         )
 
     def _build_loaders(self) -> None:
@@ -539,61 +577,134 @@ class Trainer:
         names = {id(p): n for n, p in self.model.named_parameters()}
         return {names[id(p)]: p.detach().float().cpu().contiguous() for p in self.params}
 
+    def _agree(self, value: int, op: str = "max") -> int:
+        """``value`` reduced over the ranks (max or min) through the CPU control group."""
+        if self.accelerator.num_processes == 1:
+            return value
+        flag = torch.tensor([value], dtype=torch.int64)
+        ops = torch.distributed.ReduceOp
+        reduce_op = ops.MAX if op == "max" else ops.MIN
+        torch.distributed.all_reduce(flag, op=reduce_op, group=self._control_group)
+        return int(flag)
+
+    def _stop_requested(self) -> int:
+        """The signal that asked this run to stop on any rank (0: none); all ranks agree."""
+        return self._agree(self.stop.requested)
+
+    def _save_failed(self, what: str, error: BaseException | None) -> TrainingError:
+        latest = checkpoints.read_latest(self.out_dir / "checkpoints")
+        kept = f"checkpoints/latest still names {latest}" if latest else "no checkpoint was kept"
+        cause = _write_error(error) if error is not None else "another process failed (its message)"
+        return TrainingError(
+            f"could not write {what} at step {self.step}: {cause}. {kept}, which is complete. "
+            "Free disk space (or fix the folder), then continue with --resume"
+        )
+
     def save_checkpoint(self, export: bool = True) -> Path:
+        """Write ``checkpoints/step-N`` whole, then point ``latest`` at it; with ``export`` also
+        ``models/pbe-step-N.safetensors``. A step that already has its checkpoint (a resumed run
+        that had finished, a stop right after a periodic save) is not written again."""
         from safetensors.torch import save_file
 
         acc, t = self.accelerator, self.config.train
         self._raise_if_non_finite()  # never save weights that a non-finite step has touched
         root = self.out_dir / "checkpoints"
-        name = f"step-{self.step:08d}"
+        name = checkpoints.checkpoint_name(self.step)
         final, tmp = root / name, root / f".tmp-{name}"
+        if self.last_checkpoint == final:
+            return final
+        error: BaseException | None = None
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        torch.save(_rng_state(self.generators), tmp / f"rng-{acc.process_index}.pt")
-        acc.wait_for_everyone()
+            try:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            except OSError as exc:
+                error = exc
+        if not self._agree(error is None, "min"):
+            raise self._save_failed(f"checkpoint {name}", error)
+        try:
+            _save_torch(_rng_state(self.generators), tmp / f"rng-{acc.process_index}.pt")
+        except Exception as exc:  # noqa: BLE001 - torch and safetensors wrap OSError
+            error = exc
+        if not self._agree(error is None, "min"):
+            raise self._save_failed(f"checkpoint {name}", error)
         if acc.is_main_process:
-            save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
-            if self.ema is not None:
-                save_file(self.ema.state_dict(), str(tmp / "ema.safetensors"))
-            state = {
-                "step": self.step,
-                "consumed": self.consumed,
-                "skipped": self.skipped,
-                "samples": self.samples,
-                "world_size": acc.num_processes,
-                "config": self.config.to_dict(),
-            }
-            (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.replace(final)
-            _atomic_text(root / "latest", name)
-            self._prune_checkpoints(root, t.keep_checkpoints)
-            if export:
-                self.export(self.out_dir / "models" / f"pbe-{name}.safetensors")
-        acc.wait_for_everyone()
+            try:
+                save_file(self._trainable_state(), str(tmp / "trainable.safetensors"))
+                _save_torch(self.optimizer.state_dict(), tmp / "optimizer.pt")
+                _save_torch(self.lr_scheduler.state_dict(), tmp / "scheduler.pt")
+                if self.ema is not None:
+                    save_file(self.ema.state_dict(), str(tmp / "ema.safetensors"))
+                state = {
+                    "step": self.step,
+                    "consumed": self.consumed,
+                    "skipped": self.skipped,
+                    "samples": self.samples,
+                    "world_size": acc.num_processes,
+                    "config": self.config.to_dict(),
+                }
+                (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+                checkpoints.seal(tmp, self.step)
+                checkpoints.publish(root, tmp, name)
+            except Exception as exc:  # noqa: BLE001 - torch and safetensors wrap OSError
+                error = exc
+                shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs
+        if not self._agree(error is None, "min"):
+            raise self._save_failed(f"checkpoint {name}", error)
         self.last_checkpoint = final
+        if acc.is_main_process:
+            checkpoints.prune(root, t.keep_checkpoints)
+            if export:
+                try:
+                    self.export(self.out_dir / "models" / f"pbe-{name}.safetensors")
+                except Exception as exc:  # noqa: BLE001 - torch and safetensors wrap OSError
+                    error = exc
+        if not self._agree(error is None, "min"):
+            raise self._save_failed(f"the model export models/pbe-{name}.safetensors", error)
         return final
 
-    def _prune_checkpoints(self, root: Path, keep: int) -> None:
-        done = sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-        for old in done[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _choose_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from, chosen (and verified) by the main process for all."""
+        from accelerate.utils import broadcast_object_list
+
+        acc = self.accelerator
+        root = self.out_dir / "checkpoints"
+        message = [None, None, []]  # checkpoint name, error, passed over
+        if acc.is_main_process:
+            checkpoints.remove_unfinished(root)
+            choice = checkpoints.find_resumable(root)
+            message[2] = choice.passed_over
+            if choice.path is not None:
+                message[0] = choice.path.name
+            elif checkpoints.has_checkpoints(root):
+                message[1] = (
+                    f"--resume: no complete checkpoint in {root}; "
+                    + "; ".join(choice.passed_over)
+                    + ". Nothing was trained. Restore the files, or start a new run in another "
+                    "out_dir"
+                )
+        if acc.num_processes > 1:
+            broadcast_object_list(message)
+        name, error, passed_over = message
+        if error:
+            raise ResumeError(error)
+        for note in passed_over:
+            log.warning("--resume passes over checkpoint %s", note)
+        if name is None:
+            log.warning("--resume: %s has no checkpoint yet: starting from step 0", self.out_dir)
+            return None
+        return root / name
 
     def _load_checkpoint(self) -> None:
         from safetensors.torch import load_file
 
         acc = self.accelerator
-        path = latest_checkpoint(self.out_dir)
+        path = self._choose_checkpoint()
         if path is None:
-            log.info("--resume: no checkpoint in %s, starting from scratch", self.out_dir)
             return
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if state["world_size"] != acc.num_processes:
-            raise TrainingError(
+            raise ResumeError(
                 f"{path} was written by {state['world_size']} process(es) but this run has "
                 f"{acc.num_processes}; an exact resume needs the same number of processes"
             )
@@ -743,8 +854,15 @@ class Trainer:
         return self.lr_scheduler.get_last_lr()[0]
 
     def run(self) -> dict:
+        """Train to ``max_steps``; raises TrainingStopped after saving when SIGINT or SIGTERM
+        arrived (any rank): all ranks stop after the same step."""
+        with self.stop:
+            return self._run()
+
+    def _run(self) -> dict:
         self.setup()
         acc, t = self.accelerator, self.config.train
+        start_step = self.step
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -759,7 +877,8 @@ class Trainer:
         window_loss, window_count, window_start = 0.0, 0, time.perf_counter()
         window_samples, grad_norm = 0, 0.0
         try:
-            while self.step < self.max_steps:
+            stopped = self._stop_requested()  # a signal during set-up
+            while not stopped and self.step < self.max_steps:
                 batch = next(batches)
                 self.consumed += 1
                 self.skipped += int(batch["skipped"])
@@ -802,7 +921,8 @@ class Trainer:
                     window_start = time.perf_counter()
                 if self.step % t.checkpoint_every == 0 and self.step < self.max_steps:
                     self.save_checkpoint()
-                if t.validate_every and self.step % t.validate_every == 0:
+                stopped = self._stop_requested()
+                if not stopped and t.validate_every and self.step % t.validate_every == 0:
                     self.validate()
         except BaseException:
             self._close_logs()
@@ -812,6 +932,12 @@ class Trainer:
             # Release the DataLoader iterators (and their worker processes) here, in order,
             # rather than in a destructor after the process group is gone.
             batches.close()
+        if stopped:
+            saved = self.save_checkpoint(export=False) if self.step > start_step else None
+            self._close_logs()
+            raise TrainingStopped(stopped, self.step, saved or self.last_checkpoint,
+                                  acc.is_main_process)  # fmt: skip
+        # A signal from here on lets the run finish: only the end-of-run work is left.
         self.save_checkpoint(export=False)
         if acc.is_main_process:
             self.export(self.out_dir / "models" / "pbe-final.safetensors")
@@ -842,11 +968,12 @@ class Trainer:
         if getattr(self, "writer", None) is not None:
             self.writer.close()
             self.writer = None
-        handler = getattr(self, "_log_handler", None)
-        if handler is not None:
-            log.removeHandler(handler)
-            handler.close()
-            self._log_handler = None
+        for attribute in ("_log_handler", "_console_handler"):
+            handler = getattr(self, attribute, None)
+            if handler is not None:
+                log.removeHandler(handler)
+                handler.close()
+                setattr(self, attribute, None)
 
     def _finish(self) -> dict:
         """Check that every rank holds the same weights; write summary.json."""
@@ -874,7 +1001,7 @@ class Trainer:
             "last_checkpoint": str(self.last_checkpoint),
         }
         if acc.is_main_process:
-            _atomic_text(self.out_dir / "summary.json", json.dumps(summary, indent=1))
+            atomic_text(self.out_dir / "summary.json", json.dumps(summary, indent=1))
             log.info("finished at step %d; ranks in sync: %s", self.step, in_sync)
             self._close_logs()
         acc.end_training()
@@ -910,4 +1037,13 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             _FINISHED.append(trainer)  # also when the run failed: its reducer holds the group
 
 
-__all__ = ["LrSchedule", "Trainer", "TrainingError", "diffusion_loss", "train", "warmup_factor"]
+__all__ = [
+    "LrSchedule",
+    "ResumeError",
+    "Trainer",
+    "TrainingError",
+    "TrainingStopped",
+    "diffusion_loss",
+    "train",
+    "warmup_factor",
+]

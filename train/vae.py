@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .files import atomic_write
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -117,9 +119,8 @@ def train_vae(
     out.mkdir(parents=True, exist_ok=True)
     target = out / "vae.safetensors"
     state = {k: v.detach().contiguous() for k, v in vae.state_dict().items()}
-    tmp = target.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"vae_config": json.dumps(config), "steps": str(steps)})
-    tmp.replace(target)
+    metadata = {"vae_config": json.dumps(config), "steps": str(steps)}
+    atomic_write(target, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return target
 
 

@@ -13,6 +13,7 @@ from exemplar_core.editor import Editor, EditSettings
 from exemplar_core.model import PaintByExampleModel
 
 from .dataset import PairDataset
+from .files import atomic_write
 from .readers import ImageRecord
 
 
@@ -101,6 +102,4 @@ def save_grid(grid: torch.Tensor, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(array).save(tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
