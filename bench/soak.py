@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from exemplar_core.headless import (
+    EXIT_USAGE,
     Client,
     HeadlessError,
     describe_failure,
@@ -234,6 +235,7 @@ def wrong_size_mask_png() -> bytes:
 
 
 def interrupt(client: Client, prompt_id: str) -> None:
+    """``POST /interrupt`` for this prompt only (ComfyUI skips it when another one runs)."""
     body = json.dumps({"prompt_id": prompt_id}).encode()
     with client._request("/interrupt", body, {"Content-Type": "application/json"}):
         pass
@@ -279,7 +281,10 @@ def run_prompt(
     try:
         try:
             prompt_id = client.queue(prompt)
-        except HeadlessError as err:  # refused by validation (HTTP 400)
+        except HeadlessError as err:
+            if err.code == EXIT_USAGE:  # the server cannot be reached
+                raise
+            # refused by validation (HTTP 400)
             return judge_failure(str(err), expect), time.perf_counter() - started, str(err)
         try:
             follow(client, ws, prompt_id, timeout, interrupt_node)
@@ -374,7 +379,7 @@ def soak(client: Client, pid: int | None, options: SoakOptions, log=print) -> So
             outcome, seconds, message = run_prompt(
                 client, prompt, options.timeout, interrupt_node, expect
             )
-        except HeadlessError as err:  # the server cannot be reached any more
+        except (HeadlessError, OSError) as err:  # the server cannot be reached any more
             result.stopped_early = f"prompt {index}: {err}"
             log(f"{index:>4}/{options.prompts} {label}: stopped: {err}")
             break

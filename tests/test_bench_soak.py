@@ -90,3 +90,34 @@ def test_no_server_at_the_address_is_an_error_with_the_address(capsys):
         port = s.getsockname()[1]  # bound, not listening: connections are refused
         assert soak.main(["--server", f"http://127.0.0.1:{port}", "--prompts", "2"]) == 1
     assert f"cannot reach ComfyUI at http://127.0.0.1:{port}" in capsys.readouterr().err
+
+
+class VanishingServer:
+    """A client whose server answers two prompts, then cannot be reached any more."""
+
+    server = "http://127.0.0.1:1"
+
+    def __init__(self):
+        self.prompts = 0
+
+    def upload_image(self, path, data):
+        return f"paint-by-example/{path.name}"
+
+    def get_json(self, path):
+        raise soak.HeadlessError("cannot reach ComfyUI", soak.EXIT_USAGE)
+
+
+def test_a_server_that_goes_away_stops_the_soak_and_misses_the_target(monkeypatch):
+    client = VanishingServer()
+
+    def run_prompt(client, prompt, timeout, interrupt_node=None, expect=None):
+        client.prompts += 1
+        if client.prompts > 2:
+            raise ConnectionRefusedError("connection refused")
+        return "succeeded", 0.5, ""
+
+    monkeypatch.setattr(soak, "run_prompt", run_prompt)
+    result = soak.soak(client, None, soak.SoakOptions(prompts=5), log=lambda line: None)
+    assert len(result.results) == 2 and "prompt 3" in result.stopped_early
+    assert result.misses() == ["the server died", "only 2 of 5 prompts ran"]
+    assert "stopped early at prompt 3" in soak.report(result)
