@@ -402,9 +402,17 @@ def report(result: Soak) -> str:
     lines = [f"{'outcome':<24}{'prompts':>8}"]
     lines += [f"{outcome:<24}{count:>8}" for outcome, count in counts.items()]
     lines.append(f"{'total':<24}{sum(counts.values()):>8}")
-    bad = [r for r in result.results if r.kind.startswith("bad: ")]
-    if bad:
-        lines.append("bad prompts: " + "; ".join(f"{r.kind[5:]}: {r.outcome}" for r in bad))
+    sent = Counter(r.kind[5:] for r in result.results if r.kind.startswith("bad: "))
+    refused = Counter(
+        r.kind[5:]
+        for r in result.results
+        if r.kind.startswith("bad: ") and r.outcome == "failed as expected"
+    )
+    if sent:
+        lines.append(
+            "bad prompts failed as expected: "
+            + ", ".join(f"{name} {refused[name]}/{count}" for name, count in sent.items())
+        )
     latency = result.latency()
     if latency["p50"] is None:
         lines.append("latency: no prompt succeeded")

@@ -121,3 +121,17 @@ def test_a_server_that_goes_away_stops_the_soak_and_misses_the_target(monkeypatc
     assert len(result.results) == 2 and "prompt 3" in result.stopped_early
     assert result.misses() == ["the server died", "only 2 of 5 prompts ran"]
     assert "stopped early at prompt 3" in soak.report(result)
+
+
+def test_the_report_counts_each_kind_of_bad_prompt_and_lists_the_unexpected():
+    result = soak_with(["succeeded"] * 3)
+    result.results += [
+        soak.Result(4, "bad: missing model", "failed as expected", 0.1, "not in list"),
+        soak.Result(5, "bad: NaN similarity", "failed unexpectedly", 0.2, "ran a bad prompt"),
+        soak.Result(6, "bad: missing model", "failed as expected", 0.1, "not in list"),
+    ]
+    result.prompts = 6
+    text = soak.report(result)
+    assert "bad prompts failed as expected: missing model 2/2, NaN similarity 0/1" in text
+    assert "unexpected: prompt 5 (bad: NaN similarity): ran a bad prompt" in text
+    assert "target: MISSED: 1 unexpected failure(s)" in text
