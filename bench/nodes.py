@@ -35,7 +35,9 @@ NODE_SAMPLER = ("ddim", "ddim_uniform")  # the node benchmarks' sampler and sche
 
 def _require_comfyui() -> None:
     if not os.environ.get("COMFYUI_PATH"):
-        raise SystemExit("error: set COMFYUI_PATH to a ComfyUI checkout (e.g. /work/ComfyUI)")
+        raise SystemExit(
+            "error: set COMFYUI_PATH to a ComfyUI checkout (COMFYUI_PATH=/path/to/ComfyUI)"
+        )
 
 
 def load_host(device: torch.device | None = None):

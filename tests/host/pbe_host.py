@@ -32,7 +32,7 @@ import torch
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 SKIP_REASON = (
-    "COMFYUI_PATH is not set: point it at a ComfyUI checkout (e.g. COMFYUI_PATH=/work/ComfyUI) "
+    "COMFYUI_PATH is not set: point it at a ComfyUI checkout (COMFYUI_PATH=/path/to/ComfyUI) "
     "to run the host tests"
 )
 REPO_ROOT = Path(__file__).resolve().parents[2]
