@@ -89,8 +89,25 @@ def _create_temp(folder: Path, name: str) -> Path:
         return tmp
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename durable (POSIX); not possible on Windows, where it is skipped."""
+def umask_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under the current umask (0644 under 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def match_umask(path: Path) -> None:
+    """Give a file another writer made owner-only (safetensors, ``mkstemp``) the umask's mode."""
+    os.chmod(path, umask_mode())
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename or a new entry in ``folder`` durable (POSIX); skipped where unsupported."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -134,7 +151,7 @@ def atomic_write(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_folder(out.parent)
+    fsync_folder(out.parent)
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from permissions import bound_by_permissions
 
 from exemplar_core import formats
 from exemplar_core.files import DestinationError, atomic_write, check_destination
@@ -107,14 +108,21 @@ def test_check_destination_refusals_name_the_problem(tmp_path):
 
 
 @posix_only
-@pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write into read-only folders"
-)
 def test_check_destination_refuses_a_read_only_folder(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir(mode=0o555)
+    probe = (
+        "import sys; from exemplar_core.files import DestinationError, check_destination\n"
+        "try:\n    check_destination(sys.argv[1], overwrite=False)\n"
+        "except DestinationError as err:\n    print(err); sys.exit(3)\n"
+    )
     try:
-        with pytest.raises(DestinationError, match="not writable"):
-            check_destination(folder / "sub" / "x.png", overwrite=False)
+        # A child process, bound by permission bits even when the tests run as root.
+        result = subprocess.run(
+            [sys.executable, "-c", probe, str(folder / "sub" / "x.png")], cwd=ROOT,
+            capture_output=True, text=True, timeout=60, preexec_fn=bound_by_permissions(),
+        )  # fmt: skip
     finally:
         folder.chmod(0o755)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "not writable" in result.stdout

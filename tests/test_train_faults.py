@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from permissions import bound_by_permissions
 from safetensors.torch import load_file
 from train_support import make_images, tiny_config, write_jsonl
 
@@ -120,7 +121,7 @@ if point == "manifest":  # files written, manifest half-computed
 elif point == "rename":  # sealed, not yet moved into place
     wrap(Path, "rename", lambda src, dst: Path(src).name.startswith(".tmp-step"))
 elif point == "latest":  # moved into place, latest not yet updated
-    wrap(checkpoints, "atomic_text", lambda path, text: Path(path).name == "latest")
+    wrap(checkpoints, "atomic_write_text", lambda path, text: Path(path).name == "latest")
 elif point == "export":  # model export written to its temporary file
     wrap(os, "replace", lambda src, dst: str(dst).endswith(".safetensors"))
 elif point == "prune":  # an old checkpoint being deleted
@@ -219,9 +220,9 @@ def test_latest_never_names_a_missing_checkpoint_while_one_is_replaced(tmp_path,
         real_text(path, text)
         check()  # the first pointer write must already cure the corrupt `latest`
 
-    real_rename, real_text = Path.rename, checkpoints.atomic_text
+    real_rename, real_text = Path.rename, checkpoints.atomic_write_text
     monkeypatch.setattr(Path, "rename", rename)
-    monkeypatch.setattr(checkpoints, "atomic_text", pointer)
+    monkeypatch.setattr(checkpoints, "atomic_write_text", pointer)
     checkpoints.publish(root, root / ".tmp-step-00000004", "step-00000004")
     assert seen[0] == "step-00000002" and seen[-1] == "step-00000004"
     assert len(seen) == 6  # the pointer moved away, two renames checked on both sides, moved back
@@ -382,18 +383,8 @@ def test_files_follow_the_umask(tmp_path, data):
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
 
 
-def _drop_dac_override() -> None:
-    """Root ignores permission bits through CAP_DAC_OVERRIDE; without it in the bounding set the
-    exec'd trainer is root bound by them, as any user is."""
-    import ctypes
-
-    pr_capbset_drop, cap_dac_override = 24, 1
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_capbset_drop, cap_dac_override, 0, 0, 0):
-        raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
-
-
 def test_a_read_only_out_dir_is_reported_before_any_work(tmp_path, data):
-    """A folder the user may not write to (also for root: see _drop_dac_override)."""
+    """A folder the user may not write to (also for root: see tests/permissions.py)."""
     read_only = tmp_path / "out"
     read_only.mkdir()
     config = _config_file(tmp_path, tiny_config(read_only / "run", data))
@@ -402,7 +393,7 @@ def test_a_read_only_out_dir_is_reported_before_any_work(tmp_path, data):
         result = subprocess.run(
             [sys.executable, "-m", "train", "--config", str(config)], cwd=REPO, env=_env(),
             capture_output=True, text=True, timeout=240,
-            preexec_fn=_drop_dac_override if os.geteuid() == 0 else None,
+            preexec_fn=bound_by_permissions(),
         )  # fmt: skip
     finally:
         os.chmod(read_only, 0o755)

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import atomic_text, fsync_file, fsync_folder, match_umask
+from exemplar_core.files import atomic_write_text, fsync_file, fsync_folder, match_umask
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
@@ -147,7 +147,7 @@ def publish(root: Path, tmp: Path, name: str) -> Path:
         if read_latest(root) == name:
             others = [p for p in step_folders(root) if p.name != name and problem(p) is None]
             if others:
-                atomic_text(root / LATEST, others[0].name)
+                atomic_write_text(root / LATEST, others[0].name)
             else:
                 (root / LATEST).unlink(missing_ok=True)
                 fsync_folder(root)
@@ -155,7 +155,7 @@ def publish(root: Path, tmp: Path, name: str) -> Path:
         final.rename(old)
     tmp.rename(final)
     fsync_folder(root)
-    atomic_text(root / LATEST, name)
+    atomic_write_text(root / LATEST, name)
     shutil.rmtree(old, ignore_errors=True)
     return final
 

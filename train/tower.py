@@ -37,8 +37,7 @@ from exemplar_core.augment import (
     crop_reference,
 )
 from exemplar_core.config import EncoderConfig
-
-from .files import atomic_write
+from exemplar_core.files import atomic_write
 
 ATTRIBUTES = ("color", "shape", "texture")
 

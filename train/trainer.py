@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from exemplar_core.augment import PairSpec
 from exemplar_core.config import SCHEDULE
+from exemplar_core.files import atomic_write_text
 from exemplar_core.model import PaintByExampleModel
 
 from . import checkpoints
@@ -45,7 +46,6 @@ from .dataset import (
     pair_spec,
 )
 from .ema import EMA
-from .files import atomic_text
 from .model_init import build_model
 from .preflight import check_out_dir
 from .readers import BoxFilter, ImageRecord, ReadStats, read_dataset, require_records
@@ -477,7 +477,7 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.out_dir / "logs"))
-            atomic_text(self.out_dir / "config.toml", _to_toml(cfg))
+            atomic_write_text(self.out_dir / "config.toml", _to_toml(cfg))
 
     def _prepare_prior(self) -> None:
         from .subject import ExemplarSource, PriorDataset, generate_prior, read_manifest
@@ -1001,7 +1001,7 @@ class Trainer:
             "last_checkpoint": str(self.last_checkpoint),
         }
         if acc.is_main_process:
-            atomic_text(self.out_dir / "summary.json", json.dumps(summary, indent=1))
+            atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=1))
             log.info("finished at step %d; ranks in sync: %s", self.step, in_sync)
             self._close_logs()
         acc.end_training()

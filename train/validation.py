@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from exemplar_core.augment import PairSpec, ReferenceAugment
 from exemplar_core.editor import Editor, EditSettings
+from exemplar_core.files import atomic_write
 from exemplar_core.model import PaintByExampleModel
 
 from .dataset import PairDataset
-from .files import atomic_write
 from .readers import ImageRecord
 
 
