@@ -35,17 +35,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer of at least 0 (feather)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     from .editor import SCHEDULERS, EditSettings
 
@@ -86,7 +75,7 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="output image, .png, .jpg or .webp; its folder is created if missing (required)",
     )
     p.add_argument(
-        "--steps", type=positive_int, default=d.steps, help="denoising steps (default: %(default)s)"
+        "--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)"
     )
     p.add_argument(
         "--scale",
@@ -104,7 +93,7 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--size",
-        type=positive_int,
+        type=int,
         default=d.size,
         help="processing resolution in px, a multiple of 64 for the published model (default: the "
         "model's own, 512 for the published model)",
@@ -117,7 +106,7 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--feather",
-        type=non_negative_int,
+        type=int,
         default=d.feather,
         help="px over which the edit blends into the source (default: %(default)s)",
     )

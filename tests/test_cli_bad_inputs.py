@@ -116,8 +116,8 @@ CASES = [
         _edit(mask="{t}/small_mask.png", checkpoint=GARBAGE_CKPT),
         ("mask is 50x36 but the source is 100x72", "--resize-mask"),
     ),
-    Case("edit-zero-steps", _edit("--steps", "0"), ("--steps", "at least 1")),
-    Case("edit-negative-steps", _edit("--steps", "-3"), ("--steps", "at least 1")),
+    Case("edit-zero-steps", _edit("--steps", "0"), ("--steps", "between 1 and 1000, got 0")),
+    Case("edit-negative-steps", _edit("--steps", "-3"), ("--steps", "between 1 and 1000")),
     Case(
         "edit-unknown-scheduler",
         _edit("--scheduler", "lms"),
@@ -248,7 +248,7 @@ CASES = [
         ("demo", "--mask", "{t}/small_mask.png", "--out", "{t}/d3", "--checkpoint", GARBAGE_CKPT),
         ("mask is 50x36",),
     ),
-    Case("demo-zero-steps", ("demo", "--steps", "0"), ("--steps", "at least 1")),
+    Case("demo-zero-steps", ("demo", "--steps", "0"), ("--steps", "between 1 and 1000")),
     Case("demo-bad-scales", ("demo", "--scales", "1,x"), ("--scales", "comma-separated")),
     Case(
         "demo-out-is-a-file",
