@@ -239,6 +239,13 @@ def _refuse_oversized(path: Path, what: str) -> CheckpointError:
     )
 
 
+def _unreadable_ckpt(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): "
+        f"{type(err).__name__}: {err}. Download it again or use the .safetensors version."
+    )
+
+
 def _check_zip_checkpoint(path: Path) -> None:
     """Refuse a zip checkpoint whose entries claim more than the file holds (a zip bomb)."""
     file_size = path.stat().st_size
@@ -282,10 +289,7 @@ def _check_zip_checkpoint(path: Path) -> None:
             scan = _StorageScan(data)
             scan.load()
     except Exception as err:  # noqa: BLE001 - any failure of the scan means a broken file
-        raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): "
-            f"{type(err).__name__}: {err}. Download it again or use the .safetensors version."
-        ) from err
+        raise _unreadable_ckpt(path, err) from err
     for key, declared in scan.declared.items():
         entry = records.get(f"{prefix}data/{key}")
         stored = entry.file_size if entry is not None else 0
@@ -358,10 +362,7 @@ def _check_legacy_checkpoint(path: Path) -> None:
             for _ in range(3):  # protocol version, system info, the objects
                 scan.load()
     except Exception as err:  # noqa: BLE001 - any failure of the scan means a broken file
-        raise CheckpointError(
-            f"{path} could not be read as a PyTorch checkpoint (truncated or corrupt?): "
-            f"{type(err).__name__}: {err}. Download it again or use the .safetensors version."
-        ) from err
+        raise _unreadable_ckpt(path, err) from err
     declared = sum(scan.declared.values())
     if declared > file_size:
         raise _refuse_oversized(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -24,6 +23,8 @@ import pbe_host
 import pytest
 import torch
 from PIL import Image
+
+from exemplar_core.headless import Client, wait_history
 
 MODEL = "pbe-mini.safetensors"  # the embedded model the templates use (64 px native)
 NAN = float("nan")
@@ -426,16 +427,6 @@ def post_prompt(server: pbe_host.Server, prompt: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def wait_history(server: pbe_host.Server, prompt_id: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        history = server.get(f"/history/{prompt_id}")
-        if prompt_id in history:
-            return history[prompt_id]
-        time.sleep(0.05)
-    raise AssertionError(f"prompt {prompt_id} did not finish in {timeout} s")
-
-
 def rejection_text(answer: dict) -> str:
     error = answer.get("error", {})
     parts = [str(error.get("message", "")), str(error.get("details", ""))]
@@ -469,7 +460,7 @@ def run_prompt(server: pbe_host.Server, prompt: dict) -> tuple[str, str, str | N
     if status == 400:
         return REFUSED, rejection_text(answer), flagged_inputs(answer)
     assert status == 200, (status, answer)
-    entry = wait_history(server, answer["prompt_id"])
+    entry = wait_history(Client(server.url), answer["prompt_id"], 120.0, quiet=True)
     error = execution_error(entry)
     if error is not None:
         message = f"{error.get('exception_type')}: {error.get('exception_message')}"
