@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from exemplar_core.augment import (
+from exemplar_core.config import CLIP_MEAN, CLIP_STD
+from train.augment import (
     PairSpec,
     ReferenceAugment,
     apply_reference_params,
@@ -24,7 +25,6 @@ from exemplar_core.augment import (
     three_point_warp,
     warp_affine,
 )
-from exemplar_core.config import CLIP_MEAN, CLIP_STD
 
 DRAWS = 4000
 

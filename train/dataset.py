@@ -19,8 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from exemplar_core.augment import PairSpec, ReferenceAugment, make_pair
-
+from .augment import PairSpec, ReferenceAugment, make_pair
 from .config import DataSection
 from .readers import ImageRecord
 

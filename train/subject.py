@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from exemplar_core.augment import PairSpec, augment_reference, clip_normalise, crop_reference
 from exemplar_core.editor import Editor, EditSettings
 from exemplar_core.model import PaintByExampleModel
 
+from .augment import PairSpec, augment_reference, clip_normalise, crop_reference
 from .dataset import PairDataset, SkipSample, example_seed, load_image, pixel_box
 from .readers import DatasetError, ImageRecord
 

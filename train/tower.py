@@ -30,14 +30,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from exemplar_core.augment import (
+from exemplar_core.config import EncoderConfig
+from exemplar_core.files import atomic_write
+
+from .augment import (
     ReferenceAugment,
     augment_reference,
     clip_normalise,
     crop_reference,
 )
-from exemplar_core.config import EncoderConfig
-from exemplar_core.files import atomic_write
 
 ATTRIBUTES = ("color", "shape", "texture")
 

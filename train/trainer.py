@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from exemplar_core.augment import PairSpec
 from exemplar_core.config import SCHEDULE
 from exemplar_core.files import atomic_write_text
 from exemplar_core.model import PaintByExampleModel
 
 from . import checkpoints
+from .augment import PairSpec
 from .config import TrainConfig
 from .dataset import (
     DataPosition,

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
-from .bezier import bezier_mask, extend_box
-from .config import CLIP_MEAN, CLIP_STD
+from exemplar_core.bezier import bezier_mask, extend_box
+from exemplar_core.config import CLIP_MEAN, CLIP_STD
 
 REFERENCE_BASE_SIZE = 224  # the size albumentations' pixel parameters (warp shift 50) refer to
 
