@@ -1,8 +1,26 @@
-"""Paint-by-Example's inpainting conventions, in one place.
+"""Paint-by-Example's mask conventions, in one place: polarity, binarising, the mask's box, the
+latent keep mask and the UNet input layout.
 
-User masks are *edit* masks: 1 (white) = repaint. The UNet sees the *keep* mask (1 = keep),
-keep = 1 - edit, and the masked image is the source times keep (holes become 0, i.e. mid-grey
-in -1..1). The UNet input is ``[noisy latent, masked-image latent, keep mask]``.
+Polarity. User masks are *edit* masks: 1 (white) = repaint. The UNet sees the *keep* mask
+(1 = keep), keep = 1 - edit, and the masked image is the source times keep (holes become 0, i.e.
+mid-grey in -1..1). The UNet input is ``[noisy latent, masked-image latent, keep mask]``.
+
+Where the inversion happens on the ComfyUI node path. ``nodes/model_builder.py`` sets the MODEL's
+``concat_keys`` to ``("masked_image", "mask_inverted")``, and the sampler node hands ComfyUI the
+binary *edit* mask of its window as ``concat_mask``. ComfyUI (0.3.64) turns it into the keep mask
+in ``comfy/model_base.py``, ``BaseModel.concat_cond``: it resizes the mask to latent size
+(``comfy.utils.common_upscale``, bilinear), rounds it to 0/1 (``.round()``) and, for the key
+``"mask_inverted"``, appends ``1.0 - mask``. So the node path never builds a keep mask itself: the
+edit -> keep flip is ComfyUI's, and ComfyUI's stock ``InpaintModelConditioning`` + ``KSampler``
+chain feeds this pack's MODEL the same way.
+
+Binary on the node path, soft in the editor, both on purpose. Because of that ``.round()`` the
+node path's latent keep mask is binary. The standalone editor resizes the keep mask with
+``latent_keep_mask`` and ``EditSettings.mask_resize`` (``--mask-resize``), whose default
+"bilinear" keeps soft edges as the official training and inference code does (README, "Where this
+pack deliberately differs from diffusers"); "nearest" gives diffusers' binary mask. The nodes
+follow ComfyUI's own inpainting path unchanged, the editor follows the official code. On a mask
+aligned to the latent grid the two agree exactly (tests/host/test_parity.py compares them there).
 """
 
 from __future__ import annotations
@@ -13,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 MaskResize = Literal["bilinear", "nearest"]
+Box = tuple[int, int, int, int]
 
 
 def binarize_edit_mask(edit_mask: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -28,6 +47,15 @@ def keep_from_edit(edit_mask: torch.Tensor) -> torch.Tensor:
 def masked_source(source: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
     """source: [B, 3, H, W] in -1..1, keep_mask: [B, 1, H, W] 0..1 -> source * keep (holes = 0)."""
     return source * keep_mask
+
+
+def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> Box | None:
+    """mask: [H, W] 0..1 -> (x0, y0, x1, y1), x1/y1 exclusive, of the values >= threshold; None
+    when none is. The one bounding box of a mask: edit masks, exemplar object masks alike."""
+    ys, xs = torch.nonzero(mask >= threshold, as_tuple=True)
+    if ys.numel() == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def latent_keep_mask(

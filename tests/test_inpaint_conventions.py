@@ -36,3 +36,12 @@ def test_bilinear_and_nearest_agree_on_grid_aligned_masks_but_not_on_unaligned()
     keep[..., 20:44, 12:52] = 0  # edges fall between the two pixels bilinear samples
     a = masks.latent_keep_mask(keep, (8, 8), "bilinear")
     assert ((a > 0) & (a < 1)).any(), "bilinear keeps soft edges as the official code"
+
+
+def test_mask_box_is_exclusive_at_the_far_side_and_none_for_an_empty_mask():
+    mask = torch.zeros(10, 12)
+    mask[2:5, 3:9] = 1
+    mask[7, 1] = 0.49  # under the 0.5 threshold: not part of the box
+    assert masks.mask_box(mask) == (3, 2, 9, 5)
+    assert masks.mask_box(mask, threshold=0.4) == (1, 2, 9, 8)
+    assert masks.mask_box(torch.full((4, 4), 0.3)) is None

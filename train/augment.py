@@ -9,8 +9,9 @@ Reproduces the official dataset code (``ldm/data/open-images.py`` with albumenta
   jittered uniformly by +-50 px at 224 px). Its elastic field (alpha 1, sigma 50) moves pixels by a
   small fraction of a pixel and is left out. Everything is torch/torchvision, not albumentations
   (whose modern ElasticTransform silently dropped the affine part);
-- mask: each side of the box pushed out by a random share (up to 0.4) of the free space; half the
-  time the Bezier shape of ``exemplar_core.bezier``, otherwise the extended rectangle;
+- mask: each side of the box pushed out by a random share (up to ``box_expansion``, 0.4) of the
+  free space; half the time the Bezier shape of ``exemplar_core.bezier``, otherwise the extended
+  rectangle;
 - crop: a random square window containing the extended box with a random zoom-in (up to 0.6 of the
   free space), resized to the training resolution (bilinear, soft mask edges kept).
 
@@ -30,8 +31,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 
-from exemplar_core.bezier import bezier_mask, extend_box
+from exemplar_core.bezier import DEFAULT_BOX_EXPANSION, bezier_mask, extend_box
 from exemplar_core.config import CLIP_MEAN, CLIP_STD
+from exemplar_core.masks import keep_from_edit, masked_source
+from exemplar_core.preprocess import normalize
 
 REFERENCE_BASE_SIZE = 224  # the size albumentations' pixel parameters (warp shift 50) refer to
 
@@ -57,7 +60,7 @@ class PairSpec:
 
     resolution: int = 512
     reference_size: int = 224
-    extend_share: float = 0.4  # max share of the free space each box side is pushed out by
+    box_expansion: float = DEFAULT_BOX_EXPANSION  # max share of the free space a box side grows
     bezier_p: float = 0.5  # probability of the Bezier shape (else the extended rectangle)
     bezier_jitter: int = 5
     bezier_dedupe_quirk: bool = True
@@ -213,15 +216,6 @@ def augment_reference(
     return apply_reference_params(squashed, draw_reference_params(rng, spec, size))
 
 
-def clip_normalise(
-    image: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]
-) -> torch.Tensor:
-    """[3, H, W] in 0..1 -> CLIP-normalised."""
-    mean_t = torch.tensor(mean, dtype=image.dtype)[:, None, None]
-    std_t = torch.tensor(std, dtype=image.dtype)[:, None, None]
-    return (image - mean_t) / std_t
-
-
 # ---------------------------------------------------------------------------------------------
 # mask and crop
 
@@ -245,7 +239,7 @@ def draw_edit_mask(
 
     Returns (edit mask [H, W] float32 1 = edit, extended box, which kind).
     """
-    extended = extend_box(box, width, height, rng, spec.extend_share)
+    extended = extend_box(box, width, height, rng, spec.box_expansion)
     if rng.random() < spec.bezier_p:
         mask = bezier_mask(
             box,
@@ -309,12 +303,12 @@ def make_pair(
     wx0, wy0, wx1, wy1 = square_window(extended, width, height, rng, spec.zoom_share)
     size = [spec.resolution, spec.resolution]
     target = TF.resize(image[:, wy0:wy1, wx0:wx1] * 2.0 - 1.0, size, antialias=spec.antialias)
-    keep = 1.0 - torch.from_numpy(edit_mask)[None, wy0:wy1, wx0:wx1]
+    keep = keep_from_edit(torch.from_numpy(edit_mask)[None, wy0:wy1, wx0:wx1])
     keep = TF.resize(keep, size, antialias=spec.antialias).clamp(0.0, 1.0)
     return TrainingPair(
         image=target,
         keep_mask=keep,
-        masked_image=target * keep,
-        reference=clip_normalise(reference, spec.clip_mean, spec.clip_std),
+        masked_image=masked_source(target, keep),
+        reference=normalize(reference, spec.clip_mean, spec.clip_std),
         mask_kind=kind,
     )
