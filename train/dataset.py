@@ -34,7 +34,7 @@ def pair_spec(data: DataSection, reference_size: int, mean, std) -> PairSpec:
     return PairSpec(
         resolution=data.resolution,
         reference_size=reference_size,
-        extend_share=data.extend_share,
+        box_expansion=data.box_expansion,
         bezier_p=data.bezier_p,
         bezier_jitter=data.bezier_jitter,
         bezier_dedupe_quirk=data.bezier_dedupe_quirk,
