@@ -45,3 +45,11 @@ def test_mask_box_is_exclusive_at_the_far_side_and_none_for_an_empty_mask():
     assert masks.mask_box(mask) == (3, 2, 9, 5)
     assert masks.mask_box(mask, threshold=0.4) == (1, 2, 9, 8)
     assert masks.mask_box(torch.full((4, 4), 0.3)) is None
+
+
+def test_the_old_inpaint_module_re_exports_the_masks_functions():
+    from exemplar_core import inpaint
+
+    old_names = ["MaskResize", "binarize_edit_mask", "keep_from_edit", "latent_keep_mask"]
+    for name in [*old_names, "masked_source", "unet_input"]:
+        assert getattr(inpaint, name) is getattr(masks, name), name
