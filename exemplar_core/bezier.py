@@ -1,6 +1,6 @@
 """The Paint-by-Example Bezier edit mask: one quadratic curve per box side, bulging outward.
 
-One implementation serves the trainer (``exemplar_core.augment``) and the ComfyUI node
+One implementation serves the trainer (``train.augment``) and the ComfyUI node
 (``bezier_mask_from_mask``). It reproduces the official dataset code exactly, quirks included:
 
 - four degree-2 curves run clockwise between the corners of the *original* box; each control point
@@ -26,13 +26,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from .masks import mask_box
+
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
 
 # t = 0.05 * i for i = 1..18, computed as the official loop does (i * 0.05).
 CURVE_T_VALUES: tuple[float, ...] = tuple(i * 0.05 for i in range(1, 19))
 DEFAULT_JITTER = 5
-DEFAULT_EXTEND_SHARE = 0.4
+DEFAULT_BOX_EXPANSION = 0.4  # largest share of the free space a box side is pushed out by
 
 
 def _quadratic_point(p0: float, p1: float, p2: float, t: float) -> float:
@@ -106,50 +108,45 @@ def bezier_mask(
 
 
 def extend_box(
-    box: Sequence[float], width: int, height: int, rng: random.Random, max_share: float = 0.4
+    box: Sequence[float],
+    width: int,
+    height: int,
+    rng: random.Random,
+    box_expansion: float = DEFAULT_BOX_EXPANSION,
 ) -> tuple[int, int, int, int]:
-    """Push each side of an integer box out by ``randint(0, int(max_share * free space))``.
+    """Push each side of an integer box out by ``randint(0, int(box_expansion * free space))``.
 
     Free space is the distance from that side to the image border (official dataset code).
     Draw order: left, top, right, bottom.
     """
-    if not 0.0 <= max_share <= 1.0:
-        raise ValueError(f"max_share must be in 0..1 (a share of the free space), got {max_share}")
+    if not 0.0 <= box_expansion <= 1.0:
+        raise ValueError(
+            f"box_expansion must be in 0..1 (a share of the free space), got {box_expansion}"
+        )
     x0, y0, x1, y1 = (int(v) for v in box)
     return (
-        x0 - rng.randint(0, int(max_share * max(x0, 0))),
-        y0 - rng.randint(0, int(max_share * max(y0, 0))),
-        x1 + rng.randint(0, int(max_share * max(width - x1, 0))),
-        y1 + rng.randint(0, int(max_share * max(height - y1, 0))),
+        x0 - rng.randint(0, int(box_expansion * max(x0, 0))),
+        y0 - rng.randint(0, int(box_expansion * max(y0, 0))),
+        x1 + rng.randint(0, int(box_expansion * max(width - x1, 0))),
+        y1 + rng.randint(0, int(box_expansion * max(height - y1, 0))),
     )
-
-
-def mask_bounding_box(edit_mask: torch.Tensor, threshold: float = 0.5) -> tuple[int, int, int, int]:
-    """Bounding box ``(x0, y0, x1, y1)`` (x1/y1 exclusive) of ``edit_mask [H, W] >= threshold``.
-
-    Raises ValueError when the mask selects nothing.
-    """
-    ys, xs = torch.nonzero(edit_mask >= threshold, as_tuple=True)
-    if ys.numel() == 0:
-        raise ValueError("the edit mask is empty (no pixel >= 0.5): there is no box to reshape")
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def bezier_mask_from_mask(
     edit_mask: torch.Tensor,
     seed: int,
     jitter: int = DEFAULT_JITTER,
-    expand: float = DEFAULT_EXTEND_SHARE,
+    box_expansion: float = DEFAULT_BOX_EXPANSION,
     dedupe_quirk: bool = True,
 ) -> torch.Tensor:
     """Reshape each mask's bounding box into a Paint-by-Example Bezier edit mask.
 
     edit_mask: ``[H, W]`` or ``[B, H, W]`` float in 0..1 (1 = edit). Returns the same shape, dtype
-    and device, values in {0, 1}. ``expand`` is the largest share (0..1) of the free space between
-    each box side and the image border by which that side's control point is pushed out (a random
-    draw per side, as in training: 0.4). ``jitter`` is the integer pixel jitter of every polygon
-    point. Deterministic for a given seed; batch item ``b`` uses seed ``seed + b``. An empty mask
-    stays empty.
+    and device, values in {0, 1}. ``box_expansion`` is the largest share (0..1) of the free space
+    between each box side and the image border by which that side's control point is pushed out (a
+    random draw per side, as in training: 0.4). ``jitter`` is the integer pixel jitter of every
+    polygon point. Deterministic for a given seed; batch item ``b`` uses seed ``seed + b``. An
+    empty mask stays empty.
     """
     if edit_mask.ndim not in (2, 3):
         raise ValueError(
@@ -161,11 +158,11 @@ def bezier_mask_from_mask(
     height, width = batch.shape[-2:]
     out = torch.zeros_like(batch)
     for index, mask in enumerate(batch):
-        if not bool((mask >= 0.5).any()):
+        box = mask_box(mask)
+        if box is None:
             continue
         rng = random.Random(seed + index)
-        box = mask_bounding_box(mask)
-        ext = extend_box(box, width, height, rng, expand)
+        ext = extend_box(box, width, height, rng, box_expansion)
         shape = bezier_mask(box, ext, width, height, rng, jitter=jitter, dedupe_quirk=dedupe_quirk)
         out[index] = torch.from_numpy(shape).to(device=out.device, dtype=out.dtype)
     return out if edit_mask.ndim == 3 else out[0]

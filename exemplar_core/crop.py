@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .masks import binarize_edit_mask, mask_box
+
 
 @dataclass(frozen=True)
 class Region:
@@ -42,14 +44,6 @@ def processing_size(
     return _round_to(width * scale, multiple), _round_to(height * scale, multiple)
 
 
-def edit_box(edit_mask: torch.Tensor, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
-    """edit_mask: [H, W] 0..1 -> end-exclusive (x0, y0, x1, y1) of values >= threshold, or None."""
-    ys, xs = torch.nonzero(edit_mask >= threshold, as_tuple=True)
-    if ys.numel() == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
 def _fit_span(center: float, side: int, limit: int) -> tuple[int, int]:
     """A span of ``side`` around ``center`` moved to lie inside [0, limit) (clipped if too long)."""
     side = min(side, limit)
@@ -60,30 +54,30 @@ def _fit_span(center: float, side: int, limit: int) -> tuple[int, int]:
 
 def plan_region(
     edit_mask: torch.Tensor,
-    margin: float = 0.25,
+    context_margin: float = 0.25,
     resolution: int = 512,
     feather: int = 16,
     multiple: int = 64,
 ) -> Region:
     """Choose the window to process for one edit mask ``[H, W]`` (1 = edit).
 
-    The window is a square around the mask's box, grown by ``margin`` x the box's longer side on
-    each side and by the feather band, and at least ``resolution`` px when the image allows (so a
-    small mask is edited at native resolution with real context). It is moved inside the image and
-    clipped to it when the image is smaller. Raises ValueError for an empty mask.
+    The window is a square around the mask's box, grown by ``context_margin`` x the box's longer
+    side on each side and by the feather band, and at least ``resolution`` px when the image allows
+    (so a small mask is edited at native resolution with real context). It is moved inside the
+    image and clipped to it when the image is smaller. Raises ValueError for an empty mask.
     """
-    if margin < 0 or feather < 0 or resolution < multiple:
+    if context_margin < 0 or feather < 0 or resolution < multiple:
         raise ValueError(
-            f"context margin ({margin}) and feather ({feather}) must be >= 0 and the resolution "
-            f"({resolution}) at least {multiple}"
+            f"context margin ({context_margin}) and feather ({feather}) must be >= 0 and the "
+            f"resolution ({resolution}) at least {multiple}"
         )
     height, width = edit_mask.shape[-2:]
-    box = edit_box(edit_mask)
+    box = mask_box(edit_mask)
     if box is None:
         raise ValueError("the edit mask is empty: nothing to repaint")
     x0, y0, x1, y1 = box
     longest = max(x1 - x0, y1 - y0)
-    side = math.ceil(longest * (1 + 2 * margin)) + 2 * feather
+    side = math.ceil(longest * (1 + 2 * context_margin)) + 2 * feather
     side = max(side, min(resolution, width, height))
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     rx0, rx1 = _fit_span(cx, side, width)
@@ -146,9 +140,9 @@ def stitch(
     """
     crop_w, crop_h = region.crop_size
     back = _resize(generated, (crop_h, crop_w)).clamp(0, 1)
-    window_mask = (edit_mask[..., region.y0 : region.y1, region.x0 : region.x1] >= 0.5).to(
-        source.dtype
-    )
+    window_mask = binarize_edit_mask(
+        edit_mask[..., region.y0 : region.y1, region.x0 : region.x1]
+    ).to(source.dtype)
     alpha = feather_alpha(window_mask, feather)
     out = source.clone()
     window = out[..., region.y0 : region.y1, region.x0 : region.x1]

@@ -16,7 +16,8 @@ from typing import Literal
 
 import torch
 
-from . import crop, inpaint
+from . import crop
+from . import masks as inpaint
 from .checks import (
     CONTEXT_MARGIN_MAX,
     FEATHER_MAX,

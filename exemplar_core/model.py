@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import LATENT_SCALE, EncoderConfig
 from .encoder import ExemplarEncoder
+from .masks import unet_input
 
 # The published Paint-by-Example UNet (SD 1.x with 9 input channels), as a diffusers config.
 SD1_UNET_CONFIG: dict[str, Any] = {
@@ -246,5 +247,5 @@ class PaintByExampleModel(nn.Module):
     ) -> torch.Tensor:
         """ε for UNet input ``[noisy latent, masked-image latent, keep mask]`` and ``[B, 1, D]``."""
         unet_dtype = next(self.unet.parameters()).dtype
-        x = torch.cat([noisy_latent, masked_latent, keep_mask_latent], dim=1).to(unet_dtype)
+        x = unet_input(noisy_latent, masked_latent, keep_mask_latent).to(unet_dtype)
         return self.unet(x, timestep, encoder_hidden_states=condition.to(unet_dtype)).sample

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from .config import EncoderConfig
+from .masks import mask_box
 
 ResizeMode = Literal["squash", "center_crop"]
 MIN_EXEMPLAR_SIDE = 16
@@ -32,14 +34,6 @@ def to_bchw(images: torch.Tensor) -> torch.Tensor:
     if images.shape[1] != 3:
         raise ExemplarError(f"exemplar must have 3 colour channels, got shape {list(images.shape)}")
     return images.float()
-
-
-def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[int, int, int, int] | None:
-    """mask: [H, W] 0..1 -> (x0, y0, x1, y1) end-exclusive box of values >= threshold, or None."""
-    ys, xs = torch.nonzero(mask >= threshold, as_tuple=True)
-    if ys.numel() == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def crop_to_object(
@@ -88,11 +82,15 @@ def resize_for_encoder(image: torch.Tensor, size: int, mode: ResizeMode = "squas
     return out.clamp(0, 1)
 
 
-def normalize(image: torch.Tensor, config: EncoderConfig) -> torch.Tensor:
-    """[B, 3, S, S] 0..1 -> CLIP-normalised (per-channel mean/std of the encoder's config)."""
-    mean = torch.tensor(config.mean, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    return (image - mean) / std
+def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """image: [..., 3, H, W] in 0..1 -> CLIP-normalised, ``(image - mean) / std`` per channel.
+
+    The one CLIP normalisation: the exemplar encoder's input here, the trainer's references
+    (``train.augment``) alike. ``mean``/``std`` are the encoder config's (``EncoderConfig``).
+    """
+    mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
+    return (image - mean_t) / std_t
 
 
 def preprocess_exemplar(
@@ -119,7 +117,9 @@ def preprocess_exemplar(
         )
     batch = batch.clamp(0, 1)
     if exemplar_mask is None:
-        return normalize(resize_for_encoder(batch, config.image_size, mode), config)
+        return normalize(
+            resize_for_encoder(batch, config.image_size, mode), config.mean, config.std
+        )
     masks = exemplar_mask.float()
     if masks.ndim == 2:
         masks = masks[None]
@@ -137,4 +137,4 @@ def preprocess_exemplar(
                 f"at least {MIN_EXEMPLAR_SIDE} px per side is needed"
             )
         out.append(resize_for_encoder(crop[None], config.image_size, mode))
-    return normalize(torch.cat(out), config)
+    return normalize(torch.cat(out), config.mean, config.std)

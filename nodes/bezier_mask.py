@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..exemplar_core.bezier import DEFAULT_EXTEND_SHARE, DEFAULT_JITTER, bezier_mask_from_mask
+from ..exemplar_core.bezier import DEFAULT_BOX_EXPANSION, DEFAULT_JITTER, bezier_mask_from_mask
 from .checks import PaintByExampleInputError, check_mask, check_widgets
 from .types import CATEGORY, NODE_PREFIX, seed_input
 
@@ -36,7 +36,7 @@ class MaskBezierJitter(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "box_expansion",
-                    default=DEFAULT_EXTEND_SHARE,
+                    default=DEFAULT_BOX_EXPANSION,
                     min=0.0,
                     max=1.0,
                     step=0.05,
@@ -58,7 +58,7 @@ class MaskBezierJitter(io.ComfyNode):
         mask: torch.Tensor,
         seed: int = 0,
         jitter: int = DEFAULT_JITTER,
-        box_expansion: float = DEFAULT_EXTEND_SHARE,
+        box_expansion: float = DEFAULT_BOX_EXPANSION,
     ) -> io.NodeOutput:
         check_widgets(cls, locals())
         masks = check_mask(mask, "mask").float()
@@ -69,6 +69,6 @@ class MaskBezierJitter(io.ComfyNode):
                     f"mark the area to edit in white"
                 )
         out = bezier_mask_from_mask(
-            masks.cpu(), seed=int(seed), jitter=int(jitter), expand=float(box_expansion)
+            masks.cpu(), seed=int(seed), jitter=int(jitter), box_expansion=float(box_expansion)
         )
         return io.NodeOutput(out)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..exemplar_core import crop, inpaint
+from ..exemplar_core import crop
+from ..exemplar_core import masks as inpaint
 from ..exemplar_core.checks import (
     CONTEXT_MARGIN_MAX,
     FEATHER_MAX,

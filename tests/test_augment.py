@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections import Counter
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from exemplar_core.augment import (
+from exemplar_core.config import CLIP_MEAN, CLIP_STD
+from train.augment import (
     PairSpec,
     ReferenceAugment,
     apply_reference_params,
@@ -24,7 +26,6 @@ from exemplar_core.augment import (
     three_point_warp,
     warp_affine,
 )
-from exemplar_core.config import CLIP_MEAN, CLIP_STD
 
 DRAWS = 4000
 
@@ -190,3 +191,8 @@ def test_make_pair_is_a_pure_function_of_the_seed():
 def test_make_pair_rejects_a_box_outside_the_image():
     with pytest.raises(ValueError, match="outside"):
         make_pair(torch.rand(3, 50, 50), (10, 10, 60, 40), random.Random(0), PairSpec())
+
+
+def test_the_old_core_path_says_the_augmentation_moved_to_the_trainer():
+    with pytest.raises(ImportError, match=r"moved to train\.augment"):
+        importlib.import_module("exemplar_core.augment")

@@ -14,7 +14,6 @@ from exemplar_core.bezier import (
     bezier_mask_from_mask,
     bezier_polygon,
     extend_box,
-    mask_bounding_box,
 )
 
 # Point counts and leading points produced by the official loop over the `bezier` package
@@ -101,12 +100,6 @@ def test_extend_box_stays_in_image_and_within_share_of_free_space():
         assert 60 <= ext[3] <= 60 + int(0.4 * 40)
 
 
-def test_mask_bounding_box_is_exclusive_at_the_far_side():
-    mask = torch.zeros(10, 12)
-    mask[2:5, 3:9] = 1
-    assert mask_bounding_box(mask) == (3, 2, 9, 5)
-
-
 def test_bezier_mask_from_mask_is_batched_and_deterministic_per_seed():
     masks = torch.zeros(3, 64, 64)
     masks[0, 10:40, 12:50] = 1
@@ -124,10 +117,10 @@ def test_bezier_mask_from_mask_is_batched_and_deterministic_per_seed():
     assert torch.equal(bezier_mask_from_mask(masks[0], seed=7), first[0])
 
 
-def test_bezier_mask_from_mask_without_expand_or_jitter_stays_inside_the_box():
+def test_bezier_mask_from_mask_without_box_expansion_or_jitter_stays_inside_the_box():
     mask = torch.zeros(48, 48)
     mask[8:40, 10:30] = 1
-    shape = bezier_mask_from_mask(mask, seed=0, jitter=0, expand=0.0)
+    shape = bezier_mask_from_mask(mask, seed=0, jitter=0, box_expansion=0.0)
     ys, xs = torch.nonzero(shape, as_tuple=True)
     # PIL rasterises the outline inclusively: allow one pixel.
     assert xs.min() >= 9 and xs.max() <= 30 and ys.min() >= 7 and ys.max() <= 40

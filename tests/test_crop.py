@@ -15,7 +15,7 @@ def _mask(h: int, w: int, box: tuple[int, int, int, int]) -> torch.Tensor:
 
 def test_region_contains_mask_margin_and_feather():
     m = _mask(3000, 4000, (1000, 1200, 1300, 1500))
-    r = crop.plan_region(m, margin=0.25, resolution=512, feather=16)
+    r = crop.plan_region(m, context_margin=0.25, resolution=512, feather=16)
     assert r.x0 <= 1000 - 16 and r.x1 >= 1300 + 16 and r.y0 <= 1200 - 16 and r.y1 >= 1500 + 16
     assert (r.width, r.height) == (512, 512)
     # A 300 px mask with margin 0.25 and 16 px feather gives a 482 px window: native 512 instead.

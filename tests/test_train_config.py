@@ -34,7 +34,7 @@ def test_defaults_are_the_official_recipe():
     assert config.train.batch_size == 4 and config.train.seed == 23
     assert config.train.cond_dropout == 0.2
     assert (config.data.min_area, config.data.max_area) == (0.02, 0.8)
-    assert config.data.bezier_p == 0.5 and config.data.extend_share == 0.4
+    assert config.data.bezier_p == 0.5 and config.data.box_expansion == 0.4
     assert config.data.zoom_share == 0.6 and config.data.resolution == 512
     assert config.subject.prior_weight == 1.0
 
@@ -93,6 +93,25 @@ def test_cli_print_config_prints_documented_defaults(capsys):
     assert main(["--print-config"]) == 0
     out = capsys.readouterr().out
     assert "lr = 1e-05" in out and "# linear warm-up steps" in out
+    assert "box_expansion = 0.4" in out and "extend_share =" not in out
+
+
+def test_old_name_extend_share_gives_the_same_config_as_box_expansion(tmp_path):
+    expected = load_config(_minimal(tmp_path, "box_expansion = 0.25\n"))
+    assert expected.data.box_expansion == 0.25
+    with pytest.warns(FutureWarning, match=r"data\.extend_share .* data\.box_expansion"):
+        from_file = load_config(_minimal(tmp_path, "extend_share = 0.25\n"))
+    with pytest.warns(FutureWarning, match=r"data\.extend_share"):
+        from_set = load_config(_minimal(tmp_path), ["data.extend_share=0.25"])
+    assert from_file == expected and from_set == expected
+
+
+def test_extend_share_and_box_expansion_together_are_refused(tmp_path):
+    path = _minimal(tmp_path, "box_expansion = 0.2\nextend_share = 0.3\n")
+    with pytest.raises(ConfigError, match=r"c\.toml:6: data\.extend_share and data\.box_expansion"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="both set.*keep only data.box_expansion"):
+        load_config(_minimal(tmp_path, "box_expansion = 0.2\n"), ["data.extend_share=0.3"])
 
 
 def test_cli_reports_config_errors_without_a_traceback(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from train_support import make_images, tiny_config, write_jsonl
 
-from exemplar_core.augment import PairSpec
+from train.augment import PairSpec
 from train.dataset import DataPosition, EpochBatchSampler, PairDataset
 from train.readers import (
     BoxFilter,

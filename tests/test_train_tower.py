@@ -68,11 +68,10 @@ def test_tower_training_changes_the_class_token_per_exemplar(scenes, tmp_path):
     from train.tower import load_crops
 
     crops = load_crops(images, objects, pad=2)
-    from exemplar_core.augment import clip_normalise
-    from exemplar_core.preprocess import resize_for_encoder
+    from exemplar_core.preprocess import normalize, resize_for_encoder
 
     pixels = torch.stack([
-        clip_normalise(resize_for_encoder(c[None], config.image_size)[0], config.mean, config.std)
+        normalize(resize_for_encoder(c[None], config.image_size)[0], config.mean, config.std)
         for c in crops
     ])  # fmt: skip
     torch.manual_seed(0)

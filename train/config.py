@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
@@ -100,7 +101,11 @@ class DataSection:
     skip_images: list = opt([], "image ids / file stems to skip (the official code skipped 7)")
     skip_crowd: bool = opt(True, "COCO: drop iscrowd boxes (groups, not single objects)")
     resolution: int = opt(512, "training resolution (square)")
-    extend_share: float = opt(0.4, "each mask side is pushed out by up to this share of free space")
+    box_expansion: float = opt(
+        0.4,
+        "each mask side is pushed out by up to this share of free space (the Mask Bezier Jitter "
+        "node's box_expansion; the old name extend_share is still read, with a warning)",
+    )
     bezier_p: float = opt(0.5, "probability of the Bezier mask (else the extended rectangle)")
     bezier_jitter: int = opt(5, "integer pixel jitter of each Bezier point")
     bezier_dedupe_quirk: bool = opt(
@@ -274,7 +279,33 @@ def _check_value(section: str, name: str, value: Any, hint: Any) -> Any:
     return value
 
 
+# Renamed options: section -> {old name: new name}. The old name is still read, with a warning.
+RENAMED = {"data": {"extend_share": "box_expansion"}}
+
+
+def _renamed(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with old option names replaced by their new ones (a FutureWarning each)."""
+    values = dict(values)
+    for old, new in RENAMED.get(section, {}).items():
+        if old not in values:
+            continue
+        if new in values:
+            raise ConfigError(
+                f"{section}.{old} and {section}.{new} are both set: {old} is the old name of "
+                f"{new}; keep only {section}.{new}"
+            )
+        warnings.warn(
+            f"{section}.{old} is deprecated: it is now called {section}.{new} (same meaning); "
+            f"rename it in the config file or --set",
+            FutureWarning,
+            stacklevel=2,
+        )
+        values[new] = values.pop(old)
+    return values
+
+
 def _build_section(cls: type, section: str, values: dict[str, Any]) -> Any:
+    values = _renamed(section, values)
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -394,7 +425,7 @@ def validate(config: TrainConfig) -> None:
         "rotate_p",
         "blur_p",
         "warp_p",
-        "extend_share",
+        "box_expansion",
         "zoom_share",
     ):
         if not 0.0 <= getattr(d, name) <= 1.0:

@@ -19,8 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from exemplar_core.augment import PairSpec, ReferenceAugment, make_pair
-
+from .augment import PairSpec, ReferenceAugment, make_pair
 from .config import DataSection
 from .readers import ImageRecord
 
@@ -35,7 +34,7 @@ def pair_spec(data: DataSection, reference_size: int, mean, std) -> PairSpec:
     return PairSpec(
         resolution=data.resolution,
         reference_size=reference_size,
-        extend_share=data.extend_share,
+        box_expansion=data.box_expansion,
         bezier_p=data.bezier_p,
         bezier_jitter=data.bezier_jitter,
         bezier_dedupe_quirk=data.bezier_dedupe_quirk,

@@ -18,10 +18,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from exemplar_core.augment import PairSpec, augment_reference, clip_normalise, crop_reference
 from exemplar_core.editor import Editor, EditSettings
 from exemplar_core.model import PaintByExampleModel
+from exemplar_core.preprocess import normalize
 
+from .augment import PairSpec, augment_reference, crop_reference
 from .dataset import PairDataset, SkipSample, example_seed, load_image, pixel_box
 from .readers import DatasetError, ImageRecord
 
@@ -204,6 +205,6 @@ class PriorDataset(Dataset):
             "image": image,
             "keep_mask": keep,
             "masked_image": image * keep,
-            "reference": clip_normalise(reference, self.spec.clip_mean, self.spec.clip_std),
+            "reference": normalize(reference, self.spec.clip_mean, self.spec.clip_std),
             "skipped": 0,
         }

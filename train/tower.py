@@ -30,14 +30,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from exemplar_core.augment import (
-    ReferenceAugment,
-    augment_reference,
-    clip_normalise,
-    crop_reference,
-)
 from exemplar_core.config import EncoderConfig
 from exemplar_core.files import atomic_write
+from exemplar_core.preprocess import normalize
+
+from .augment import (
+    ReferenceAugment,
+    augment_reference,
+    crop_reference,
+)
 
 ATTRIBUTES = ("color", "shape", "texture")
 
@@ -115,8 +116,8 @@ def _batch(
     config: EncoderConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = [
-        clip_normalise(augment_reference(crops[i], rng, augment, config.image_size),
-                       config.mean, config.std)
+        normalize(augment_reference(crops[i], rng, augment, config.image_size),
+                  config.mean, config.std)
         for i in picks
     ]  # fmt: skip
     return torch.stack(pixels), labels[picks]

@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from exemplar_core.augment import PairSpec
 from exemplar_core.config import SCHEDULE
 from exemplar_core.files import atomic_write_text
+from exemplar_core.masks import unet_input
 from exemplar_core.model import PaintByExampleModel
 
 from . import checkpoints
+from .augment import PairSpec
 from .config import TrainConfig
 from .dataset import (
     DataPosition,
@@ -236,7 +237,7 @@ class Denoiser(nn.Module):
         condition = self.encoder.project(pooled)
         uncond = self.encoder.unconditional(condition.shape[0]).to(condition.dtype)
         condition = torch.where(drop[:, None, None], uncond, condition)
-        x = torch.cat([noisy, masked_latent, keep_latent.to(noisy.dtype)], dim=1)
+        x = unet_input(noisy, masked_latent, keep_latent.to(noisy.dtype))
         return self.unet(x, timesteps, encoder_hidden_states=condition).sample
 
 

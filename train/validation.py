@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from exemplar_core.augment import PairSpec, ReferenceAugment
 from exemplar_core.editor import Editor, EditSettings
 from exemplar_core.files import atomic_write
 from exemplar_core.model import PaintByExampleModel
 
+from .augment import PairSpec, ReferenceAugment
 from .dataset import PairDataset
 from .readers import ImageRecord
 

@@ -216,7 +216,7 @@ def test_bezier_node_is_the_trainer_function_deterministic_per_seed(host):
     (other,) = host.run("PaintByExample.MaskBezierJitter", mask=masks, seed=12)
     assert first.shape == masks.shape
     assert torch.equal(first, again) and not torch.equal(first, other)
-    assert torch.equal(first, bezier_mask_from_mask(masks, seed=11, jitter=5, expand=0.4))
+    assert torch.equal(first, bezier_mask_from_mask(masks, seed=11, jitter=5, box_expansion=0.4))
     assert set(first.unique().tolist()) <= {0.0, 1.0}
 
 
