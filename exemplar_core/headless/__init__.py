@@ -29,7 +29,6 @@ import base64
 import hashlib
 import itertools
 import json
-import math
 import mimetypes
 import os
 import socket
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import positive_int  # the CLI module imports only the standard library
+from ..argtypes import positive_int, positive_seconds
 
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1  # the server refused or failed the workflow
@@ -577,17 +576,6 @@ DESCRIPTION = (
     "download the results. Exits 1 with the server's message when ComfyUI rejects or fails the "
     "workflow, 2 on bad arguments or when the server cannot be reached."
 )
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type: a finite number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
-    return value
 
 
 def server_url(text: str) -> str:
