@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 
 import pytest
+from ports import closed_port
 
 from bench import soak
 
@@ -85,9 +85,7 @@ def test_without_comfyui_path_or_server_it_says_what_to_set(monkeypatch, capsys)
 
 
 def test_no_server_at_the_address_is_an_error_with_the_address(capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: connections are refused
+    with closed_port() as port:
         assert soak.main(["--server", f"http://127.0.0.1:{port}", "--prompts", "2"]) == 1
     assert f"cannot reach ComfyUI at http://127.0.0.1:{port}" in capsys.readouterr().err
 

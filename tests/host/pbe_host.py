@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,11 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+if str(TESTS_DIR) not in sys.path:  # bench/ and workflows/build.py import this module too
+    sys.path.append(str(TESTS_DIR))
+from ports import free_port  # noqa: E402 (tests/ports.py, found through the line above)
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 SKIP_REASON = (
@@ -147,12 +151,6 @@ def load_host(models_dir: Path, cpu: bool = True) -> Host:
 # ------------------------------------------------------------------------------------------
 # Server
 # ------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 PACK_FOLDER = "paint-by-example"  # the folder name the README's install command gives
