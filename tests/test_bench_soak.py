@@ -133,3 +133,22 @@ def test_the_report_counts_each_kind_of_bad_prompt_and_lists_the_unexpected():
     assert "bad prompts failed as expected: missing model 2/2, NaN similarity 0/1" in text
     assert "unexpected: prompt 5 (bad: NaN similarity): ran a bad prompt" in text
     assert "target: MISSED: 1 unexpected failure(s)" in text
+
+
+def test_a_comfyui_that_does_not_start_is_one_line_naming_why(tmp_path, monkeypatch, capsys):
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text(
+        "import sys\nprint('Starting server')\n"
+        "sys.exit(\"ModuleNotFoundError: No module named 'aiohttp'\")\n"
+    )
+    monkeypatch.setenv("COMFYUI_PATH", str(comfy))
+    monkeypatch.syspath_prepend(str(soak.HOST_DIR))
+    import pbe_host
+
+    monkeypatch.setattr(pbe_host, "COMFYUI_PATH", str(comfy))
+    assert soak.main(["--prompts", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ComfyUI exited during start-up: ModuleNotFoundError"), err
+    assert "'aiohttp'" in err and str(comfy) in err

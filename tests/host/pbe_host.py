@@ -258,8 +258,22 @@ class Server:
                 self.process.wait(timeout=10)
 
 
+class StartError(RuntimeError):
+    """ComfyUI did not start: why (``reason``), then the end of its log."""
+
+    def __init__(self, reason: str, log: str) -> None:
+        super().__init__(f"{reason}:\n{log[-4000:]}")
+        self.reason = reason
+        self.last_line = next((line for line in reversed(log.splitlines()) if line.strip()), "")
+
+    def summary(self) -> str:
+        """One line: the reason and the log's last line (usually the error that stopped it)."""
+        return f"{self.reason}: {self.last_line.strip()}" if self.last_line else self.reason
+
+
 def launch(command: list[str], base_directory: Path, log_path: Path, timeout: float) -> Server:
-    """Start ``command`` and wait until the server answers ``/system_stats``."""
+    """Start ``command`` and wait until the server answers ``/system_stats``; raises
+    StartError when it exits or does not answer within ``timeout`` s."""
     port = int(command[command.index("--port") + 1])
     log_file = open(log_path, "w")  # noqa: SIM115 (kept open for the server's lifetime)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
@@ -270,14 +284,14 @@ def launch(command: list[str], base_directory: Path, log_path: Path, timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ComfyUI exited during start-up:\n{server.log()[-4000:]}")
+            raise StartError("ComfyUI exited during start-up", server.log())
         try:
             server.get("/system_stats")
             return server
         except OSError:
             time.sleep(0.5)
     server.stop()
-    raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{server.log()[-4000:]}")
+    raise StartError(f"ComfyUI did not answer within {timeout} s", server.log())
 
 
 def start_server(base: Path, models_dir: Path, timeout: float = 120.0) -> Server:
