@@ -77,6 +77,16 @@ def test_an_existing_json_file_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option, value", [("--prompts", "0"), ("--rss-after", "0"), ("--bad-every", "-1"),
+                      ("--interrupt-every", "x"), ("--timeout", "nan")],
+)  # fmt: skip
+def test_a_number_out_of_range_is_refused_with_the_option(option, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        soak.main(["--server", "http://127.0.0.1:1", option, value])
+    assert info.value.code == 2 and f"argument {option}:" in capsys.readouterr().err
+
+
 def test_without_comfyui_path_or_server_it_says_what_to_set(monkeypatch, capsys):
     monkeypatch.delenv("COMFYUI_PATH", raising=False)
     assert soak.main(["--prompts", "3"]) == 2
