@@ -228,10 +228,13 @@ def print_table(summary: dict[str, dict], keys: Sequence[str], baseline: str | N
             print(f"{name + '/' + baseline:<16}" + ratios)
 
 
-def write_report(path: str | os.PathLike[str], report: dict) -> Path:
+def write_report(path: str | os.PathLike[str], report: dict, *, replace: bool = True) -> Path:
+    """``report`` as JSON after the machine and the time, its folder created if missing;
+    ``replace=False``: an existing file is never replaced (FileExistsError)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "written": time.strftime("%Y-%m-%d %H:%M:%S"), **report}
-    out.write_text(json.dumps(report, indent=2))
+    with open(out, "w" if replace else "x") as file:
+        file.write(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return out

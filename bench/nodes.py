@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from exemplar_core import node_ids
+
 from .common import REPO, add_warmup_option, dtype_named, pick_device, timed, write_report
 
 HOST_DIR = REPO / "tests" / "host"
@@ -85,11 +87,9 @@ def node_edit(args):
     image, mask, exemplar = _inputs(args.width, args.height, tuple(args.box))
 
     def edit():
-        positive, negative = host.run(
-            "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar
-        )
+        positive, negative = host.run(node_ids.EXEMPLAR_ENCODE, encoder=encoder, exemplar=exemplar)
         result, _ = host.run(
-            "PaintByExample.InpaintSampler", model=unet, vae=vae, positive=positive,
+            node_ids.INPAINT_SAMPLER, model=unet, vae=vae, positive=positive,
             negative=negative, image=image, mask=mask, seed=0, steps=args.steps, similarity=5.0,
             sampler_name=args.sampler, scheduler=args.scheduler, resolution=args.size,
         )  # fmt: skip
@@ -122,9 +122,7 @@ def cmd_interval(args) -> dict:
     size = args.size
     box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
     image, mask, exemplar = _inputs(size, size, box)
-    positive, negative = host.run(
-        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar
-    )
+    positive, negative = host.run(node_ids.EXEMPLAR_ENCODE, encoder=encoder, exemplar=exemplar)
     sampling = unet.get_model_object("model_sampling")
     sigmas = comfy.samplers.calculate_sigmas(sampling, args.scheduler, args.steps)
     step_sigmas = sorted(float(s) for s in sigmas[:-1])
@@ -138,7 +136,7 @@ def cmd_interval(args) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, options in variants.items():
-            (patched,) = host.run("PaintByExample.SimilarityGuidance", model=unet, **options)
+            (patched,) = host.run(node_ids.SIMILARITY_GUIDANCE, model=unet, **options)
             spy = patched.clone()
             evaluations = []
 
@@ -149,7 +147,7 @@ def cmd_interval(args) -> dict:
             spy.set_model_unet_function_wrapper(count)
             start = time.perf_counter()
             host.run(
-                "PaintByExample.InpaintSampler", model=spy, vae=vae, positive=positive,
+                node_ids.INPAINT_SAMPLER, model=spy, vae=vae, positive=positive,
                 negative=negative, image=image, mask=mask, seed=0, steps=args.steps,
                 similarity=5.0, sampler_name=args.sampler, scheduler=args.scheduler,
                 resolution=size,
@@ -180,10 +178,11 @@ def cmd_interval(args) -> dict:
     }  # fmt: skip
 
 
-def _timed_prompt(client, websocket_cls, prompt: dict) -> dict:
+def _timed_prompt(client, prompt: dict) -> dict:
     """Queue a prompt and time each node from the websocket's events."""
-    url = client.server.replace("http", "ws", 1) + f"/ws?clientId={client.client_id}"
-    ws = websocket_cls(url, 300)
+    from exemplar_core.headless import open_websocket
+
+    ws = open_websocket(client, 300)
     try:
         prompt_id = client.queue(prompt)
         timings: dict[str, float] = {}
@@ -236,13 +235,13 @@ def cmd_repeat(args) -> dict:
                             ("exemplar", "exemplar.png")):  # fmt: skip
             node = headless.find_node(prompt, title)
             prompt[node]["inputs"]["image"] = client.upload_image(inputs / name)
-        headless.set_all(prompt, "PaintByExample.Loader", "model_name", pbe_host.TINY_MODEL_NAME)
-        headless.set_all(prompt, "PaintByExample.InpaintSampler", "steps", 4)
-        headless.set_all(prompt, "PaintByExample.InpaintSampler", "resolution", 64)
+        headless.set_all(prompt, node_ids.LOADER, "model_name", pbe_host.TINY_MODEL_NAME)
+        headless.set_all(prompt, node_ids.INPAINT_SAMPLER, "steps", 4)
+        headless.set_all(prompt, node_ids.INPAINT_SAMPLER, "resolution", 64)
         results = []
         for seed in (1, 2):
-            headless.set_all(prompt, "PaintByExample.InpaintSampler", "seed", seed)
-            results.append(_timed_prompt(client, headless.WebSocket, prompt))
+            headless.set_all(prompt, node_ids.INPAINT_SAMPLER, "seed", seed)
+            results.append(_timed_prompt(client, prompt))
     finally:
         server.stop()
     names = {node: data["class_type"] for node, data in prompt.items()}

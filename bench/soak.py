@@ -40,16 +40,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from exemplar_core import node_ids
+from exemplar_core.argtypes import non_negative_int, positive_int, positive_seconds
 from exemplar_core.headless import (
     EXIT_USAGE,
     Client,
     HeadlessError,
     describe_failure,
+    ends_prompt,
+    find_node,
     open_websocket,
+    prompt_events,
     wait_history,
 )
 
-from .common import REPO, machine
+from .common import REPO, write_report
 
 HOST_DIR = REPO / "tests" / "host"
 API_DIR = REPO / "workflows" / "api"
@@ -162,9 +167,9 @@ def vary(prompt: dict[str, Any], rng: random.Random, steps: int | None = None) -
         inputs, kind = node["inputs"], node["class_type"]
         if "seed" in inputs:
             inputs["seed"] = seed
-        if kind in ("PaintByExample.InpaintSampler", "KSampler"):
+        if kind in (node_ids.INPAINT_SAMPLER, "KSampler"):
             inputs["steps"] = chosen_steps
-        if kind == "PaintByExample.InpaintSampler" and node["_meta"]["title"] == "sampler":
+        if kind == node_ids.INPAINT_SAMPLER and node["_meta"]["title"] == "sampler":
             inputs["similarity"] = similarity
         if kind == "KSampler":
             inputs["cfg"] = similarity  # the stock KSampler's name for the similarity
@@ -174,11 +179,11 @@ def vary(prompt: dict[str, Any], rng: random.Random, steps: int | None = None) -
 
 
 def node_titled(prompt: dict[str, Any], title: str) -> dict[str, Any]:
-    return next(node for node in prompt.values() if node["_meta"]["title"] == title)
+    return prompt[find_node(prompt, title)]
 
 
 MISSING_MODEL = "pbe-soak-no-such-model.safetensors"
-UNKNOWN_NODE = "PaintByExample.NoSuchNode"
+UNKNOWN_NODE = node_ids.NODE_PREFIX + "NoSuchNode"
 WRONG_SIZE_MASK = "soak_wrong_size_mask.png"
 
 
@@ -203,8 +208,8 @@ def bad_unknown_node(prompt: dict[str, Any], mask_name: str) -> str:
 
 
 def bad_wrong_link_type(prompt: dict[str, Any], mask_name: str) -> str:
-    source_id = next(i for i, node in prompt.items() if node["_meta"]["title"] == "source")
-    node_titled(prompt, "sampler")["inputs"]["mask"] = [source_id, 0]  # an IMAGE, not a MASK
+    source_image = [find_node(prompt, "source"), 0]
+    node_titled(prompt, "sampler")["inputs"]["mask"] = source_image  # an IMAGE, not a MASK
     return "IMAGE"  # the message names the type it got
 
 
@@ -234,30 +239,18 @@ def wrong_size_mask_png() -> bytes:
 # ------------------------------------------------------------------------------------------
 
 
-def interrupt(client: Client, prompt_id: str) -> None:
-    """``POST /interrupt`` for this prompt only (ComfyUI skips it when another one runs)."""
-    body = json.dumps({"prompt_id": prompt_id}).encode()
-    with client._request("/interrupt", body, {"Content-Type": "application/json"}):
-        pass
-
-
 def follow(client: Client, ws, prompt_id: str, timeout: float, interrupt_node: str | None) -> None:
     """Read the server's events until ``prompt_id`` finished; with ``interrupt_node``, interrupt
     the prompt once that node reports progress. Raises HeadlessError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     sent = False
     try:
-        for message in ws.messages():
-            kind, data = message.get("type"), message.get("data", {})
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
+        for kind, data in prompt_events(ws, prompt_id):
             if interrupt_node and not sent and kind == "progress":
                 if data.get("node") == interrupt_node:
-                    interrupt(client, prompt_id)
+                    client.interrupt(prompt_id)
                     sent = True
-            if kind in ("execution_success", "execution_error", "execution_interrupted"):
-                return
-            if kind == "executing" and data.get("node") is None:
+            if ends_prompt(kind, data):
                 return
             if time.monotonic() > deadline:
                 break
@@ -290,7 +283,7 @@ def run_prompt(
             follow(client, ws, prompt_id, timeout, interrupt_node)
         except HeadlessError as err:
             try:
-                interrupt(client, prompt_id)  # do not leave it running into the next prompt
+                client.interrupt(prompt_id)  # do not leave it running into the next prompt
             except (HeadlessError, OSError):
                 pass
             return "failed unexpectedly", time.perf_counter() - started, str(err)
@@ -372,9 +365,7 @@ def soak(client: Client, pid: int | None, options: SoakOptions, log=print) -> So
             detail = vary(prompt, rng, steps=30 if kind == "interrupt" else None)
             label = name if kind == "template" else f"interrupt {name}"
             if kind == "interrupt":
-                interrupt_node = next(
-                    i for i, node in prompt.items() if node["_meta"]["title"] == "sampler"
-                )
+                interrupt_node = find_node(prompt, "sampler")
         try:
             outcome, seconds, message = run_prompt(
                 client, prompt, options.timeout, interrupt_node, expect
@@ -441,11 +432,9 @@ def report(result: Soak) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, result: Soak, options: SoakOptions) -> None:
-    """Write the figures to ``path``, which must not exist (never replaced)."""
-    data = {
-        "machine": machine(),
-        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+def figures(result: Soak, options: SoakOptions) -> dict[str, Any]:
+    """What ``--json`` writes (after the machine and the time): the figures and every prompt."""
+    return {
         "options": asdict(options),
         "counts": result.counts(),
         "latency_seconds": result.latency(),
@@ -460,8 +449,6 @@ def write_json(path: Path, result: Soak, options: SoakOptions) -> None:
         "misses": result.misses(),
         "results": [asdict(r) for r in result.results],
     }
-    with open(path, "x") as out:
-        json.dump(data, out, indent=2)
 
 
 # ------------------------------------------------------------------------------------------
@@ -474,12 +461,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench.soak", description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--prompts", type=int, default=200, help="how many prompts to run")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per prompt")
-    p.add_argument("--interrupt-every", type=int, default=15, help="interrupt every Nth prompt")
-    p.add_argument("--bad-every", type=int, default=25, help="every Nth prompt is a bad one")
+    p.add_argument("--prompts", type=positive_int, default=200, help="how many prompts to run")
     p.add_argument(
-        "--rss-after", type=int, default=20,
+        "--timeout", type=positive_seconds, default=120.0, help="seconds allowed per prompt"
+    )
+    p.add_argument(
+        "--interrupt-every", type=non_negative_int, default=15,
+        help="interrupt every Nth prompt (0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--bad-every", type=non_negative_int, default=25,
+        help="every Nth prompt is a bad one (0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rss-after", type=positive_int, default=20,
         help="the RSS baseline is read after this prompt (half the prompts when fewer than "
         "twice as many run)",
     )  # fmt: skip
@@ -493,14 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args: argparse.Namespace) -> str | None:
-    """What is wrong with the arguments, or None."""
-    for name in ("prompts", "interrupt_every", "bad_every", "rss_after"):
-        value = getattr(args, name)
-        if value < (1 if name in ("prompts", "rss_after") else 0):
-            flag = "--" + name.replace("_", "-")
-            return f"{flag} must be at least {1 if name in ('prompts', 'rss_after') else 0}"
-    if not args.timeout > 0:
-        return "--timeout must be a positive number of seconds"
+    """What is wrong with the arguments together, or None (each number is checked by its
+    argparse type)."""
     if args.json is not None and args.json.exists():
         return f"--json {args.json} already exists; name a new file (it is never replaced)"
     if args.pid is not None and args.server is None:
@@ -542,7 +531,12 @@ def run(args: argparse.Namespace, options: SoakOptions) -> Soak:
 
                 with signals_deferred():
                     print("starting ComfyUI as a user's install (127.0.0.1 only)", flush=True)
-                    server = pbe_host.start_user_install(Path(scratch))
+                    try:
+                        server = pbe_host.start_user_install(Path(scratch))
+                    except pbe_host.StartError as err:  # its log goes with the scratch folder
+                        raise HeadlessError(
+                            f"{err.summary()} (COMFYUI_PATH={pbe_host.COMFYUI_PATH})"
+                        ) from None
                 url, pid = server.url, server.process.pid
             else:
                 url, pid = args.server.rstrip("/"), args.pid
@@ -586,8 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report(result))
     if args.json is not None:
-        write_json(args.json, result, options)
-        print(f"wrote {args.json}")
+        write_report(args.json, figures(result, options), replace=False)
     return 1 if result.misses() else 0
 
 

@@ -24,17 +24,6 @@ def _dtype(name: str):
     ]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (steps)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     from .editor import SCHEDULERS, EditSettings
 

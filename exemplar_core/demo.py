@@ -89,16 +89,6 @@ def scale_list(text: str) -> tuple[float, ...]:
     return scales
 
 
-def check_out_folder(path: Path) -> None:
-    """Refuse an --out that cannot become a folder, before the model is loaded."""
-    from .files import DestinationError, check_destination
-
-    if path.exists() and not path.is_dir():
-        raise DestinationError(f"--out {path} is a file; --out names a folder for the results")
-    # The folder's parent must be writable (or creatable) for the results to be written.
-    check_destination(path / "result.png", overwrite=True, what="--out")
-
-
 def fresh_folder(path: Path) -> Path:
     """``path`` if it holds no demo output yet, else ``path-2``, ``path-3``, ..."""
     candidate, n = path, 1
@@ -129,6 +119,7 @@ def contact_sheet(tiles: list[tuple[str, torch.Tensor]], tile: int = TILE):
 
 def run_demo(args: argparse.Namespace) -> int:
     from .editor import Editor, EditSettings, check_mask_size
+    from .files import check_out_folder
     from .image_io import load_mask, load_rgb, save_image, save_rgb
 
     checkpoint = Path(args.checkpoint)
@@ -137,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{checkpoint} not found: the embedded model ships in the repository's models/ "
             f"folder (git clone the whole pack), or pass --checkpoint"
         )
-    check_out_folder(Path(args.out))
+    check_out_folder(args.out)  # before the model is loaded
     scales = list(args.scales)
     for scale in scales:
         check_number(scale, "--scales", 0.0, SIMILARITY_MAX)

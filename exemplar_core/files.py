@@ -2,8 +2,8 @@
 
 Every file the pack writes (converted checkpoints, trainer exports, edited images, contact
 sheets, diffusers folders) goes through ``atomic_write``; every command that writes one calls
-``check_destination`` before it reads its inputs, so a bad output path fails in a second, not
-after minutes of loading.
+``check_destination`` (a file) or ``check_out_folder`` (a folder for results) before it reads its
+inputs, so a bad output path fails in a second, not after minutes of loading.
 """
 
 from __future__ import annotations
@@ -70,6 +70,26 @@ def check_destination(
         raise DestinationError(
             f"{what} {out}: the folder {existing} is not writable{missing}; choose a folder you "
             f"can write to"
+        )
+    return out
+
+
+def check_out_folder(path: str | os.PathLike[str], what: str = "--out") -> Path:
+    """Refuse a folder for results that cannot become one, before any work: an existing file,
+    a path with a file on the way, a folder (or its nearest existing parent) not writable.
+    Creates nothing."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise DestinationError(
+            f"{what} {out} is an existing file; {what} names a folder for the results"
+        )
+    existing = _nearest_existing(out)
+    if not existing.is_dir():
+        raise DestinationError(f"cannot create the {what} folder {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DestinationError(
+            f"cannot write into the {what} folder {out}: {existing} is not writable; choose a "
+            f"folder you can write to"
         )
     return out
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..exemplar_core import node_ids
 from ..exemplar_core.bezier import DEFAULT_BOX_EXPANSION, DEFAULT_JITTER, bezier_mask_from_mask
 from .checks import PaintByExampleInputError, check_mask, check_widgets
-from .types import CATEGORY, NODE_PREFIX, seed_input
+from .types import CATEGORY, seed_input
 
 
 class MaskBezierJitter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE_PREFIX + "MaskBezierJitter",
+            node_id=node_ids.MASK_BEZIER_JITTER,
             display_name="Paint-by-Example Mask Bezier Jitter",
             category=CATEGORY,
             description=(

@@ -8,6 +8,7 @@ import comfy.model_management as mm
 import torch
 from comfy_api.latest import io
 
+from ..exemplar_core import node_ids
 from ..exemplar_core.preprocess import ExemplarError, preprocess_exemplar
 from .checks import (
     PaintByExampleInputError,
@@ -16,7 +17,7 @@ from .checks import (
     check_model_output,
     check_widgets,
 )
-from .types import CATEGORY, NODE_PREFIX, ExemplarEncoderHandle, PbEEncoder
+from .types import CATEGORY, ExemplarEncoderHandle, PbEEncoder
 
 
 class Combine(str, Enum):
@@ -63,7 +64,7 @@ class ExemplarEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE_PREFIX + "ExemplarEncode",
+            node_id=node_ids.EXEMPLAR_ENCODE,
             display_name="Paint-by-Example Exemplar Encode",
             category=CATEGORY,
             description=(

@@ -13,6 +13,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
+from ..exemplar_core import node_ids
 from ..exemplar_core.checks import SIMILARITY_MAX
 from ..exemplar_core.guidance import (
     DEFAULT_SIMILARITY,
@@ -22,7 +23,7 @@ from ..exemplar_core.guidance import (
 )
 from .checks import PaintByExampleInputError, check_widgets
 from .model_builder import is_pbe_model
-from .types import CATEGORY, NODE_PREFIX
+from .types import CATEGORY
 
 SIGMA_CEILING = 1000.0  # above any SD1 sigma (sigma_max is about 14.6): "no upper bound"
 GUIDANCE_KEY = "paint_by_example_guidance"  # model_options entry naming the active settings
@@ -85,7 +86,7 @@ class SimilarityGuidanceNode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE_PREFIX + "SimilarityGuidance",
+            node_id=node_ids.SIMILARITY_GUIDANCE,
             display_name="Paint-by-Example Similarity Guidance",
             category=CATEGORY,
             description=(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..exemplar_core import node_ids
 from . import folders, model_builder
 from .checks import PaintByExampleInputError
-from .types import CATEGORY, NODE_PREFIX, PbEEncoder
+from .types import CATEGORY, PbEEncoder
 
 DTYPE_CHOICES = ["default", "fp32", "fp16", "bf16"]
 
@@ -15,7 +16,7 @@ class Loader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE_PREFIX + "Loader",
+            node_id=node_ids.LOADER,
             display_name="Paint-by-Example Loader",
             category=CATEGORY,
             description=(

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..exemplar_core import crop
+from ..exemplar_core import crop, node_ids
 from ..exemplar_core import masks as inpaint
 from ..exemplar_core.checks import (
     CONTEXT_MARGIN_MAX,
@@ -47,7 +47,7 @@ from .model_builder import (
     size_multiple,
     vae_source,
 )
-from .types import CATEGORY, NODE_PREFIX, seed_input
+from .types import CATEGORY, seed_input
 
 
 def _condition_batch(conditioning: object, what: str, context_dim: int | None) -> int:
@@ -100,7 +100,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id=NODE_PREFIX + "InpaintSampler",
+            node_id=node_ids.INPAINT_SAMPLER,
             display_name="Paint-by-Example Inpaint Sampler",
             category=CATEGORY,
             description=(

@@ -13,7 +13,6 @@ from ..exemplar_core.config import EncoderConfig
 # The socket type of the exemplar encoder. The id is stable: saved workflows refer to it.
 PbEEncoder = io.Custom("PBE_ENCODER")
 
-NODE_PREFIX = "PaintByExample."
 CATEGORY = "paint-by-example"
 
 

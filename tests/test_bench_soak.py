@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import math
 import random
-import socket
 
 import pytest
+from ports import closed_port
 
 from bench import soak
 
@@ -77,6 +77,16 @@ def test_an_existing_json_file_is_refused_and_left_as_it_was(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "option, value", [("--prompts", "0"), ("--rss-after", "0"), ("--bad-every", "-1"),
+                      ("--interrupt-every", "x"), ("--timeout", "nan")],
+)  # fmt: skip
+def test_a_number_out_of_range_is_refused_with_the_option(option, value, capsys):
+    with pytest.raises(SystemExit) as info:
+        soak.main(["--server", "http://127.0.0.1:1", option, value])
+    assert info.value.code == 2 and f"argument {option}:" in capsys.readouterr().err
+
+
 def test_without_comfyui_path_or_server_it_says_what_to_set(monkeypatch, capsys):
     monkeypatch.delenv("COMFYUI_PATH", raising=False)
     assert soak.main(["--prompts", "3"]) == 2
@@ -85,9 +95,7 @@ def test_without_comfyui_path_or_server_it_says_what_to_set(monkeypatch, capsys)
 
 
 def test_no_server_at_the_address_is_an_error_with_the_address(capsys):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: connections are refused
+    with closed_port() as port:
         assert soak.main(["--server", f"http://127.0.0.1:{port}", "--prompts", "2"]) == 1
     assert f"cannot reach ComfyUI at http://127.0.0.1:{port}" in capsys.readouterr().err
 
@@ -135,3 +143,22 @@ def test_the_report_counts_each_kind_of_bad_prompt_and_lists_the_unexpected():
     assert "bad prompts failed as expected: missing model 2/2, NaN similarity 0/1" in text
     assert "unexpected: prompt 5 (bad: NaN similarity): ran a bad prompt" in text
     assert "target: MISSED: 1 unexpected failure(s)" in text
+
+
+def test_a_comfyui_that_does_not_start_is_one_line_naming_why(tmp_path, monkeypatch, capsys):
+    comfy = tmp_path / "ComfyUI"
+    comfy.mkdir()
+    (comfy / "main.py").write_text(
+        "import sys\nprint('Starting server')\n"
+        "sys.exit(\"ModuleNotFoundError: No module named 'aiohttp'\")\n"
+    )
+    monkeypatch.setenv("COMFYUI_PATH", str(comfy))
+    monkeypatch.syspath_prepend(str(soak.HOST_DIR))
+    import pbe_host
+
+    monkeypatch.setattr(pbe_host, "COMFYUI_PATH", str(comfy))
+    assert soak.main(["--prompts", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ComfyUI exited during start-up: ModuleNotFoundError"), err
+    assert "'aiohttp'" in err and str(comfy) in err

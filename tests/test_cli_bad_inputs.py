@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 import torch
 from permissions import bound_by_permissions
 from PIL import Image
+from ports import closed_port
 
 from exemplar_core import formats
 from exemplar_core.model import ModelConfigs, PaintByExampleModel
@@ -253,8 +253,14 @@ CASES = [
     Case(
         "demo-out-is-a-file",
         ("demo", "--out", "{t}/blocker", "--checkpoint", GARBAGE_CKPT),
-        ("blocker is a file", "folder"),
+        ("blocker is an existing file", "names a folder"),
         unchanged=("blocker",),
+    ),
+    Case(
+        "demo-out-in-a-read-only-folder",
+        ("demo", "--out", "{t}/readonly/d5", "--checkpoint", GARBAGE_CKPT),
+        ("cannot write into the --out folder", "readonly is not writable"),
+        absent=("readonly/d5",),
     ),
     Case(
         "demo-missing-checkpoint",
@@ -323,6 +329,12 @@ CASES = [
         ("existing file", "folder"),
         unchanged=("blocker",),
     ),
+    Case(
+        "headless-out-in-a-read-only-folder",
+        ("headless", str(WORKFLOW), "--out", "{t}/readonly/h3", "--server", "{closed}"),
+        ("cannot write into the --out folder", "readonly is not writable"),
+        absent=("readonly/h3",),
+    ),
     # ---- what --no-paste-back writes is said, with its size
     Case(
         "edit-no-paste-back-says-what-it-wrote",
@@ -331,13 +343,6 @@ CASES = [
         rc=0,
     ),
 ]
-
-
-def _closed_port() -> int:
-    """A local port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write_case_files(t: Path) -> None:
@@ -373,21 +378,23 @@ def _write_case_files(t: Path) -> None:
 def results(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     t = tmp_path_factory.mktemp("bad_inputs")
     _write_case_files(t)
-    closed = f"http://127.0.0.1:{_closed_port()}"
-    argv = {
-        case.id: [a.replace("{t}", str(t)).replace("{closed}", closed) for a in case.argv]
-        for case in CASES
-    }
     snapshot = {p.name: p.read_bytes() for p in t.iterdir() if p.is_file()}
-    (t.parent / "argv.json").write_text(json.dumps(argv))
-    subprocess.run(
-        [sys.executable, "-c", DRIVER, str(t.parent / "argv.json"), str(t.parent / "out.json")],
-        cwd=t,  # demo's default --out (out/demo) would land here, never in the repository
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
-        check=True,
-        timeout=600,
-        preexec_fn=bound_by_permissions(),  # the read-only folder is read-only for root too
-    )
+    with closed_port() as port:  # held while the cases run: nothing else can listen there
+        closed = f"http://127.0.0.1:{port}"
+        argv = {
+            case.id: [a.replace("{t}", str(t)).replace("{closed}", closed) for a in case.argv]
+            for case in CASES
+        }
+        (t.parent / "argv.json").write_text(json.dumps(argv))
+        subprocess.run(
+            [sys.executable, "-c", DRIVER, str(t.parent / "argv.json"),
+             str(t.parent / "out.json")],
+            cwd=t,  # demo's default --out (out/demo) would land here, never in the repository
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+            check=True,
+            timeout=600,
+            preexec_fn=bound_by_permissions(),  # the read-only folder is read-only for root too
+        )  # fmt: skip
     (t / "readonly").chmod(0o755)
     return t, {"snapshot": snapshot, **json.loads((t.parent / "out.json").read_text())}
 
@@ -426,11 +433,12 @@ def test_no_paste_back_writes_the_processing_size_window(results):
 
 def test_headless_as_its_own_process_reports_an_unreachable_server_fast(tmp_path):
     start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "exemplar_core.headless", str(WORKFLOW), "--quiet",
-         "--server", f"http://127.0.0.1:{_closed_port()}", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=ROOT, timeout=60,
-    )  # fmt: skip
+    with closed_port() as port:
+        result = subprocess.run(
+            [sys.executable, "-m", "exemplar_core.headless", str(WORKFLOW), "--quiet",
+             "--server", f"http://127.0.0.1:{port}", "--out", str(tmp_path / "out")],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "cannot reach ComfyUI" in result.stderr and "--server" in result.stderr
     assert time.perf_counter() - start < 20

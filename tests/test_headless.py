@@ -6,6 +6,8 @@ The real server is exercised by tests/host/test_server.py.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,7 +16,8 @@ import pytest
 
 from exemplar_core import headless
 
-WORKFLOW = Path(__file__).resolve().parents[1] / "workflows/api/basic_exemplar_edit.json"
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW = ROOT / "workflows/api/basic_exemplar_edit.json"
 
 
 def _form_field(body: bytes, name: str) -> str:
@@ -264,3 +267,15 @@ def test_a_missing_input_is_refused_before_anything_is_uploaded(
     assert headless.main(_args(server, inputs, tmp_path / "out")) == headless.EXIT_USAGE
     assert "cannot read" in capsys.readouterr().err
     assert "uploads" not in state and "prompt" not in state
+
+
+def test_importing_the_runner_loads_no_model_code():
+    """The runner is standard library only: a service can drive ComfyUI without torch."""
+    probe = (
+        "import sys, exemplar_core.headless; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'PIL')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -6,25 +6,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from train_support import make_images, tiny_config, write_jsonl
 
 from train.config import to_toml
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _launch(tmp_path, config) -> dict:
@@ -47,7 +41,7 @@ def _launch(tmp_path, config) -> dict:
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_port()),
         "-m",
         "train",
         "--config",
@@ -156,7 +150,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(tm
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env["GLOO_SOCKET_IFNAME"] = "lo"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
                "-m", "train", "--config", str(config_file)]  # fmt: skip
     log = tmp_path / "launch.log"
     with log.open("w") as handle:

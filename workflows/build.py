@@ -35,6 +35,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+if str(REPO) not in sys.path:  # run as a script: the checkout's exemplar_core, not an installed one
+    sys.path.insert(0, str(REPO))
+
+from exemplar_core import node_ids  # noqa: E402 (needs the line above)
+
 API_DIR = HERE / "api"
 DEFAULT_MODEL = "pbe-mini.safetensors"  # the embedded model: templates run on install
 MODEL_FILE = REPO / "models" / DEFAULT_MODEL
@@ -124,12 +129,12 @@ NODE_SPECS: dict[str, Spec] = {
         seeded=("seed",),
         size=(330, 270),
     ),
-    "PaintByExample.Loader": Spec(
+    node_ids.LOADER: Spec(
         inputs=(("model_name", "COMBO"), ("weight_dtype", "COMBO")),
         outputs=(("MODEL", "MODEL"), ("VAE", "VAE"), ("PBE_ENCODER", "PBE_ENCODER")),
         size=(330, 130),
     ),
-    "PaintByExample.ExemplarEncode": Spec(
+    node_ids.EXEMPLAR_ENCODE: Spec(
         inputs=(
             ("encoder", "PBE_ENCODER"),
             ("exemplar", "IMAGE"),
@@ -141,13 +146,13 @@ NODE_SPECS: dict[str, Spec] = {
         outputs=(("positive", "CONDITIONING"), ("negative", "CONDITIONING")),
         size=(330, 150),
     ),
-    "PaintByExample.MaskBezierJitter": Spec(
+    node_ids.MASK_BEZIER_JITTER: Spec(
         inputs=(("mask", "MASK"), ("seed", "INT"), ("jitter", "INT"), ("box_expansion", "FLOAT")),
         outputs=(("mask", "MASK"),),
         seeded=("seed",),
         size=(330, 140),
     ),
-    "PaintByExample.InpaintSampler": Spec(
+    node_ids.INPAINT_SAMPLER: Spec(
         inputs=(
             ("model", "MODEL"),
             ("vae", "VAE"),
@@ -170,7 +175,7 @@ NODE_SPECS: dict[str, Spec] = {
         seeded=("seed",),
         size=(330, 400),
     ),
-    "PaintByExample.SimilarityGuidance": Spec(
+    node_ids.SIMILARITY_GUIDANCE: Spec(
         inputs=(
             ("model", "MODEL"),
             ("similarity", "FLOAT"),
@@ -327,7 +332,7 @@ def _loaders() -> list[Node]:
     return [
         Node(
             1,
-            "PaintByExample.Loader",
+            node_ids.LOADER,
             "loader",
             {"model_name": DEFAULT_MODEL, "weight_dtype": "default"},
             (col(0), ROW2),
@@ -343,7 +348,7 @@ def _loaders() -> list[Node]:
         Node(4, "LoadImage", "exemplar", {"image": f"{EXAMPLE_PREFIX}exemplar.png"}, (col(3), 0)),
         Node(
             5,
-            "PaintByExample.ExemplarEncode",
+            node_ids.EXEMPLAR_ENCODE,
             "encode",
             {
                 "encoder": Link(1, 2),
@@ -362,7 +367,7 @@ def _sampler(
 ) -> Node:
     return Node(
         node_id,
-        "PaintByExample.InpaintSampler",
+        node_ids.INPAINT_SAMPLER,
         title,
         {
             "model": model,
@@ -490,7 +495,7 @@ WORKFLOWS: list[Workflow] = [
             _sampler(8, "similarity 9", Link(1, 0), Link(3, 0), 9.0, (col(4), ROW2)),
             Node(
                 9,
-                "PaintByExample.SimilarityGuidance",
+                node_ids.SIMILARITY_GUIDANCE,
                 "guidance 9 to 3, rescaled",
                 {
                     "model": Link(1, 0),
@@ -557,7 +562,7 @@ WORKFLOWS: list[Workflow] = [
             *_loaders(),
             Node(
                 6,
-                "PaintByExample.MaskBezierJitter",
+                node_ids.MASK_BEZIER_JITTER,
                 "bezier",
                 {
                     "mask": Link(3, 0),
@@ -836,8 +841,6 @@ def write_thumbnail(workflow: Workflow, saved: dict[str, list[Path]]) -> Path:
 def run_template(workflow: Workflow, server: str, out: Path) -> dict[str, list[Path]]:
     """Run the template's API twin as it is (its own example inputs and model) on a ComfyUI
     server; returns SaveImage title -> the downloaded images, in order."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from exemplar_core.headless import RunOptions, run_outputs
 
     options = RunOptions(

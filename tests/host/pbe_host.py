@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,11 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+if str(TESTS_DIR) not in sys.path:  # bench/ and workflows/build.py import this module too
+    sys.path.append(str(TESTS_DIR))
+from ports import free_port  # noqa: E402 (tests/ports.py, found through the line above)
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 SKIP_REASON = (
@@ -149,12 +153,6 @@ def load_host(models_dir: Path, cpu: bool = True) -> Host:
 # ------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 PACK_FOLDER = "paint-by-example"  # the folder name the README's install command gives
 NEWER_LOADER = Path(__file__).resolve().parent / "newer_loader.py"
 BUILT_HERE = {".git", ".venv", ".ci-venv", "out", "runs", "build", "dist", "__pycache__",
@@ -260,8 +258,22 @@ class Server:
                 self.process.wait(timeout=10)
 
 
+class StartError(RuntimeError):
+    """ComfyUI did not start: why (``reason``), then the end of its log."""
+
+    def __init__(self, reason: str, log: str) -> None:
+        super().__init__(f"{reason}:\n{log[-4000:]}")
+        self.reason = reason
+        self.last_line = next((line for line in reversed(log.splitlines()) if line.strip()), "")
+
+    def summary(self) -> str:
+        """One line: the reason and the log's last line (usually the error that stopped it)."""
+        return f"{self.reason}: {self.last_line.strip()}" if self.last_line else self.reason
+
+
 def launch(command: list[str], base_directory: Path, log_path: Path, timeout: float) -> Server:
-    """Start ``command`` and wait until the server answers ``/system_stats``."""
+    """Start ``command`` and wait until the server answers ``/system_stats``; raises
+    StartError when it exits or does not answer within ``timeout`` s."""
     port = int(command[command.index("--port") + 1])
     log_file = open(log_path, "w")  # noqa: SIM115 (kept open for the server's lifetime)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
@@ -272,14 +284,14 @@ def launch(command: list[str], base_directory: Path, log_path: Path, timeout: fl
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"ComfyUI exited during start-up:\n{server.log()[-4000:]}")
+            raise StartError("ComfyUI exited during start-up", server.log())
         try:
             server.get("/system_stats")
             return server
         except OSError:
             time.sleep(0.5)
     server.stop()
-    raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{server.log()[-4000:]}")
+    raise StartError(f"ComfyUI did not answer within {timeout} s", server.log())
 
 
 def start_server(base: Path, models_dir: Path, timeout: float = 120.0) -> Server:

@@ -27,6 +27,7 @@ from PIL import Image
 from exemplar_core.headless import Client, wait_history
 
 MODEL = "pbe-mini.safetensors"  # the embedded model the templates use (64 px native)
+TEMPLATE = pbe_host.REPO_ROOT / "workflows" / "api" / "basic_exemplar_edit.json"
 NAN = float("nan")
 SEED_MAX = 2**64 - 1
 REFUSED = "400"  # refused by POST /prompt's validation
@@ -127,24 +128,15 @@ def install(tmp_path_factory) -> Install:
 
 
 def good_prompt(seed: int = 0) -> dict:
-    """Loader -> Exemplar Encode -> Inpaint Sampler -> PreviewImage, 1 step at 64 px."""
-    return {
-        "1": {"class_type": "PaintByExample.Loader",
-              "inputs": {"model_name": MODEL, "weight_dtype": "fp32"}},
-        "2": {"class_type": "LoadImage", "inputs": {"image": "source.png"}},
-        "3": {"class_type": "LoadImageMask", "inputs": {"image": "mask.png", "channel": "red"}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": "exemplar.png"}},
-        "5": {"class_type": "PaintByExample.ExemplarEncode",
-              "inputs": {"encoder": ["1", 2], "exemplar": ["4", 0], "combine": "one per exemplar",
-                         "resize": "squash", "background_fill": 1.0}},
-        "6": {"class_type": "PaintByExample.InpaintSampler",
-              "inputs": {"model": ["1", 0], "vae": ["1", 1], "positive": ["5", 0],
-                         "negative": ["5", 1], "image": ["2", 0], "mask": ["3", 0], "seed": seed,
-                         "steps": 1, "similarity": 5.0, "sampler_name": "ddim",
-                         "scheduler": "ddim_uniform", "denoise": 1.0, "context_margin": 0.25,
-                         "resolution": 0, "feather": 4, "color_match": False}},
-        "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
-    }  # fmt: skip
+    """The basic template's API twin (Loader -> Exemplar Encode -> Inpaint Sampler) on the cases'
+    images: fp32, 1 step at 64 px, its result previewed instead of saved."""
+    prompt = json.loads(TEMPLATE.read_text())
+    inputs = {"1.model_name": MODEL, "1.weight_dtype": "fp32", "2.image": "source.png",
+              "3.image": "mask.png", "4.image": "exemplar.png", "6.seed": seed, "6.steps": 1,
+              "6.feather": 4}  # fmt: skip
+    sets(**inputs)(prompt)
+    prompt["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}
+    return prompt
 
 
 def with_bezier(prompt: dict) -> dict:
