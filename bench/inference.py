@@ -67,7 +67,9 @@ def editor_edit(args):
     model = build_model()
     editor = Editor(model, device=device, dtype=dtype_named(args.dtype, device), progress=False)
     source, mask, exemplar = make_inputs(args.width, args.height, tuple(args.box))
-    settings = EditSettings(steps=args.steps, scale=5.0, seed=0, scheduler="pndm", size=args.size)
+    settings = EditSettings(
+        steps=args.steps, similarity=5.0, seed=0, scheduler="pndm", size=args.size
+    )
     return (lambda: editor.edit(source, mask, exemplar, settings)), None
 
 

@@ -60,9 +60,9 @@ def native_parts(host, seed_model, dtype: torch.dtype | None = None):
     builder = host.module("nodes.model_builder")
     ckpt = checkpoint_from_model(seed_model)
     return (
-        builder.build_model(ckpt, dtype),
-        builder.build_vae(ckpt, dtype),
-        builder.build_encoder(ckpt, dtype),
+        builder.comfy_model(ckpt, dtype),
+        builder.comfy_vae(ckpt, dtype),
+        builder.comfy_encoder(ckpt, dtype),
     )
 
 

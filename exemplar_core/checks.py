@@ -1,9 +1,9 @@
 """Checks shared by the editor, the CLI and the nodes: numbers a user gives, a model's output.
 
 ``check_number`` refuses NaN, infinity and values outside a range with a message naming the
-setting; every caller passes the name the user knows (``similarity`` on a node, ``--scale`` on the
-command line). ``check_output`` refuses a non-finite model output (NaN weights in a damaged file or
-a diverged fine-tune, an fp16 overflow) instead of letting it become a flat black image.
+setting; every caller passes the name the user knows (``similarity`` on a node, ``--similarity``
+on the command line). ``check_output`` refuses a non-finite model output (NaN weights in a damaged
+file or a diverged fine-tune, an fp16 overflow) instead of letting it become a flat black image.
 
 The limits below are the declared ranges of the node inputs and the editor's settings alike.
 """

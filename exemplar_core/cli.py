@@ -24,6 +24,17 @@ def _dtype(name: str):
     ]
 
 
+class _RememberOption(argparse.Action):
+    """Store the value and which of the option's names was typed (``args.options``), so that a
+    message names the option the user wrote."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        typed = dict(getattr(namespace, "options", None) or {})
+        typed[self.dest] = option_string
+        namespace.options = typed
+
+
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     from .editor import SCHEDULERS, EditSettings
 
@@ -67,9 +78,11 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         "--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)"
     )
     p.add_argument(
-        "--scale",
+        "--similarity",
+        "--scale",  # the option's first name, kept for existing scripts
         type=float,
-        default=d.scale,
+        default=d.similarity,
+        action=_RememberOption,
         help="similarity scale s: how strongly the result follows the exemplar; 1 = no "
         "guidance (default: %(default)s)",
     )
@@ -181,8 +194,9 @@ def run_edit(args: argparse.Namespace) -> int:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     check_mask_size(source, mask)  # before the model is loaded
     settings = EditSettings.from_options(
+        getattr(args, "options", None),
         steps=args.steps,
-        scale=args.scale,
+        similarity=args.similarity,
         seed=args.seed,
         scheduler=args.scheduler,
         size=args.size,

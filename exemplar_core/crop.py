@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .masks import binarize_edit_mask, mask_box
+from .masks import binarize_edit_mask, keep_from_edit, mask_box
 
 
 @dataclass(frozen=True)
@@ -149,3 +149,44 @@ def stitch(
     blended = torch.where(alpha > 0, window * (1 - alpha) + back.to(source.dtype) * alpha, window)
     out[..., region.y0 : region.y1, region.x0 : region.x1] = blended
     return out
+
+
+@dataclass(frozen=True)
+class Window:
+    """One edit's processing window: where it lies in the source and its pixels and masks at
+    processing size, as the editor and the sampler node both feed them to the model."""
+
+    region: Region
+    image: torch.Tensor  # [B, 3, height, width] 0..1, the source's window
+    edit_mask: torch.Tensor  # [B, 1, height, width] exactly 0 or 1, 1 = repaint
+    keep_mask: torch.Tensor  # [B, 1, height, width] 1 - edit_mask
+
+    @property
+    def masked_image(self) -> torch.Tensor:
+        """[B, 3, height, width] 0..1: the window with the edit area mid-grey (0 in -1..1), the
+        official masked image."""
+        return self.image * self.keep_mask + 0.5 * self.edit_mask
+
+
+def prepare_window(
+    source: torch.Tensor,
+    edit_mask: torch.Tensor,
+    margin: float,
+    resolution: int,
+    feather: int,
+    multiple: int,
+    whole_image: bool = False,
+) -> Window:
+    """Plan the window of one edit and crop it to processing size.
+
+    source: [1, 3, H, W] 0..1; edit_mask: [1, 1, H, W] exactly 0 or 1 (1 = repaint, not empty).
+    The window is ``plan_region``'s around the mask, or the whole image with ``whole_image``; its
+    edit mask is the source's, resized and binarised again.
+    """
+    height, width = source.shape[-2:]
+    if whole_image:
+        region = whole_image_region(width, height, resolution, multiple)
+    else:
+        region = plan_region(edit_mask[0, 0], margin, resolution, feather, multiple)
+    window_edit = binarize_edit_mask(crop_mask(edit_mask, region))
+    return Window(region, crop_image(source, region), window_edit, keep_from_edit(window_edit))

@@ -134,8 +134,9 @@ def run_demo(args: argparse.Namespace) -> int:
         check_number(scale, "--scales", 0.0, SIMILARITY_MAX)
     check_number(args.result_scale, "--result-scale", 0.0, SIMILARITY_MAX)
     settings = {
-        scale: EditSettings.from_options(steps=args.steps, scale=scale, seed=args.seed,
-                                         scheduler="ddim", feather=4)
+        scale: EditSettings.from_options({"similarity": "--scales"}, steps=args.steps,
+                                         similarity=scale, seed=args.seed, scheduler="ddim",
+                                         feather=4)
         for scale in sorted(set(scales) | {args.result_scale})
     }  # fmt: skip
     started = time.perf_counter()

@@ -10,9 +10,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 
@@ -30,13 +29,12 @@ from .checks import (
 )
 from .color import match_color
 from .config import SCHEDULE
-from .guidance import combine
+from .guidance import DEFAULT_SIMILARITY, combine
 from .model import PaintByExampleModel
 from .preprocess import ResizeMode, preprocess_exemplar
 
 log = logging.getLogger(__name__)
 
-SchedulerName = Literal["pndm", "ddim", "dpmpp_2m", "euler_a"]
 SCHEDULERS: tuple[str, ...] = ("pndm", "ddim", "dpmpp_2m", "euler_a")
 
 
@@ -45,7 +43,7 @@ class EditError(ValueError):
 
 
 class EditSettingError(SettingError, EditError):
-    """A setting out of range; ``name`` is the field (the CLI shows its ``--option``)."""
+    """A setting out of range; ``name`` is the setting as the user gave it (the CLI's option)."""
 
 
 def make_scheduler(name: str):
@@ -73,10 +71,10 @@ def make_scheduler(name: str):
 
 @dataclass(frozen=True)
 class EditSettings:
-    """Sampling and compositing settings. The defaults are the paper's (50 PLMS steps, scale 5)."""
+    """Sampling and compositing settings. The defaults are the paper's (50 PLMS steps, s = 5)."""
 
     steps: int = 50
-    scale: float = 5.0  # similarity (guidance) scale s
+    similarity: float = DEFAULT_SIMILARITY  # similarity (guidance) scale s
     seed: int = 0
     scheduler: str = "pndm"
     size: int | None = None  # processing resolution; None = the model's native one (512 for SD1)
@@ -88,12 +86,19 @@ class EditSettings:
     mask_resize: inpaint.MaskResize = "bilinear"
     exemplar_resize: ResizeMode = "squash"
     eta: float = 0.0  # DDIM only
+    # What the user calls each field where it is not the field's name (the CLI's options), so
+    # every message names the setting the user gave; not a setting itself.
+    names: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def name_of(self, field_name: str) -> str:
+        """The setting ``field_name`` as the user knows it (``--size`` on the command line)."""
+        return self.names.get(field_name, field_name)
 
     def __post_init__(self) -> None:
         """Every number finite and in range, before any model is loaded."""
         limits = {
             "steps": (1, SCHEDULE["num_train_timesteps"], True),
-            "scale": (0.0, SIMILARITY_MAX, False),
+            "similarity": (0.0, SIMILARITY_MAX, False),
             "seed": (0, SEED_MAX, True),
             "size": (1, RESOLUTION_MAX, True),
             "context_margin": (0.0, CONTEXT_MARGIN_MAX, False),
@@ -105,7 +110,7 @@ class EditSettings:
             if name == "size" and value is None:
                 continue
             try:
-                check_number(value, name, low, high, integer)
+                check_number(value, self.name_of(name), low, high, integer)
             except SettingError as err:
                 raise EditSettingError(err.name, err.problem) from None
         choices = {
@@ -116,23 +121,24 @@ class EditSettings:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise EditSettingError(
-                    name, f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                    self.name_of(name),
+                    f"must be one of {', '.join(allowed)}, got {getattr(self, name)!r}",
                 )
 
     @classmethod
-    def from_options(cls, **fields) -> EditSettings:
-        """Settings from command-line options: an error names ``--context-margin`` where the
-        field is ``context_margin`` (each field given is the option of the same name)."""
-        try:
-            return cls(**fields)
-        except EditSettingError as err:
-            raise EditSettingError("--" + err.name.replace("_", "-"), err.problem) from None
+    def from_options(cls, options: Mapping[str, str] | None = None, **fields) -> EditSettings:
+        """Settings from command-line options: messages name ``--context-margin`` where the
+        field is ``context_margin``. Each field given is the option of the same name unless
+        ``options`` maps it to the one the user typed (``{"similarity": "--scale"}``)."""
+        names = {name: "--" + name.replace("_", "-") for name in fields}
+        return cls(**fields, names={**names, **(options or {})})
 
     def check(self, size_multiple: int) -> None:
         """The settings that depend on the model: the size is a multiple of its UNet's."""
         if self.size is not None and (self.size < size_multiple or self.size % size_multiple):
             raise EditSettingError(
-                "size", f"must be a positive multiple of {size_multiple}, got {self.size}"
+                self.name_of("size"),
+                f"must be a positive multiple of {size_multiple}, got {self.size}",
             )
 
 
@@ -184,6 +190,7 @@ class Editor:
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.requires_grad_(False)
         self.progress = progress
+        self._learned_vector_checked = False
 
     @classmethod
     def from_file(
@@ -198,14 +205,13 @@ class Editor:
 
     @property
     def size_multiple(self) -> int:
-        """Processing sizes are multiples of this (the UNet halves the latent once per level)."""
-        levels = len(self.model.configs.unet["block_out_channels"]) - 1
-        return self.model.vae_scale_factor * 2**levels
+        """Processing sizes are multiples of this (``ModelConfigs.size_multiple``)."""
+        return self.model.configs.size_multiple
 
     @property
     def native_size(self) -> int:
-        """The resolution the model was trained at: UNet sample size x VAE factor (512 for SD1)."""
-        return int(self.model.configs.unet.get("sample_size", 64)) * self.model.vae_scale_factor
+        """The model's training resolution (``ModelConfigs.native_size``, 512 for SD1)."""
+        return self.model.configs.native_size
 
     @torch.no_grad()
     def encode_exemplar(
@@ -218,11 +224,16 @@ class Editor:
         pixels = preprocess_exemplar(exemplar, self.model.encoder.config, exemplar_mask, mode)
         condition = self.model.encoder(pixels.to(self.device))
         self._check_output(condition, "exemplar encoder", self.model.encoder)
-        # The learned unconditional vector is the encoder's too (the guidance's other half).
-        self._check_output(
-            self.model.encoder.unconditional(1), "exemplar encoder", self.model.encoder
-        )
         return condition
+
+    def _learned_vector(self, batch: int) -> torch.Tensor:
+        """The encoder's learned unconditional vector [batch, 1, D] (the guidance's other half),
+        checked for NaN once per editor: its weights do not change."""
+        uncond = self.model.encoder.unconditional(batch)
+        if not self._learned_vector_checked:
+            self._check_output(uncond, "exemplar encoder", self.model.encoder)
+            self._learned_vector_checked = True
+        return uncond
 
     def _check_output(self, output: torch.Tensor, part: str, module: torch.nn.Module) -> None:
         hint = "fp32 (--dtype fp32)" if self.dtype != torch.float32 else "fp32"
@@ -250,16 +261,17 @@ class Editor:
             noise = torch.randn((batch, channels, h, w), generator=generator, dtype=torch.float32)
         latents = noise.to(self.device, torch.float32) * sched.init_noise_sigma
         # s = 1 is the condition alone and s = 0 the learned vector alone: one pass, not two.
-        guided = settings.scale not in (0.0, 1.0)
+        similarity = settings.similarity
+        guided = similarity not in (0.0, 1.0)
         dt = self.dtype
-        if settings.scale != 1.0:  # the learned vector takes part unless s = 1
-            uncond = self.model.encoder.unconditional(batch).to(condition.dtype)
+        if similarity != 1.0:  # the learned vector takes part unless s = 1
+            uncond = self._learned_vector(batch).to(condition.dtype)
         if guided:
             context = torch.cat([uncond, condition])
             masked_in = torch.cat([masked_latent] * 2)
             keep_in = torch.cat([keep_latent] * 2)
         else:
-            context = condition if settings.scale == 1.0 else uncond
+            context = condition if similarity == 1.0 else uncond
             masked_in, keep_in = masked_latent, keep_latent
         step_kwargs = _step_kwargs(sched, generator, settings.eta)
         timesteps = sched.timesteps
@@ -271,7 +283,7 @@ class Editor:
                 eps = self.model.predict_noise(x, t, masked_in, keep_in, context).float()
                 if guided:
                     eps_uncond, eps_cond = eps.chunk(2)
-                    eps = combine(eps_uncond, eps_cond, settings.scale)
+                    eps = combine(eps_uncond, eps_cond, similarity)
                 latents = sched.step(eps, t, latents, **step_kwargs).prev_sample
                 bar.update(1)
                 if callback is not None:
@@ -306,21 +318,17 @@ class Editor:
             log.warning("the mask is empty: returning the source unchanged")
             return EditResult(image=source.clone(), raw=source.clone(), region=None)
 
-        height, width = source.shape[-2:]
-        size = settings.size or self.native_size
-        if settings.whole_image:
-            region = crop.whole_image_region(width, height, size, self.size_multiple)
-        else:
-            region = crop.plan_region(
-                edit_bin[0, 0],
-                settings.context_margin,
-                size,
-                settings.feather,
-                self.size_multiple,
-            )
-        window = crop.crop_image(source, region)
-        keep = inpaint.keep_from_edit(inpaint.binarize_edit_mask(crop.crop_mask(edit_bin, region)))
-        masked = inpaint.masked_source(window * 2 - 1, keep)
+        window = crop.prepare_window(
+            source,
+            edit_bin,
+            settings.context_margin,
+            settings.size or self.native_size,
+            settings.feather,
+            self.size_multiple,
+            whole_image=settings.whole_image,
+        )
+        region, keep = window.region, window.keep_mask
+        masked = window.masked_image * 2 - 1  # -1..1, the edit area 0
         factor = self.model.vae_scale_factor
         latent_hw = (region.height // factor, region.width // factor)
 
@@ -349,7 +357,7 @@ class Editor:
         self._check_output(decoded, "VAE decoder", self.model.vae)
         raw = ((decoded + 1) / 2).clamp(0, 1).cpu()
         if settings.color_match:
-            raw = match_color(raw, window, keep)
+            raw = match_color(raw, window.image, keep)
         if not settings.paste_back:
             return EditResult(image=raw, raw=raw, region=region)
         image = crop.stitch(source, raw, region, edit_bin, settings.feather)

@@ -6,14 +6,14 @@ tensor math on ε-predictions (no ComfyUI import):
 - ``combine``: the Paint-by-Example formula ε = ε(v) + s·(ε(c) − ε(v)), where v is the learned
   unconditional vector and c the exemplar condition;
 - ``linear_scale``: a linear schedule of s from ``s_start`` to ``s_end`` over the steps;
-- an interval on sigma: guidance only for ``lo <= sigma <= hi``, the condition alone outside it
-  (the unconditional pass can then be skipped);
+- an interval on sigma: guidance only for ``sigma_low <= sigma <= sigma_high``, the condition
+  alone outside it (the unconditional pass can then be skipped);
 - ``rescale``: the std rescale of RescaleCFG (Lin et al. 2023), done on the v-prediction as
   ComfyUI's RescaleCFG does, mixed in with weight φ, against over-saturation at high scales.
 
 Sigmas are k-diffusion sigmas (``sigma = sqrt((1 - alpha_bar) / alpha_bar)``) and ``x`` is the
-unscaled noisy sample ``x = x0 + sigma * eps`` (what ComfyUI's samplers pass around); use
-``sigma_from_alpha_bar`` and ``x_from_vp`` to get there from a diffusers-style ``x_t``.
+unscaled noisy sample ``x = x0 + sigma * eps`` (what ComfyUI's samplers pass around), not a
+diffusers-style ``x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ class GuidanceError(ValueError):
     """Guidance settings that cannot work together."""
 
 
-def combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, scale: float) -> torch.Tensor:
-    """ε = ε(v) + s·(ε(c) − ε(v)); eps_*: [B, C, h, w] (any matching shapes)."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
+def combine(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, similarity: float) -> torch.Tensor:
+    """ε = ε(v) + s·(ε(c) − ε(v)) with s = ``similarity``; eps_*: [B, C, h, w] (matching)."""
+    return eps_uncond + similarity * (eps_cond - eps_uncond)
 
 
 def linear_scale(s_start: float, s_end: float, step: int, total_steps: int) -> float:
@@ -43,23 +43,9 @@ def linear_scale(s_start: float, s_end: float, step: int, total_steps: int) -> f
     return float(s_start + (s_end - s_start) * t)
 
 
-def in_interval(sigma: float, lo: float, hi: float) -> bool:
+def in_interval(sigma: float, sigma_low: float, sigma_high: float) -> bool:
     """Whether guidance applies at ``sigma`` (inclusive bounds)."""
-    return lo <= sigma <= hi
-
-
-def sigma_from_alpha_bar(alpha_bar: float | torch.Tensor) -> float | torch.Tensor:
-    """DDPM cumulative alpha -> k-diffusion sigma = sqrt((1 - ab) / ab)."""
-    if isinstance(alpha_bar, torch.Tensor):
-        return ((1 - alpha_bar) / alpha_bar).sqrt()
-    return math.sqrt((1 - alpha_bar) / alpha_bar)
-
-
-def x_from_vp(x_t: torch.Tensor, alpha_bar: float | torch.Tensor) -> torch.Tensor:
-    """VP sample ``sqrt(ab)·x0 + sqrt(1-ab)·eps`` -> unscaled ``x0 + sigma·eps``."""
-    if isinstance(alpha_bar, torch.Tensor):
-        return x_t / alpha_bar.sqrt()
-    return x_t / math.sqrt(alpha_bar)
+    return sigma_low <= sigma <= sigma_high
 
 
 def _v_from_eps(eps: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -105,47 +91,52 @@ def rescale(
 
 
 @dataclass(frozen=True)
-class SimilarityGuidance:
+class GuidanceSettings:
     """Similarity guidance settings.
 
-    scale: s at the first step; scale_end: s at the last step (None = constant);
-    sigma_lo/sigma_hi: guidance only inside this sigma interval (condition alone outside);
+    similarity: s at the first step; similarity_end: s at the last step (None = constant);
+    sigma_low/sigma_high: guidance only inside this sigma interval (condition alone outside);
     rescale_phi: RescaleCFG mix in 0..1 (0 = off).
     """
 
-    scale: float = DEFAULT_SIMILARITY
-    scale_end: float | None = None
-    sigma_lo: float = 0.0
-    sigma_hi: float = math.inf
+    similarity: float = DEFAULT_SIMILARITY
+    similarity_end: float | None = None
+    sigma_low: float = 0.0
+    sigma_high: float = math.inf
     rescale_phi: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("scale", "sigma_lo", "rescale_phi"):
+        for name in ("similarity", "sigma_low", "rescale_phi"):
             if not math.isfinite(getattr(self, name)):
                 raise GuidanceError(f"similarity guidance: {name} must be finite")
-        if math.isnan(self.sigma_hi):
-            raise GuidanceError("similarity guidance: sigma_hi must be a number")
-        if self.scale_end is not None and not math.isfinite(self.scale_end):
-            raise GuidanceError("similarity guidance: scale_end must be finite")
-        if self.sigma_lo < 0 or self.sigma_hi < self.sigma_lo:
+        if math.isnan(self.sigma_high):
+            raise GuidanceError("similarity guidance: sigma_high must be a number")
+        if self.similarity_end is not None and not math.isfinite(self.similarity_end):
+            raise GuidanceError("similarity guidance: similarity_end must be finite")
+        if self.sigma_low < 0:
             raise GuidanceError(
-                f"similarity guidance: the sigma interval [{self.sigma_lo}, {self.sigma_hi}] is "
-                f"empty or negative; give 0 <= lo <= hi"
+                f"similarity guidance: sigma_low must be >= 0, got {self.sigma_low:g}"
+            )
+        if self.sigma_high < self.sigma_low:
+            raise GuidanceError(
+                f"similarity guidance: sigma_low ({self.sigma_low:g}) is above sigma_high "
+                f"({self.sigma_high:g}): the guidance interval is empty; give sigma_low <= "
+                f"sigma_high"
             )
         if not 0.0 <= self.rescale_phi <= 1.0:
             raise GuidanceError(
                 f"similarity guidance: rescale phi must be in 0..1, got {self.rescale_phi}"
             )
 
-    def scale_at(self, step: int, total_steps: int) -> float:
-        """The scale s at 0-based ``step`` of ``total_steps``."""
-        if self.scale_end is None:
-            return float(self.scale)
-        return linear_scale(self.scale, self.scale_end, step, total_steps)
+    def similarity_at(self, step: int, total_steps: int) -> float:
+        """The similarity s at 0-based ``step`` of ``total_steps``."""
+        if self.similarity_end is None:
+            return float(self.similarity)
+        return linear_scale(self.similarity, self.similarity_end, step, total_steps)
 
     def guides_at(self, sigma: float) -> bool:
         """False where the unconditional pass is not needed (outside the sigma interval)."""
-        return in_interval(sigma, self.sigma_lo, self.sigma_hi)
+        return in_interval(sigma, self.sigma_low, self.sigma_high)
 
     def apply(
         self,
@@ -159,7 +150,7 @@ class SimilarityGuidance:
         """Guided ε; ``eps_uncond`` may be None outside the interval (then ε = ε(c))."""
         if eps_uncond is None or not self.guides_at(sigma):
             return eps_cond
-        guided = combine(eps_uncond, eps_cond, self.scale_at(step, total_steps))
+        guided = combine(eps_uncond, eps_cond, self.similarity_at(step, total_steps))
         if self.rescale_phi > 0 and sigma > 0:
             guided = rescale(guided, eps_cond, x, sigma, self.rescale_phi)
         return guided

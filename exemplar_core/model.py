@@ -161,8 +161,24 @@ class ModelConfigs:
         return 2 ** (len(self.vae["block_out_channels"]) - 1)
 
     @property
+    def size_multiple(self) -> int:
+        """Processing sizes are multiples of this (64 for SD1): see ``size_multiple``."""
+        return size_multiple(self.vae_scale_factor, len(self.unet["block_out_channels"]))
+
+    @property
+    def native_size(self) -> int:
+        """The resolution the model was trained at: UNet sample size x VAE factor (512 for SD1)."""
+        return int(self.unet.get("sample_size", 64)) * self.vae_scale_factor
+
+    @property
     def latent_scale(self) -> float:
         return float(self.vae.get("scaling_factor", LATENT_SCALE))
+
+
+def size_multiple(vae_scale_factor: int, unet_levels: int) -> int:
+    """Processing sizes are multiples of this: the VAE factor x 2 per UNet downsampling (the UNet
+    halves the latent once between each of its ``unet_levels`` levels)."""
+    return vae_scale_factor * 2 ** (unet_levels - 1)
 
 
 def _unet_kwargs(config: dict[str, Any]) -> dict[str, Any]:

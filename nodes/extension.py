@@ -39,7 +39,7 @@ def check_comfyui_version() -> None:
 def node_list() -> list[type[io.ComfyNode]]:
     from .bezier_mask import MaskBezierJitter
     from .encode import ExemplarEncode
-    from .guidance import SimilarityGuidanceNode
+    from .guidance import SimilarityGuidance
     from .loader import Loader
     from .sampler import ExemplarInpaintSampler
 
@@ -48,7 +48,7 @@ def node_list() -> list[type[io.ComfyNode]]:
         ExemplarEncode,
         MaskBezierJitter,
         ExemplarInpaintSampler,
-        SimilarityGuidanceNode,
+        SimilarityGuidance,
     ]
 
 

@@ -1,7 +1,7 @@
 """Similarity guidance node: patches a Paint-by-Example MODEL's classifier-free guidance.
 
 Works with this pack's sampler and with the stock KSampler / SamplerCustom: the patched MODEL
-carries a cfg function (the scale s replaces the sampler's cfg) and a cond-batch function that
+carries a cfg function (its similarity s replaces the sampler's cfg) and a cond-batch function that
 skips the unconditional UNet pass where guidance is off (outside the sigma interval).
 """
 
@@ -18,7 +18,7 @@ from ..exemplar_core.checks import SIMILARITY_MAX
 from ..exemplar_core.guidance import (
     DEFAULT_SIMILARITY,
     GuidanceError,
-    SimilarityGuidance,
+    GuidanceSettings,
     step_index,
 )
 from .checks import PaintByExampleInputError, check_widgets
@@ -45,7 +45,7 @@ def _step(args: dict, sigma: float) -> tuple[int, int]:
     return step_index(sigma, sigmas), int(sigmas.numel()) - 1
 
 
-def patch_model(model, settings: SimilarityGuidance):
+def patch_model(model, settings: GuidanceSettings):
     """A clone of ``model`` whose guidance follows ``settings`` (any sampler, any cfg)."""
     patched = model.clone()
     previous_batch_fn = patched.model_options.get("sampler_calc_cond_batch_function")
@@ -65,6 +65,8 @@ def patch_model(model, settings: SimilarityGuidance):
         return [out[0], out[0]] if skip_uncond else out
 
     def cfg_function(args: dict) -> torch.Tensor:
+        # ComfyUI's name for the guidance scale is cfg (args["cond_scale"]); the settings'
+        # similarity replaces it here, the one place the two names meet.
         x = args["input"]
         sig = _sigma(args)
         sigma = float(sig.flatten()[0])
@@ -82,7 +84,7 @@ def patch_model(model, settings: SimilarityGuidance):
     return patched
 
 
-class SimilarityGuidanceNode(io.ComfyNode):
+class SimilarityGuidance(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
@@ -93,7 +95,7 @@ class SimilarityGuidanceNode(io.ComfyNode):
                 "Paint-by-Example's guidance eps = eps(v) + s (eps(c) - eps(v)) with extras: a "
                 "linear schedule of s over the steps, a sigma interval outside which the "
                 "condition alone is used (and the unconditional pass is skipped), and a rescale "
-                "against over-saturation. The scale s replaces the sampler's cfg/similarity."
+                "against over-saturation. The similarity s replaces the sampler's cfg/similarity."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="A Paint-by-Example MODEL from the Loader."),
@@ -171,25 +173,20 @@ class SimilarityGuidanceNode(io.ComfyNode):
         rescale_phi: float = 0.0,
     ) -> io.NodeOutput:
         check_widgets(cls, locals())
-        if sigma_low > sigma_high:
-            raise PaintByExampleInputError(
-                f"sigma_low ({sigma_low:g}) is above sigma_high ({sigma_high:g}): the guidance "
-                f"interval is empty; give sigma_low <= sigma_high"
+        try:  # the settings' own checks name these widgets (sigma_low > sigma_high, ...)
+            settings = GuidanceSettings(
+                similarity=similarity,
+                similarity_end=similarity_end if schedule == Schedule.LINEAR.value else None,
+                sigma_low=sigma_low,
+                sigma_high=sigma_high,
+                rescale_phi=rescale_phi,
             )
+        except GuidanceError as err:
+            raise PaintByExampleInputError(str(err)) from err
         if not is_pbe_model(model):
             raise PaintByExampleInputError(
                 "Similarity Guidance needs a Paint-by-Example MODEL from the Paint-by-Example "
                 f"Loader; the connected {type(model).__name__} is another kind of model "
                 "(use the stock CFG nodes for it)"
             )
-        try:
-            settings = SimilarityGuidance(
-                scale=similarity,
-                scale_end=similarity_end if schedule == Schedule.LINEAR.value else None,
-                sigma_lo=sigma_low,
-                sigma_hi=sigma_high,
-                rescale_phi=rescale_phi,
-            )
-        except GuidanceError as err:
-            raise PaintByExampleInputError(str(err)) from err
         return io.NodeOutput(patch_model(model, settings))

@@ -85,7 +85,7 @@ class Loader(io.ComfyNode):
                 f"{model_name} is not a Paint-by-Example checkpoint this pack can read: {err}"
             ) from err
         dtype = model_builder.WEIGHT_DTYPES.get(weight_dtype)
-        model = model_builder.build_model(ckpt, dtype)
-        vae = model_builder.build_vae(ckpt, dtype)
-        encoder = model_builder.build_encoder(ckpt, dtype)
+        model = model_builder.comfy_model(ckpt, dtype)
+        vae = model_builder.comfy_vae(ckpt, dtype)
+        encoder = model_builder.comfy_encoder(ckpt, dtype)
         return io.NodeOutput(model, vae, encoder)

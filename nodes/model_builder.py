@@ -19,13 +19,17 @@ import comfy.supported_models
 import comfy.utils
 import torch
 
+from ..exemplar_core import model as core_model
 from ..exemplar_core.encoder import ExemplarEncoder
 from ..exemplar_core.keymap import ldm_unet_kwargs, ldm_vae_ddconfig
+from .checks import check_model_output
 from .types import EncoderContainer, ExemplarEncoderHandle
 
 log = logging.getLogger(__name__)
 
-# ComfyUI's concat keys for Paint-by-Example's UNet input [x, masked-image latent, keep mask].
+# ComfyUI's concat keys for Paint-by-Example's UNet input [x, masked-image latent, keep mask]:
+# "mask_inverted" makes ComfyUI turn the sampler's edit mask into the keep mask the UNet wants
+# (the two mask conventions: exemplar_core/masks.py).
 PBE_CONCAT_KEYS = ("masked_image", "mask_inverted")
 NATIVE_SIZE_KEY = "paint_by_example_native_size"
 SOURCE_KEY = "paint_by_example_source"  # the checkpoint file, for messages
@@ -59,7 +63,7 @@ def _check_keys(what: str, expected: set[str], given: set[str], source: str) -> 
         )
 
 
-def build_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
+def comfy_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.ModelPatcher:
     """PbECheckpoint -> native MODEL (ModelPatcher) with Paint-by-Example's concat layout."""
     sd = ckpt.unet
     unet_kwargs = ldm_unet_kwargs(ckpt.configs.unet)
@@ -84,14 +88,9 @@ def build_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
     )
     patcher.add_object_patch("concat_keys", PBE_CONCAT_KEYS)
     patcher.model_options[MODEL_MARKER] = True
-    patcher.model_options[NATIVE_SIZE_KEY] = native_size(ckpt)
+    patcher.model_options[NATIVE_SIZE_KEY] = ckpt.configs.native_size
     patcher.model_options[SOURCE_KEY] = ckpt.source
     return patcher
-
-
-def native_size(ckpt) -> int:
-    """The resolution the model was trained at: UNet sample size x VAE factor (512 for SD1)."""
-    return int(ckpt.configs.unet.get("sample_size", 64)) * ckpt.configs.vae_scale_factor
 
 
 def model_source(model: comfy.model_patcher.ModelPatcher) -> str:
@@ -105,10 +104,11 @@ def vae_source(vae) -> str:
 
 
 def model_native_size(model: comfy.model_patcher.ModelPatcher) -> int:
+    """The training resolution of a MODEL of this pack (``ModelConfigs.native_size``)."""
     return int(model.model_options.get(NATIVE_SIZE_KEY, 512))
 
 
-def build_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
+def comfy_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
     """PbECheckpoint -> native ``comfy.sd.VAE`` of the checkpoint's size."""
     ddconfig = ldm_vae_ddconfig(ckpt.configs.vae)
     embed_dim = ddconfig.pop("embed_dim")
@@ -128,7 +128,7 @@ def build_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
     return vae
 
 
-def build_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHandle:
+def comfy_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHandle:
     """PbECheckpoint -> exemplar encoder in a ModelPatcher (loaded to the device on use)."""
     load_device = mm.text_encoder_device()
     offload_device = mm.text_encoder_offload_device()
@@ -144,6 +144,13 @@ def build_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHand
         "exemplar encoder", set(encoder.state_dict().keys()), set(ckpt.encoder.keys()), ckpt.source
     )
     encoder.load_state_dict(ckpt.encoder, strict=True)
+    # The learned vector (every negative condition) is checked here, once, not at each encode.
+    check_model_output(
+        encoder.learnable_vector.detach().float(),
+        "exemplar encoder's learned vector",
+        ckpt.source,
+        encoder,
+    )
     encoder = encoder.to(device=offload_device, dtype=dtype).eval().requires_grad_(False)
     patcher = comfy.model_patcher.ModelPatcher(
         EncoderContainer(encoder), load_device=load_device, offload_device=offload_device
@@ -158,7 +165,8 @@ def is_pbe_model(model: object) -> bool:
 
 
 def size_multiple(model: comfy.model_patcher.ModelPatcher, vae: comfy.sd.VAE) -> int:
-    """Processing sizes must be multiples of this: VAE factor x 2^(UNet levels - 1)."""
+    """Processing sizes must be multiples of this (``exemplar_core.model.size_multiple``) for
+    this MODEL's UNet and the connected VAE."""
     mult = model.model.model_config.unet_config.get("channel_mult", (1, 2, 4, 4))
     factor = vae.downscale_ratio if isinstance(vae.downscale_ratio, int) else 8
-    return factor * 2 ** (len(mult) - 1)
+    return core_model.size_multiple(factor, len(mult))

@@ -9,6 +9,8 @@ the mask's feather band is the source, pixel for pixel.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import comfy.model_management as mm
 import comfy.sample
 import comfy.samplers
@@ -263,6 +265,18 @@ class ExemplarInpaintSampler(io.ComfyNode):
                 f"resolution {resolution} is not a multiple of {multiple}, which this model needs"
             )
 
+        settings = _Settings(
+            steps=steps,
+            similarity=similarity,
+            sampler_name=sampler_name,
+            scheduler=scheduler,
+            denoise=denoise,
+            context_margin=context_margin,
+            resolution=resolution,
+            feather=feather,
+            color_match=color_match,
+            size_multiple=multiple,
+        )
         outputs, latents = [], []
         for index in range(count):
             edit = edit_masks[min(index, edit_masks.shape[0] - 1)]
@@ -273,17 +287,8 @@ class ExemplarInpaintSampler(io.ComfyNode):
                 _select(negative, index, neg_batch),
                 images[index : index + 1],
                 edit,
-                (seed + index) % (SEED_MAX + 1),  # seed + i wraps around in the seed range
-                steps,
-                similarity,
-                sampler_name,
-                scheduler,
-                denoise,
-                context_margin,
-                resolution,
-                feather,
-                color_match,
-                multiple,
+                seed=(seed + index) % (SEED_MAX + 1),  # seed + i wraps around in the seed range
+                settings=settings,
             )
             outputs.append(result)
             latents.append(latent)
@@ -312,6 +317,22 @@ def _stack(latents: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(same)
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The sampler node's widgets that every image of a batch shares."""
+
+    steps: int
+    similarity: float  # ComfyUI's cfg
+    sampler_name: str
+    scheduler: str
+    denoise: float
+    context_margin: float
+    resolution: int  # the processing resolution, already resolved (never 0)
+    feather: int
+    color_match: bool
+    size_multiple: int
+
+
 def _edit_one(
     model,
     vae,
@@ -319,60 +340,56 @@ def _edit_one(
     negative,
     source: torch.Tensor,
     edit_mask: torch.Tensor,
+    *,
     seed: int,
-    steps: int,
-    similarity: float,
-    sampler_name: str,
-    scheduler: str,
-    denoise: float,
-    margin: float,
-    resolution: int,
-    feather: int,
-    color_match: bool,
-    multiple: int,
+    settings: _Settings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """source [1, H, W, 3], edit_mask [H, W] binary -> ([1, H, W, 3] edited, raw latent)."""
+    s = settings
     source_bchw = _to_bchw(source)
-    region = crop.plan_region(edit_mask, margin, resolution, feather, multiple)
-    window = crop.crop_image(source_bchw, region)  # [1, 3, h, w] 0..1
-    edit_window = inpaint.binarize_edit_mask(crop.crop_mask(edit_mask[None, None], region))
-    keep_window = inpaint.keep_from_edit(edit_window)
-    # Edit area grey (0 in -1..1), as the official masked image; VAE.encode takes 0..1 pixels.
-    masked = window * keep_window + 0.5 * edit_window
-    masked_latent = vae.encode(_to_bhwc(masked))
-    if denoise < 1.0:
-        start = vae.encode(_to_bhwc(window))
+    window = crop.prepare_window(
+        source_bchw,
+        edit_mask[None, None],
+        s.context_margin,
+        s.resolution,
+        s.feather,
+        s.size_multiple,
+    )
+    masked_latent = vae.encode(_to_bhwc(window.masked_image))  # VAE.encode takes 0..1 pixels
+    if s.denoise < 1.0:
+        start = vae.encode(_to_bhwc(window.image))
     else:  # Paint-by-Example starts from pure noise: nothing of the source leaks in
         start = torch.zeros_like(masked_latent)
-    extra = {"concat_latent_image": masked_latent, "concat_mask": edit_window}
+    # The edit mask: "mask_inverted" makes ComfyUI invert it (exemplar_core/masks.py explains).
+    extra = {"concat_latent_image": masked_latent, "concat_mask": window.edit_mask}
     positive = node_helpers.conditioning_set_values(positive, extra)
     negative = node_helpers.conditioning_set_values(negative, extra)
 
     check_model_output(masked_latent, "VAE encoder", vae_source(vae), _vae_module(vae))
     start = comfy.sample.fix_empty_latent_channels(model, start)
     noise = comfy.sample.prepare_noise(start, seed)
-    callback = latent_preview.prepare_callback(model, steps)
+    callback = latent_preview.prepare_callback(model, s.steps)
     samples = comfy.sample.sample(
         model,
         noise,
-        steps,
-        similarity,
-        sampler_name,
-        scheduler,
+        s.steps,
+        s.similarity,  # ComfyUI's cfg argument
+        s.sampler_name,
+        s.scheduler,
         positive,
         negative,
         start,
-        denoise=denoise,
+        denoise=s.denoise,
         callback=callback,
         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=_sampler_seed(seed, sampler_name),
+        seed=_sampler_seed(seed, s.sampler_name),
     )
     mm.throw_exception_if_processing_interrupted()
     check_model_output(samples, "UNet", model_source(model), model.model.diffusion_model)
     decoded = vae.decode(samples)[..., :3].float()
     check_model_output(decoded, "VAE decoder", vae_source(vae), _vae_module(vae))
     raw = _to_bchw(decoded).cpu().clamp(0, 1)
-    if color_match:
-        raw = match_color(raw, window, keep_window)
-    stitched = crop.stitch(source_bchw, raw, region, edit_mask[None, None], feather)
+    if s.color_match:
+        raw = match_color(raw, window.image, window.keep_mask)
+    stitched = crop.stitch(source_bchw, raw, window.region, edit_mask[None, None], s.feather)
     return _to_bhwc(stitched), samples.cpu()

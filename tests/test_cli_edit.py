@@ -80,6 +80,7 @@ def test_16_bit_greyscale_source_is_accepted(files):
         ("--scale", "nan", "--scale must be a finite number between 0 and 50, got nan"),
         ("--scale", "inf", "--scale must be a finite number between 0 and 50, got inf"),
         ("--scale", "-1", "--scale must be a finite number between 0 and 50, got -1"),
+        ("--similarity", "nan", "--similarity must be a finite number between 0 and 50, got nan"),
         ("--context-margin", "nan", "--context-margin must be a finite number between 0 and 4"),
         ("--feather", "-3", "--feather must be a whole number between 0 and 256, got -3"),
         ("--seed", str(2**64), "--seed must be a whole number between 0 and 18446744073709551615"),
@@ -94,6 +95,36 @@ def test_edit_refuses_nan_infinity_and_out_of_range_options_by_name(
     assert main([*_args(tmp, ckpt), option, value]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp / "out.png").exists()
+
+
+def test_similarity_and_its_old_name_scale_give_the_same_settings(files, monkeypatch):
+    from types import SimpleNamespace
+
+    from exemplar_core.editor import Editor
+
+    tmp, ckpt = files
+    seen = []
+
+    class Recorder:
+        device = "cpu"
+
+        def edit(self, source, mask, exemplar, settings, exemplar_mask=None):
+            seen.append(settings)
+            return SimpleNamespace(image=source, region=None)
+
+    monkeypatch.setattr(Editor, "from_file", classmethod(lambda cls, *a, **k: Recorder()))
+    assert main(_args(tmp, ckpt, "a.png", "--similarity", "3.5")) == 0
+    assert main(_args(tmp, ckpt, "b.png", "--scale", "3.5")) == 0
+    assert main(_args(tmp, ckpt, "c.png")) == 0
+    new, old, default = seen
+    assert new == old and new.similarity == 3.5 and default.similarity == 5.0
+    assert (new.name_of("similarity"), old.name_of("similarity")) == ("--similarity", "--scale")
+
+
+def test_a_size_the_model_cannot_use_names_the_size_option(files, capsys):
+    tmp, ckpt = files
+    assert main([*_args(tmp, ckpt), "--size", "100"]) == 2
+    assert "error: --size must be a positive multiple of 16, got 100" in capsys.readouterr().err
 
 
 def test_a_checkpoint_with_nan_weights_fails_instead_of_writing_a_black_image(

@@ -86,24 +86,24 @@ def _unet_batches(editor, monkeypatch) -> list[int]:
     return batches
 
 
-def test_scale_one_skips_the_unconditional_pass(editor, monkeypatch):
+def test_similarity_one_skips_the_unconditional_pass(editor, monkeypatch):
     source, mask, exemplar = _inputs()
     batches = _unet_batches(editor, monkeypatch)
-    editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "scale": 1.0}))
+    editor.edit(source, mask, exemplar, EditSettings(**{**FAST.__dict__, "similarity": 1.0}))
     assert batches == [1, 1]
     batches.clear()
     editor.edit(source, mask, exemplar, FAST)
     assert batches == [2, 2], "condition and learned vector go through the UNet in one batch"
 
 
-def test_scale_zero_is_the_learned_vector_alone_in_one_pass(editor, monkeypatch):
+def test_similarity_zero_is_the_learned_vector_alone_in_one_pass(editor, monkeypatch):
     source, mask, exemplar = _inputs()
-    # A scale too small to move ε in float32 takes the two-pass path: the same formula.
+    # A similarity too small to move ε in float32 takes the two-pass path: the same formula.
     two_pass = editor.edit(
-        source, mask, exemplar, EditSettings(**{**FAST.__dict__, "scale": 1e-30})
+        source, mask, exemplar, EditSettings(**{**FAST.__dict__, "similarity": 1e-30})
     )
     batches = _unet_batches(editor, monkeypatch)
-    zero = EditSettings(**{**FAST.__dict__, "scale": 0.0})
+    zero = EditSettings(**{**FAST.__dict__, "similarity": 0.0})
     one_pass = editor.edit(source, mask, exemplar, zero)
     assert batches == [1, 1], "s = 0 needs no conditional pass"
     torch.testing.assert_close(one_pass.image, two_pass.image, atol=1e-5, rtol=0)
@@ -150,9 +150,17 @@ def test_bad_input_gets_a_clear_error(editor, change, error, message):
     "field, value, message",
     [
         ("steps", 0, "steps must be a whole number between 1 and 1000, got 0"),
-        ("scale", float("nan"), "scale must be a finite number between 0 and 50, got nan"),
-        ("scale", float("inf"), "scale must be a finite number between 0 and 50, got inf"),
-        ("scale", 1e300, "scale must be a finite number between 0 and 50, got 1e[+]300"),
+        (
+            "similarity",
+            float("nan"),
+            "similarity must be a finite number between 0 and 50, got nan",
+        ),
+        (
+            "similarity",
+            float("inf"),
+            "similarity must be a finite number between 0 and 50, got inf",
+        ),
+        ("similarity", 1e300, "similarity must be a finite number between 0 and 50, got 1e[+]300"),
         ("seed", 2**64, "seed must be a whole number between 0 and 18446744073709551615"),
         ("seed", -1, "seed must be a whole number between 0 and"),
         ("context_margin", float("nan"), "context_margin must be a finite number"),
@@ -166,6 +174,32 @@ def test_bad_input_gets_a_clear_error(editor, change, error, message):
 def test_settings_refuse_nan_infinity_and_out_of_range_values_by_name(field, value, message):
     with pytest.raises(EditError, match=message):
         EditSettings(**{field: value})
+
+
+def test_a_size_the_model_cannot_use_is_named_as_the_user_gave_it(editor):
+    source, mask, exemplar = _inputs()
+    by_option = EditSettings.from_options(steps=2, size=100, scheduler="ddim")
+    with pytest.raises(EditError, match="^--size must be a positive multiple of 16, got 100"):
+        editor.edit(source, mask, exemplar, by_option)
+    with pytest.raises(EditError, match="^--scale must be a finite number between 0 and 50"):
+        EditSettings.from_options({"similarity": "--scale"}, similarity=-1.0)
+
+
+def test_a_nan_learned_vector_is_refused_only_where_it_takes_part(editor):
+    source, mask, exemplar = _inputs()
+    with torch.no_grad():
+        editor.model.encoder.learnable_vector.fill_(float("nan"))
+    s1 = EditSettings(**{**FAST.__dict__, "similarity": 1.0})
+    assert torch.isfinite(editor.edit(source, mask, exemplar, s1).image).all()
+    with pytest.raises(ValueError, match="the exemplar encoder of the model produced NaN"):
+        editor.edit(source, mask, exemplar, FAST)
+
+
+def test_the_learned_vector_is_checked_once_per_editor(editor, monkeypatch):
+    checked = []
+    monkeypatch.setattr(editor, "_check_output", lambda out, part, module: checked.append(part))
+    first, second = editor._learned_vector(2), editor._learned_vector(1)
+    assert checked == ["exemplar encoder"] and first.shape[0] == 2 and second.shape[0] == 1
 
 
 def test_the_top_of_the_seed_range_works(editor):

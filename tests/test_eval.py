@@ -101,7 +101,7 @@ class _PaintHole:
     def edit(self, source, mask, exemplar, settings):
         from types import SimpleNamespace
 
-        assert settings.scale == 0.0, "the probe edits unconditionally"
+        assert settings.similarity == 0.0, "the probe edits unconditionally"
         image = source.clone()
         if self.colour is not None:
             fill = torch.tensor(self.colour).view(1, 3, 1, 1).expand_as(image)

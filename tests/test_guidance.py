@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from exemplar_core import guidance
-from exemplar_core.guidance import GuidanceError, SimilarityGuidance
+from exemplar_core.guidance import GuidanceError, GuidanceSettings
 
 
 def _eps(seed: int) -> torch.Tensor:
@@ -30,12 +30,12 @@ def test_linear_schedule_runs_from_start_to_end_over_the_steps():
 
 
 def test_constant_scale_when_no_end_is_given():
-    g = SimilarityGuidance(scale=4.0)
-    assert [g.scale_at(i, 10) for i in (0, 5, 9)] == [4.0, 4.0, 4.0]
+    g = GuidanceSettings(similarity=4.0)
+    assert [g.similarity_at(i, 10) for i in (0, 5, 9)] == [4.0, 4.0, 4.0]
 
 
 def test_outside_the_sigma_interval_the_condition_alone_is_used():
-    g = SimilarityGuidance(scale=5.0, sigma_lo=1.0, sigma_hi=3.0)
+    g = GuidanceSettings(similarity=5.0, sigma_low=1.0, sigma_high=3.0)
     eps_v, eps_c, x = _eps(0), _eps(1), _eps(2)
     assert torch.equal(g.apply(eps_v, eps_c, x, sigma=5.0, step=0, total_steps=4), eps_c)
     assert torch.equal(g.apply(eps_v, eps_c, x, sigma=0.5, step=3, total_steps=4), eps_c)
@@ -45,7 +45,7 @@ def test_outside_the_sigma_interval_the_condition_alone_is_used():
 
 
 def test_missing_unconditional_means_condition_alone():
-    g = SimilarityGuidance(scale=5.0)
+    g = GuidanceSettings(similarity=5.0)
     eps_c = _eps(1)
     assert torch.equal(g.apply(None, eps_c, _eps(2), 1.0, 0, 1), eps_c)
 
@@ -76,12 +76,27 @@ def test_rescale_accepts_per_sample_sigmas():
     assert torch.allclose(both[:1], first, atol=1e-6)
 
 
+def sigma_from_alpha_bar(alpha_bar: float) -> float:
+    """DDPM cumulative alpha -> k-diffusion sigma = sqrt((1 - ab) / ab)."""
+    return math.sqrt((1 - alpha_bar) / alpha_bar)
+
+
+def x_from_vp(x_t: torch.Tensor, alpha_bar: float) -> torch.Tensor:
+    """VP sample ``sqrt(ab)·x0 + sqrt(1-ab)·eps`` -> unscaled ``x0 + sigma·eps``."""
+    return x_t / math.sqrt(alpha_bar)
+
+
 def test_vp_helpers_convert_to_k_diffusion_sigma_and_sample():
     ab = 0.2
-    assert guidance.sigma_from_alpha_bar(ab) == pytest.approx(2.0)
+    assert sigma_from_alpha_bar(ab) == pytest.approx(2.0)
     x0, eps = _eps(0), _eps(1)
     x_t = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
-    assert torch.allclose(guidance.x_from_vp(x_t, ab), x0 + 2.0 * eps, atol=1e-5)
+    assert torch.allclose(x_from_vp(x_t, ab), x0 + 2.0 * eps, atol=1e-5)
+
+
+def test_an_empty_sigma_interval_names_both_bounds():
+    with pytest.raises(GuidanceError, match=r"sigma_low \(3\) is above sigma_high \(1\)"):
+        GuidanceSettings(sigma_low=3.0, sigma_high=1.0)
 
 
 def test_step_index_maps_sigmas_and_in_between_sigmas_to_their_step():
@@ -93,12 +108,12 @@ def test_step_index_maps_sigmas_and_in_between_sigmas_to_their_step():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"sigma_lo": 3.0, "sigma_hi": 1.0},
-        {"sigma_lo": -1.0},
+        {"sigma_low": 3.0, "sigma_high": 1.0},
+        {"sigma_low": -1.0},
         {"rescale_phi": 1.5},
-        {"scale": float("nan")},
+        {"similarity": float("nan")},
     ],
 )
 def test_impossible_settings_are_rejected_with_a_message(kwargs):
     with pytest.raises(GuidanceError, match="similarity guidance"):
-        SimilarityGuidance(**kwargs)
+        GuidanceSettings(**kwargs)

@@ -135,7 +135,7 @@ def _run_both(mask: torch.Tensor, mask_resize: str, steps: int = 4):
     editor = Editor(model, device="cpu", progress=False)
     settings = EditSettings(
         steps=steps,
-        scale=5.0,
+        similarity=5.0,
         seed=11,
         scheduler="ddim",
         size=64,

@@ -79,6 +79,28 @@ def test_bad_options_fail_with_a_clear_message(tmp_path, override, message):
         load_config(_minimal(tmp_path), [override])
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("train.val_scale", "train.val_similarity"),
+        ("subject.prior_scale", "subject.prior_similarity"),
+    ],
+)
+def test_an_old_option_name_still_sets_the_renamed_option_with_a_warning(tmp_path, old, new):
+    with pytest.warns(FutureWarning, match=f"{old} is deprecated: it is now called {new}"):
+        by_old = load_config(_minimal(tmp_path), [f"{old}=3.5"])
+    by_new = load_config(_minimal(tmp_path), [f"{new}=3.5"])
+    assert by_old == by_new and by_new != load_config(_minimal(tmp_path))
+    section, key = new.split(".")
+    assert getattr(getattr(by_old, section), key) == 3.5
+
+
+def test_an_option_given_by_its_old_and_new_name_is_refused(tmp_path):
+    path = _minimal(tmp_path, "[train]\nval_scale = 3.0\nval_similarity = 4.0\n")
+    with pytest.raises(ConfigError, match=r"c.toml:6: train.val_scale and train.val_similarity"):
+        load_config(path)
+
+
 def test_sd_start_needs_clip_weights(tmp_path):
     with pytest.raises(ConfigError, match="model.clip"):
         load_config(_minimal(tmp_path), ["model.init=sd", "model.path=x.safetensors"])

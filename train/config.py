@@ -182,7 +182,7 @@ class TrainSection:
     log_every: int = opt(10, "TensorBoard scalars every N optimiser steps")
     validate_every: int = opt(1000, "validation images every N optimiser steps; 0 = only at end")
     val_steps: int = opt(30, "sampling steps for validation images")
-    val_scale: float = opt(5.0, "guidance scale for validation images")
+    val_similarity: float = opt(5.0, "similarity (guidance) scale s for validation images")
     val_scheduler: str = opt("pndm", "scheduler for validation images (pndm, ddim, dpmpp_2m, ...)")
     allow_tf32: bool = opt(True, "allow TF32 matmuls on Ampere+ GPUs")
     cudnn_benchmark: bool = opt(
@@ -222,7 +222,7 @@ class SubjectSection:
     prior_weight: float = opt(1.0, "lambda: loss = subject loss + lambda * prior loss")
     prior_dir: str = opt("", "where prior samples are stored/reused (default: out_dir/prior)")
     prior_steps: int = opt(50, "sampling steps for prior generation")
-    prior_scale: float = opt(5.0, "guidance scale for prior generation")
+    prior_similarity: float = opt(5.0, "similarity (guidance) scale s for prior generation")
     prior_scheduler: str = opt("pndm", "scheduler for prior generation")
 
 
@@ -279,12 +279,18 @@ def _check_value(section: str, name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-# Renamed options: section -> {old name: new name}. The old name is still read, with a warning.
-RENAMED = {"data": {"extend_share": "box_expansion"}}
+# Renamed options: [section] old name -> new name. The old name is still read, with a warning,
+# for one release.
+RENAMED = {
+    "data": {"extend_share": "box_expansion"},
+    "train": {"val_scale": "val_similarity"},
+    "subject": {"prior_scale": "prior_similarity"},
+}
 
 
 def _renamed(section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with old option names replaced by their new ones (a FutureWarning each)."""
+    """``values`` with each old option name of ``section`` replaced by its new one (a
+    FutureWarning each)."""
     values = dict(values)
     for old, new in RENAMED.get(section, {}).items():
         if old not in values:

@@ -78,7 +78,7 @@ def run_synthetic(
             edit_mask = _to_tensor(case["mask"])[:, :1]
             exemplar = _to_tensor(case["exemplar"])
             settings = EditSettings(
-                steps=steps, scale=scale, seed=seed + i, scheduler=scheduler, feather=feather
+                steps=steps, similarity=scale, seed=seed + i, scheduler=scheduler, feather=feather
             )
             result = editor.edit(source, edit_mask, exemplar, settings).image
             res8, src8 = _to_uint8(result), _to_uint8(source)
@@ -154,7 +154,7 @@ def hole_fill_probe(
         noise = (torch.rand(1, 3, size, size, generator=generator) - 0.5) * (16 / 255)
         source = (scene + noise).clamp(0, 1)
         settings = EditSettings(
-            steps=steps, scale=0.0, seed=seed + i, scheduler=scheduler, feather=feather
+            steps=steps, similarity=0.0, seed=seed + i, scheduler=scheduler, feather=feather
         )
         result = editor.edit(source, mask, exemplar, settings).image
         filled = result[0, :, inner, inner].mean(dim=(1, 2))

@@ -96,7 +96,7 @@ def generate_prior(
     prior_dir: Path,
     seed: int,
     steps: int,
-    scale: float,
+    similarity: float,
     scheduler: str,
     device: torch.device,
     rank: int = 0,
@@ -145,7 +145,7 @@ def generate_prior(
         edit_mask = ((1 - item["keep_mask"]) >= 0.5).float()[None]
         settings = EditSettings(
             steps=steps,
-            scale=scale,
+            similarity=similarity,
             seed=seed + index,
             scheduler=scheduler,
             size=spec.resolution,

@@ -502,7 +502,7 @@ class Trainer:
             prior_dir,
             self.config.train.seed,
             s.prior_steps,
-            s.prior_scale,
+            s.prior_similarity,
             s.prior_scheduler,
             self.device,
             rank=acc.process_index,
@@ -771,7 +771,13 @@ class Trainer:
             self.ema.swap_in()
         try:
             grid = render_validation(
-                self.model, pairs, t.val_steps, t.val_scale, t.val_scheduler, t.seed, self.device
+                self.model,
+                pairs,
+                t.val_steps,
+                t.val_similarity,
+                t.val_scheduler,
+                t.seed,
+                self.device,
             )
         finally:
             if self.ema is not None:

@@ -67,7 +67,7 @@ def render_validation(
     model: PaintByExampleModel,
     pairs: list[ValidationPair],
     steps: int,
-    scale: float,
+    similarity: float,
     scheduler: str,
     seed: int,
     device: torch.device,
@@ -82,7 +82,7 @@ def render_validation(
         size = pair.source.shape[-1]
         settings = EditSettings(
             steps=steps,
-            scale=scale,
+            similarity=similarity,
             seed=seed + i,
             scheduler=scheduler,
             size=size,

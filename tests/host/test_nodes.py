@@ -107,6 +107,15 @@ def test_loader_weight_dtype_choice_is_applied(host):
     assert encoder.dtype == torch.bfloat16
 
 
+def test_loader_refuses_a_nan_learned_vector_once_at_load(host, models_dir):
+    model = pbe_host.tiny_model()
+    with torch.no_grad():
+        model.encoder.learnable_vector.fill_(float("nan"))
+    pbe_host.save_tiny_checkpoint(models_dir / "nan_vector.safetensors", model)
+    message = _error(host, "PaintByExample.Loader", model_name="nan_vector.safetensors")
+    assert "learned vector of" in message and "nan_vector.safetensors produced NaN" in message
+
+
 def test_native_unet_predicts_what_the_core_unet_predicts(host, loaded):
     model, _, _ = loaded
     core = pbe_host.tiny_model()

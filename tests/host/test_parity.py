@@ -34,7 +34,7 @@ def test_sampler_node_matches_the_standalone_editor(host, loaded):
     steps, seed = 10, 7
 
     editor = Editor(pbe_host.tiny_model(), device="cpu", dtype=torch.float32, progress=False)
-    settings = EditSettings(steps=steps, scale=5.0, seed=seed, scheduler="ddim", size=SIZE,
+    settings = EditSettings(steps=steps, similarity=5.0, seed=seed, scheduler="ddim", size=SIZE,
                             feather=4, mask_resize="bilinear")
     reference = editor.edit(source, edit_mask, exemplar, settings).image
 
