@@ -1,6 +1,6 @@
 """The standalone editor: one exemplar edit with diffusers' UNet, VAE and schedulers, no ComfyUI.
 
-Conventions (see ``inpaint``): mask white = edit; keep = 1 - edit; masked image = source x keep;
+Conventions (see ``masks``): mask white = edit; keep = 1 - edit; masked image = source x keep;
 UNet input ``[x, masked latent, keep]``; guidance eps = eps(v) + s (eps(c) - eps(v)) with the
 learned vector v, the condition and v in one batched forward per step.
 """
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import crop
-from . import masks as inpaint
+from . import crop, masks
 from .checks import (
     CONTEXT_MARGIN_MAX,
     FEATHER_MAX,
@@ -83,7 +82,7 @@ class EditSettings:
     context_margin: float = 0.25  # extra context around the mask's box, times its longer side
     feather: int = 16  # px over which the edit blends into the source
     color_match: bool = False
-    mask_resize: inpaint.MaskResize = "bilinear"
+    mask_resize: masks.MaskResize = "bilinear"
     exemplar_resize: ResizeMode = "squash"
     eta: float = 0.0  # DDIM only
     # What the user calls each field where it is not the field's name (the CLI's options), so
@@ -312,7 +311,7 @@ class Editor:
         if source.shape[0] != 1 or edit_mask.shape[0] != 1:
             raise EditError("the editor works on one source and one mask at a time")
         check_mask_size(source, edit_mask)
-        edit_bin = inpaint.binarize_edit_mask(edit_mask)
+        edit_bin = masks.binarize_edit_mask(edit_mask)
         condition = self.encode_exemplar(exemplar, exemplar_mask, settings.exemplar_resize)
         if edit_bin.sum() == 0:
             log.warning("the mask is empty: returning the source unchanged")
@@ -342,7 +341,7 @@ class Editor:
             masked.to(self.device, self.dtype), generator=generator
         )
         self._check_output(masked_latent, "VAE encoder", self.model.vae)
-        keep_latent = inpaint.latent_keep_mask(keep, latent_hw, settings.mask_resize)
+        keep_latent = masks.latent_keep_mask(keep, latent_hw, settings.mask_resize)
         latents = self.sample(
             masked_latent,
             keep_latent.to(self.device, self.dtype),

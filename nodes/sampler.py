@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..exemplar_core import crop, node_ids
-from ..exemplar_core import masks as inpaint
 from ..exemplar_core.checks import (
     CONTEXT_MARGIN_MAX,
     FEATHER_MAX,
@@ -32,6 +31,7 @@ from ..exemplar_core.checks import (
 )
 from ..exemplar_core.color import match_color
 from ..exemplar_core.guidance import DEFAULT_SIMILARITY
+from ..exemplar_core.masks import binarize_edit_mask
 from .checks import (
     PaintByExampleInputError,
     check_batch,
@@ -255,7 +255,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
         neg_batch = _condition_batch(negative, "negative", context_dim)
         check_batch(pos_batch, count, "positive conditions")
         check_batch(neg_batch, count, "negative conditions")
-        edit_masks = inpaint.binarize_edit_mask(masks.clamp(0, 1))
+        edit_masks = binarize_edit_mask(masks.clamp(0, 1))
         for index in range(masks.shape[0]):
             check_edit_mask_content(edit_masks[index], index)
         multiple = size_multiple(model, vae)
