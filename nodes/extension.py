@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from comfy_api.latest import ComfyExtension, io
 
@@ -52,6 +53,32 @@ def node_list() -> list[type[io.ComfyNode]]:
     ]
 
 
+# How the pack's error types are named to users. ComfyUI imports a pack under its folder's path,
+# so ComfyUI's error report (the frontend's dialog, /history, the headless runner) would name
+# "<install path>/custom_nodes/<folder>.nodes.checks.PaintByExampleInputError".
+ERROR_MODULE_PREFIX = "paint_by_example"
+
+
+def short_error_names() -> list[str]:
+    """Give every exception class of the pack's loaded modules a module name without the install
+    path ("paint_by_example.nodes.checks"); returns the classes renamed."""
+    root = __name__.rsplit(".", 2)[0]  # "<path>.nodes.extension" -> the pack's own package
+    renamed = []
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(root + "."):
+            continue
+        short = ERROR_MODULE_PREFIX + name[len(root) :]
+        for value in list(vars(module).values()):
+            if (
+                isinstance(value, type)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+            ):
+                value.__module__ = short
+                renamed.append(f"{short}.{value.__qualname__}")
+    return renamed
+
+
 class PaintByExampleExtension(ComfyExtension):
     """The pack as ComfyUI loads it. Start-up work runs from whichever hook the running ComfyUI
     calls first: newer versions call ``on_load`` and then ``get_node_list``; 0.3.64 never calls
@@ -76,4 +103,6 @@ class PaintByExampleExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         self._start_up()
-        return node_list()
+        nodes = node_list()
+        short_error_names()
+        return nodes

@@ -227,6 +227,20 @@ def test_out_naming_an_existing_file_is_refused_before_the_prompt_is_queued(
     assert len(user_install.get("/history")) == queued_before
 
 
+def test_a_node_error_is_named_without_the_install_path(installed, edit_inputs, tmp_path):
+    """ComfyUI imports the pack under its folder's path; the error type the frontend, /history
+    and the runner show is the pack's short name instead."""
+    from exemplar_core.headless import HeadlessError, run
+
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(edit_inputs["mask"])  # nothing to edit
+    with pytest.raises(HeadlessError) as info:
+        run(_options(installed, edit_inputs, tmp_path / "out", steps=1))
+    message = str(info.value)
+    assert "paint_by_example.nodes.checks.PaintByExampleInputError: " in message, message
+    assert "custom_nodes" not in message and str(pbe_host.REPO_ROOT) not in message, message
+    assert "/" not in message.split("PaintByExampleInputError")[0], message
+
+
 def test_two_runners_with_same_named_inputs_queued_together_each_edit_their_own_image(
     user_install, edit_inputs, tmp_path
 ):
