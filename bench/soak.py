@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from exemplar_core.files import atomic_write_text
 from exemplar_core.headless import (
     EXIT_USAGE,
     Client,
@@ -460,8 +461,7 @@ def write_json(path: Path, result: Soak, options: SoakOptions) -> None:
         "misses": result.misses(),
         "results": [asdict(r) for r in result.results],
     }
-    with open(path, "x") as out:
-        json.dump(data, out, indent=2)
+    atomic_write_text(path, json.dumps(data, indent=2), overwrite=False)
 
 
 # ------------------------------------------------------------------------------------------
