@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from exemplar_core.files import atomic_write_text
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -234,7 +236,6 @@ def write_report(path: str | os.PathLike[str], report: dict, *, replace: bool = 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "written": time.strftime("%Y-%m-%d %H:%M:%S"), **report}
-    with open(out, "w" if replace else "x") as file:
-        file.write(json.dumps(report, indent=2))
+    atomic_write_text(out, json.dumps(report, indent=2), overwrite=replace)
     print(f"wrote {out}")
     return out

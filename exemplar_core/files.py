@@ -116,13 +116,18 @@ def umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def match_umask(path: Path) -> None:
-    """Give a file another writer made owner-only (safetensors, ``mkstemp``) the umask's mode."""
-    os.chmod(path, umask_mode())
+def match_umask(path: Path, mode: int | None = None) -> None:
+    """Give a file another writer made owner-only (safetensors, ``mkstemp``) the umask's mode, or
+    ``mode`` when given (``atomic_write`` passes the one the kernel gave its new temp file)."""
+    mode = umask_mode() if mode is None else mode
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        os.chmod(path, mode)
 
 
 def fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
+    """Flush a written file's data to disk (opened for writing: Windows refuses to flush a
+    read-only handle)."""
+    with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
 
@@ -158,13 +163,12 @@ def atomic_write(
         raise DestinationError(f"cannot create the folder {out.parent}: {err}") from err
     tmp = _create_temp(out.parent, out.name)
     try:
-        mode = stat.S_IMODE(tmp.stat().st_mode)  # 0666 minus the umask, as the kernel applied it
+        # 0666 minus the umask, as the kernel applied it: umask_mode() would change the process
+        # umask for a moment, under other threads' feet (a ComfyUI server has several).
+        mode = stat.S_IMODE(tmp.stat().st_mode)
         write(tmp)
-        # Some writers replace the file with one of their own, 0600 (safetensors does).
-        if stat.S_IMODE(tmp.stat().st_mode) != mode:
-            os.chmod(tmp, mode)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        match_umask(tmp, mode)  # some writers replace the file with their own, 0600 (safetensors)
+        fsync_file(tmp)
         if not overwrite and out.exists():
             raise DestinationError(f"{out} appeared while it was being written; nothing replaced")
         os.replace(tmp, out)

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built in the test process, never downloaded."""
+"""Shared fixtures: tiny models and datasets built in the test process (never downloaded)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,24 @@ def tiny_model(tiny_configs):
 
     torch.manual_seed(1234)
     return PaintByExampleModel(tiny_configs).eval()
+
+
+@pytest.fixture()
+def umask():
+    """``umask(mask)`` sets the process umask for one test; the previous one is restored after."""
+    saved = os.umask(0o022)
+    os.umask(saved)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The trainer tests' dataset: 7 tiny PNGs and their JSONL annotation file (one per module)."""
+    from train_support import make_images, write_jsonl
+
+    folder = tmp_path_factory.mktemp("data")
+    return write_jsonl(folder / "ann.jsonl", make_images(folder, 7))
 
 
 # On CI (CI=true; .ci/run gives it ComfyUI and Chromium) a skipped host or browser test is a

@@ -24,15 +24,6 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.fixture()
-def umask():
-    """Set the process umask for one test and restore it after."""
-    saved = os.umask(0o022)
-    os.umask(saved)
-    yield os.umask
-    os.umask(saved)
-
-
 @posix_only
 @pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600)])
 def test_models_and_images_are_created_with_the_users_umask(
@@ -126,3 +117,40 @@ def test_check_destination_refuses_a_read_only_folder(tmp_path):
         folder.chmod(0o755)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "not writable" in result.stdout
+
+
+def _grant_dac_override_to_children() -> None:
+    """As older Docker releases start root: CAP_DAC_OVERRIDE in the inheritable set too."""
+    import ctypes
+
+    import permissions
+
+    header = permissions._CapHeader(permissions._CAPABILITY_VERSION_3, 0)
+    data = (permissions._CapData * 2)()
+    permissions._libc_call("capget", ctypes.byref(header), data)
+    data[0].inheritable |= 1 << permissions._CAP_DAC_OVERRIDE
+    permissions._libc_call("capset", ctypes.byref(header), data)
+
+
+@posix_only
+def test_a_child_bound_by_permissions_cannot_write_a_read_only_folder(tmp_path):
+    """What the read-only-folder tests rely on (tests/permissions.py), also as root started with
+    the override in its inheritable capabilities, which an exec would otherwise carry over."""
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o555)
+    bound = bound_by_permissions()
+
+    def preexec() -> None:
+        if bound is not None:  # root
+            _grant_dac_override_to_children()
+            bound()
+
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", "import sys; open(sys.argv[1], 'w')", str(folder / "x")],
+            capture_output=True, text=True, timeout=60, preexec_fn=preexec,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 1 and "PermissionError" in result.stderr, result.stderr
+    assert not (folder / "x").exists()

@@ -2,9 +2,9 @@
 leave the model folders.
 
 Memory is shown bounded by the refusal coming from our checks (their messages), before torch or
-safetensors allocate anything, and in well under a second. (An address-space limit cannot be
-used instead: importing torch with its CUDA libraries reserves more address space than any
-useful limit.)
+safetensors allocate anything; a time limit only rules out a hang. (An address-space limit
+cannot be used instead: importing torch with its CUDA libraries reserves more address space than
+any useful limit.)
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _refused_fast(path: Path, match: str, lazy: bool = False) -> str:
+    """Our check's refusal (``match``), not a hang: generous for a loaded machine."""
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=match) as err:
         formats.load_checkpoint(path, lazy=lazy)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 60
     return str(err.value)
 
 

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _launch(tmp_path, config) -> dict:
-    """Run ``python -m train`` on 2 CPU processes (gloo); return summary.json."""
+def _launch(tmp_path, config, *args: str) -> dict:
+    """Run ``python -m train ARGS`` on 2 CPU processes (gloo); return summary.json. The output
+    of both ranks and the launcher is in ``tmp_path / "launch.log"``."""
     config_file = tmp_path / "config.toml"
     config_file.write_text(to_toml(config))
     # Loopback only: gloo otherwise binds the interface the host name resolves to.
@@ -46,6 +47,7 @@ def _launch(tmp_path, config) -> dict:
         "train",
         "--config",
         str(config_file),
+        *args,
     ]
     log = tmp_path / "launch.log"
     with log.open("w") as handle:
@@ -78,9 +80,13 @@ def _launch(tmp_path, config) -> dict:
 
 
 def test_two_processes_end_with_identical_weights(tmp_path):
+    """Started as the resume of a run stopped before its first checkpoint: the warning that it
+    starts from step 0 comes once, from the main process, not from every rank."""
     data = write_jsonl(tmp_path / "ann.jsonl", make_images(tmp_path, 9))
     config = tiny_config(tmp_path / "run", data, train={"max_steps": 2, "validate_every": 0})
-    summary = _launch(tmp_path, config)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    summary = _launch(tmp_path, config, "--resume")
+    assert (tmp_path / "launch.log").read_text().count("has no checkpoint yet") == 1
     assert summary["world_size"] == 2 and summary["step"] == 2
     first, second = summary["rank_checksums"]
     assert first == second  # bit-identical trained weights on both ranks

@@ -18,7 +18,7 @@ import pytest
 import torch
 from permissions import bound_by_permissions
 from safetensors.torch import load_file
-from train_support import make_images, tiny_config, write_jsonl
+from train_support import tiny_config
 
 from train import checkpoints
 from train.__main__ import main as train_main
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 # One checkpoint per step: most moments of a run are inside a save or right next to one.
 RUN = {"max_steps": 8, "checkpoint_every": 1, "keep_checkpoints": 20, "validate_every": 0}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    return write_jsonl(folder / "ann.jsonl", make_images(folder, 7))
 
 
 @pytest.fixture(scope="module")
@@ -78,27 +72,24 @@ def _config_file(folder: Path, config) -> Path:
     return path
 
 
-def _log_size(out: Path) -> int:
-    log = out / "train.log"
-    return log.stat().st_size if log.is_file() else 0
-
-
-def _wait_for_log(out: Path, pattern: str, process, since: int = 0, seconds: float = 120):
-    """Wait until train.log, from byte ``since`` on, matches ``pattern``."""
+def _wait_for_log(out: Path, pattern: str, process, seconds: float = 120):
+    """Wait until train.log matches ``pattern``."""
     log = out / "train.log"
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and process.poll() is None:
-        if log.is_file() and re.search(pattern, log.read_bytes()[since:].decode()):
+        if log.is_file() and re.search(pattern, log.read_text()):
             return
         time.sleep(0.02)
     raise AssertionError(f"{pattern!r} never reached train.log (rc {process.poll()})")
 
 
-# A driver that runs `python -m train`'s main with a SIGKILL planted at one moment of a save.
+# A driver that runs `python -m train`'s main with a SIGKILL planted at one moment of a save, or
+# ("time:SECONDS") that many seconds after the run's first logged step.
 KILLER = """
-import os, re, shutil, signal, sys
+import os, re, shutil, signal, sys, threading
 from pathlib import Path
 import train.checkpoints as checkpoints
+import train.trainer as trainer
 
 point, nth = os.environ["KILL_AT"].split(":")
 calls = [0]
@@ -126,6 +117,14 @@ elif point == "export":  # model export written to its temporary file
     wrap(os, "replace", lambda src, dst: str(dst).endswith(".safetensors"))
 elif point == "prune":  # an old checkpoint being deleted
     wrap(shutil, "rmtree", lambda path, *a: re.match(r"step-\\d{8}$", Path(path).name))
+elif point == "time":  # a moment no save chooses, timed inside the run (not by a busy test)
+    timer = threading.Timer(float(nth), os.kill, (os.getpid(), signal.SIGKILL))
+    real_log = trainer.Trainer._log_scalars
+    def log_and_arm(self, *args):
+        if timer.ident is None:
+            timer.start()
+        return real_log(self, *args)
+    trainer.Trainer._log_scalars = log_and_arm
 
 from train.__main__ import main
 sys.exit(main(sys.argv[1:]))
@@ -133,34 +132,24 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_weights(tmp_path, data, reference):
-    """Six SIGKILLs (five planted inside saves, one at a seeded random time), each followed by
-    --resume: `latest` always names a complete checkpoint and the end equals an uninterrupted
-    run bit for bit. (The kills after the random one need 4 more steps: 8 steps leave room.)"""
+    """Six SIGKILLs (five planted inside saves, one at a seeded random time after the first
+    logged step), each followed by --resume: `latest` always names a complete checkpoint and the
+    end equals an uninterrupted run bit for bit. (The kills after the random one need 4 more
+    steps: 8 steps leave room.)"""
     out = tmp_path / "run"
     config = _config_file(tmp_path, tiny_config(out, data, train={**RUN, "keep_checkpoints": 2}))
     driver = tmp_path / "killer.py"
     driver.write_text(KILLER)
-    kills = ["manifest:2", "time", "rename:2", "latest:1", "export:1", "prune:1"]
     rng = random.Random(16)
+    kills = ["manifest:2", f"time:{rng.uniform(0.0, 0.3)}", "rename:2", "latest:1", "export:1",
+             "prune:1"]  # fmt: skip
     for number, kill in enumerate(kills):
         args = ["--config", str(config)] + (["--resume"] if number else [])
-        if kill == "time":
-            since = _log_size(out)
-            process = subprocess.Popen(
-                [sys.executable, "-m", "train", *args], cwd=REPO, env=_env(),
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            _wait_for_log(out, r"step \d+ loss", process, since)
-            time.sleep(rng.uniform(0.0, 0.3))
-            process.kill()
-            _, stderr = process.communicate(timeout=60)
-        else:
-            result = subprocess.run(
-                [sys.executable, str(driver), *args], cwd=REPO, env=_env(KILL_AT=kill),
-                capture_output=True, text=True, timeout=240,
-            )  # fmt: skip
-            process, stderr = result, result.stderr
-        assert process.returncode == -signal.SIGKILL, (kill, stderr[-2000:])
+        result = subprocess.run(
+            [sys.executable, str(driver), *args], cwd=REPO, env=_env(KILL_AT=kill),
+            capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert result.returncode == -signal.SIGKILL, (kill, result.stderr[-2000:])
         _assert_latest_is_complete(out)
     done = subprocess.run(
         [sys.executable, "-m", "train", "--config", str(config), "--resume"],
@@ -186,23 +175,24 @@ def test_resuming_a_finished_run_rewrites_no_checkpoint(tmp_path, data):
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in last.iterdir()} == before
 
 
+def _sealed(folder: Path, step: int) -> Path:
+    """A small complete checkpoint folder (placeholder files, a real manifest)."""
+    folder.mkdir(parents=True)
+    for name in checkpoints.REQUIRED + ("rng-0.pt",):
+        (folder / name).write_text(f"{name} {step}")
+    checkpoints.seal(folder, step)
+    return folder
+
+
 def test_latest_never_names_a_missing_checkpoint_while_one_is_replaced(tmp_path, monkeypatch):
     """Publishing step 4 over a corrupt step-4 that `latest` names: at every rename and pointer
     write on the way, `latest` names a complete checkpoint."""
     root = tmp_path / "checkpoints"
-
-    def make(folder: Path, step: int) -> Path:
-        folder.mkdir(parents=True)
-        for name in checkpoints.REQUIRED + ("rng-0.pt",):
-            (folder / name).write_text(f"{name} {step}")
-        checkpoints.seal(folder, step)
-        return folder
-
-    make(root / "step-00000002", 2)
-    make(root / "step-00000004", 4)
+    _sealed(root / "step-00000002", 2)
+    _sealed(root / "step-00000004", 4)
     (root / "step-00000004" / "optimizer.pt").write_text("bit rot")
     (root / "latest").write_text("step-00000004")
-    make(root / ".tmp-step-00000004", 4)
+    _sealed(root / ".tmp-step-00000004", 4)
     seen = []
 
     def check():
@@ -229,25 +219,65 @@ def test_latest_never_names_a_missing_checkpoint_while_one_is_replaced(tmp_path,
     assert (root / "step-00000004" / "optimizer.pt").read_text() == "optimizer.pt 4"
 
 
+# `python -m train`'s main, holding still after logging step PAUSE_AT until a stop signal came:
+# the test signals once it has read that step in train.log, and the run cannot finish first.
+PAUSER = """
+import os, sys, time
+import train.trainer as trainer
+
+real_log, pause_at = trainer.Trainer._log_scalars, int(os.environ["PAUSE_AT"])
+
+def log_then_wait(self, *args):
+    real_log(self, *args)
+    deadline = time.monotonic() + 120
+    while self.step == pause_at and not self.stop.requested and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+trainer.Trainer._log_scalars = log_then_wait
+from train.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_replacing_the_checkpoint_latest_names_verifies_only_the_newest_other(
+    tmp_path, monkeypatch
+):
+    """While step 6 is replaced, `latest` moves to the newest complete checkpoint (step 4):
+    the older ones are not read and hashed on the way."""
+    root = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        _sealed(root / checkpoints.checkpoint_name(step), step)
+    (root / "latest").write_text("step-00000006")
+    _sealed(root / ".tmp-step-00000006", 6)
+    checked = []
+    real_problem = checkpoints.problem
+    monkeypatch.setattr(
+        checkpoints, "problem", lambda folder: checked.append(folder.name) or real_problem(folder)
+    )
+    checkpoints.publish(root, root / ".tmp-step-00000006", "step-00000006")
+    assert checked == ["step-00000004"]
+    assert checkpoints.read_latest(root) == "step-00000006"
+
+
 def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path, data):
     out = tmp_path / "run"
     options = {"max_steps": 6, "checkpoint_every": 1000, "validate_every": 0}
     config = _config_file(tmp_path, tiny_config(out, data, train=options))
-    command = [sys.executable, "-m", "train", "--config", str(config)]
+    driver = tmp_path / "pauser.py"
+    driver.write_text(PAUSER)
     process = subprocess.Popen(
-        command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        [sys.executable, str(driver), "--config", str(config)], cwd=REPO, env=_env(PAUSE_AT="2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     _wait_for_log(out, r"step 2 loss", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
-    stopped = re.search(
-        r"stopped by SIGINT at step (\d+): checkpoint (step-\d+) is complete", stderr
-    )
+    stopped = re.search(r"stopped by SIGINT at step 2: checkpoint (step-\d+) is complete", stderr)
     assert stopped, stderr[-2000:]
-    assert checkpoints.read_latest(out / "checkpoints") == stopped.group(2)
-    assert _assert_latest_is_complete(out) == f"step-{int(stopped.group(1)):08d}"
+    assert checkpoints.read_latest(out / "checkpoints") == stopped.group(1) == "step-00000002"
+    _assert_latest_is_complete(out)
     resume = f"python -m train --config {config} --resume"
     assert resume in stderr
     again = subprocess.run(
@@ -256,7 +286,7 @@ def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path, data):
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-2000:]
     assert (
-        f"resumed from {out / 'checkpoints' / stopped.group(2)}" in (out / "train.log").read_text()
+        f"resumed from {out / 'checkpoints' / stopped.group(1)}" in (out / "train.log").read_text()
     )
     assert json.loads((out / "summary.json").read_text())["step"] == 6
 
@@ -368,14 +398,11 @@ def test_resume_with_only_corrupt_checkpoints_fails_instead_of_starting_over(tmp
     assert not (tmp_path / "checkpoints" / "step-00000001").exists()
 
 
-def test_files_follow_the_umask(tmp_path, data):
+def test_files_follow_the_umask(tmp_path, data, umask):
     """umask 022: 0644 files and 0755 folders (the model exports are written by exemplar_core's
     writer, whose own tests cover them)."""
-    previous = os.umask(0o022)
-    try:
-        train(tiny_config(tmp_path, data, train={"max_steps": 1, "validate_every": 0}))
-    finally:
-        os.umask(previous)
+    umask(0o022)
+    train(tiny_config(tmp_path, data, train={"max_steps": 1, "validate_every": 0}))
     paths = [p for p in tmp_path.rglob("*") if "models" not in p.relative_to(tmp_path).parts]
     assert any(p.name == "trainable.safetensors" for p in paths)
     for path in paths:

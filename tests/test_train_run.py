@@ -7,18 +7,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import make_images, tiny_config, write_jsonl
+from train_support import tiny_config
 
 import train.trainer as trainer
 from train.trainer import Trainer, TrainingError, train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    return write_jsonl(folder / "ann.jsonl", make_images(folder, 7))
 
 
 # 4 optimiser steps of 2 micro-batches each, a checkpoint every 2 steps, validation at step 4.

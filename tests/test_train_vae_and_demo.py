@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -22,13 +20,10 @@ def _images(folder, count=3, size=48):
     return folder
 
 
-def test_vae_stage_writes_weights_and_a_unit_variance_scaling_factor(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        path = train_vae(_images(tmp_path / "img"), tmp_path / "out", vae_config("tiny"), steps=2,
-                         batch_size=2, resolution=32, log_every=1)  # fmt: skip
-    finally:
-        os.umask(previous)
+def test_vae_stage_writes_weights_and_a_unit_variance_scaling_factor(tmp_path, umask):
+    umask(0o022)
+    path = train_vae(_images(tmp_path / "img"), tmp_path / "out", vae_config("tiny"), steps=2,
+                     batch_size=2, resolution=32, log_every=1)  # fmt: skip
     assert path.stat().st_mode & 0o777 == 0o644  # the umask's mode, not safetensors' 0600
     assert [p.name for p in path.parent.iterdir()] == ["vae.safetensors"]
     config, state = load_vae_weights(path)

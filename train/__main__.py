@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit(code: int) -> None:
-    """Exit; in a multi-process run skip interpreter teardown, which has been seen to hang after
-    the process group is gone (rarely, on CPU/gloo), leaving the launcher waiting forever."""
+    """Exit; in a multi-process run skip interpreter teardown, which can deadlock in the gloo
+    process group's destructor (see ``train.trainer._FINISHED``) and leave the launcher waiting."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -44,7 +44,10 @@ def _sha256(path: Path) -> str:
 
 
 def seal(folder: Path, step: int) -> None:
-    """Make every file in ``folder`` durable with the umask's mode, then write the manifest."""
+    """Make every file in ``folder`` durable with the umask's mode, then write the manifest.
+
+    Each file is hashed as read back, not while written: safetensors writes to a path itself, and
+    hashing its bytes on the way would mean serialising the weights in memory first."""
     files = {}
     for path in sorted(folder.iterdir()):
         if path.name == MANIFEST or not path.is_file():
@@ -145,9 +148,10 @@ def publish(root: Path, tmp: Path, name: str) -> Path:
     old = root / f".old-{name}"
     if final.exists():
         if read_latest(root) == name:
-            others = [p for p in step_folders(root) if p.name != name and problem(p) is None]
-            if others:
-                atomic_write_text(root / LATEST, others[0].name)
+            others = (p for p in step_folders(root) if p.name != name)
+            newest = next((p for p in others if problem(p) is None), None)  # newest first
+            if newest is not None:
+                atomic_write_text(root / LATEST, newest.name)
             else:
                 (root / LATEST).unlink(missing_ok=True)
                 fsync_folder(root)
@@ -168,8 +172,9 @@ def prune(root: Path, keep: int) -> None:
     for old in complete[keep:]:
         if old.name != named:
             shutil.rmtree(old, ignore_errors=True)
-    for leftover in [*root.glob(".old-step-*"), *root.glob(".tmp-step-*")]:
+    for leftover in root.glob(".old-step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
+    remove_unfinished(root)
 
 
 def remove_unfinished(root: Path) -> None:

@@ -6,8 +6,8 @@ exemplar fidelity (colour error, shape agreement), background preservation outsi
 band, and the response to the scale. It writes ``report.json`` and ``chart.png``.
 
 ``python -m train.eval pool REPORT...`` merges the reports of several such runs of one checkpoint
-on different synthetic worlds (``--world-seed``) into one verdict over all their cases: a single
-96-case world decides a target that a model meets by a few hundredths about as often as a coin.
+on different synthetic worlds (``--world-seed``) into one verdict over all their cases, for a
+model whose margin one world's cases cannot settle (docs/miniature-world.md, "Quality benchmark").
 
 ``python -m train.eval folder`` scores a folder of results COCOEE-style: CLIP score between each
 generated box and its exemplar with any open_clip model, and FID with feature weights you provide.
@@ -28,10 +28,8 @@ import torch
 from . import metrics, synthetic
 
 DEFAULT_SCALES = (0.0, 1.0, 3.0, 5.0, 7.0)
-# Held-out cases per run. One case's colour error moves by about 0.1 between neighbouring scales
-# from sampling alone (a different trajectory), so the standard error of a mean change is about
-# 0.095 / sqrt(cases): 0.019 at 24 cases, twice the 0.01 tolerance of "not getting worse"; 96
-# cases bring it to about 0.01 (docs/miniature-world.md, "Quality benchmark").
+# Held-out cases per run: enough to bring the standard error of a mean change to about the 0.01
+# tolerance of "not getting worse" (docs/miniature-world.md, "Quality benchmark").
 DEFAULT_CASES = 96
 
 
@@ -135,9 +133,8 @@ def hole_fill_probe(
     exemplar). Returns the mean and worst RGB distance (0..1 units, as the colour error) between
     the hole's mean colour, inside the feather band, and the scene's colour.
 
-    A model that takes the scene's overall colour from what the noisy latent still holds of it,
-    rather than from the masked image, fills every hole with its training set's mean colour,
-    since sampling starts from pure noise (docs/miniature-world.md)."""
+    It catches a model that reads the scene's colour from the noisy latent instead of the masked
+    image (docs/miniature-world.md, "The box's background")."""
     from exemplar_core.editor import EditSettings
 
     size = editor.native_size
@@ -168,7 +165,7 @@ def _standard_error(values) -> float:
 
 
 def check_requirements(per_scale: dict[str, dict]) -> dict[str, dict]:
-    """The issue's targets: colour error at s=5 at most half that at s=0; fidelity not worse from
+    """The targets: colour error at s=5 at most half that at s=0; fidelity not worse from
     0 to 5; background PSNR >= 45 dB outside the feather band.
 
     The verdicts use the means. Where the rows carry per-case errors (``run_synthetic``'s do),

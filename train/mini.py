@@ -21,25 +21,24 @@ import sys
 import time
 from pathlib import Path
 
+from exemplar_core.cli import positive_int
+
 from .preflight import PreflightError, check_out_dir, is_run_folder, require_training_extra
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "mini.toml"
-
-
-def _steps(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m train.mini", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/mini", help="working folder (runs/mini)")
-    p.add_argument("--steps", type=_steps, default=3000, help="main-stage optimiser steps (3000)")
-    p.add_argument("--vae-steps", type=_steps, default=1500, help="VAE-stage steps (1500)")
-    p.add_argument("--tower-steps", type=_steps, default=1500, help="tower-stage steps (1500)")
+    p.add_argument(
+        "--steps", type=positive_int, default=3000, help="main-stage optimiser steps (3000)"
+    )
+    p.add_argument("--vae-steps", type=positive_int, default=1500, help="VAE-stage steps (1500)")
+    p.add_argument(
+        "--tower-steps", type=positive_int, default=1500, help="tower-stage steps (1500)"
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     again = f"python -m train.mini {shlex.join(argv)}".rstrip()

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from exemplar_core.files import atomic_write_text
+
 SHAPES = ("circle", "square", "triangle", "star", "ring", "cross", "diamond", "ellipse")
 TEXTURES = ("solid", "stripes", "checker", "dots")
 BACKGROUNDS = ("plain", "gradient", "noise", "stripes")
@@ -295,7 +297,8 @@ def write_split(out: Path, split: str, count: int, seed: int, size: int) -> set[
                 }
             )
         )
-    (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    # The index last and whole: it names only images already written.
+    atomic_write_text(out / f"{split}.jsonl", "\n".join(lines) + "\n")
     return hashes
 
 
@@ -308,7 +311,7 @@ def write_eval(out: Path, count: int, seed: int, size: int) -> None:
         for key in ("source", "mask", "exemplar", "exemplar_mask"):
             case[key].save(folder / f"{i:04d}_{key}.png")
         cases.append({"id": i, "object": case["object"], "box": case["box"]})
-    (out / "eval.json").write_text(json.dumps(cases, indent=1))
+    atomic_write_text(out / "eval.json", json.dumps(cases, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -689,12 +689,15 @@ class Trainer:
         name, error, passed_over = message
         if error:
             raise ResumeError(error)
-        for note in passed_over:
-            log.warning("--resume passes over checkpoint %s", note)
-        if name is None:
-            log.warning("--resume: %s has no checkpoint yet: starting from step 0", self.out_dir)
-            return None
-        return root / name
+        # The main process alone logs: elsewhere Python's last-resort handler would print these.
+        if acc.is_main_process:
+            for note in passed_over:
+                log.warning("--resume passes over checkpoint %s", note)
+            if name is None:
+                log.warning(
+                    "--resume: %s has no checkpoint yet: starting from step 0", self.out_dir
+                )
+        return None if name is None else root / name
 
     def _load_checkpoint(self) -> None:
         from safetensors.torch import load_file
@@ -1026,10 +1029,8 @@ def _to_toml(config: TrainConfig) -> str:
 
 
 # Multi-process runs keep their finished Trainer here until the process leaves with os._exit
-# (train/__main__.py). Freeing it would free DDP's reducer, which drops the last reference to the
-# gloo process group; that destructor joins gloo worker threads that may be waiting for the GIL
-# this thread holds: a deadlock seen at exit of 2-process CPU runs (py-spy: Reducer dealloc ->
-# ~ProcessGroupGloo -> thread::join, worker blocked in gil_scoped_acquire).
+# (train/__main__.py): freeing DDP's reducer destroys the gloo process group, whose destructor
+# joins worker threads that may wait for the GIL this thread holds (a deadlock).
 _FINISHED: list[Trainer] = []
 
 
