@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from exemplar_core.cli import positive_int
+from exemplar_core.argtypes import positive_int
 
 from .preflight import PreflightError, check_out_dir, is_run_folder, require_training_extra
 
