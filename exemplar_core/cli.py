@@ -13,15 +13,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .dtypes import DTYPES
+
 EXIT_BAD_INPUT = 2
 
 
 def _dtype(name: str):
-    import torch
-
-    return {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        name
-    ]
+    return None if name == "auto" else DTYPES[name]
 
 
 def positive_int(text: str) -> int:
@@ -156,7 +154,7 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dtype",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        choices=("auto", *DTYPES),
         default="auto",
         help="weight and compute precision; auto = fp16 on cuda, fp32 on cpu (default: "
         "%(default)s)",
@@ -267,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_edit_command(sub)
-    from . import convert
+    from .checkpoint import cli as checkpoint_cli
     from .demo import add_demo_command
 
-    convert.register(sub)
+    checkpoint_cli.register(sub)
     add_demo_command(sub)
     add_headless_command(sub)
     return parser

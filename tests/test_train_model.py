@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from exemplar_core import keymap
+from exemplar_core.checkpoint import keymap
 from exemplar_core.model import ModelConfigs, build_unet, build_vae
 from train.config import ModelSection
 from train.model_init import build_model, convert_inpaint_conv_in, expand_sd_conv_in

@@ -1,7 +1,8 @@
 """``convert`` and ``info`` commands: any Paint-by-Example checkpoint -> the project single file.
 
-Standalone: ``python -m exemplar_core.convert convert SRC DST.safetensors [--dtype fp16]`` and
-``python -m exemplar_core.convert info FILE``; ``register`` adds both to another argparse CLI.
+Part of ``python -m exemplar_core``; standalone: ``python -m exemplar_core.checkpoint.cli convert
+SRC DST.safetensors [--dtype fp16]`` and ``python -m exemplar_core.checkpoint.cli info FILE``.
+``register`` adds both to another argparse CLI.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .files import DestinationError, check_destination
-from .formats import DTYPES, CheckpointError, PbECheckpoint, load_checkpoint, save_single_file
-
-EXIT_BAD_INPUT = 2  # the same status as every other command of ``python -m exemplar_core``
+from ..cli import EXIT_BAD_INPUT
+from ..dtypes import DTYPES
+from ..files import DestinationError, check_destination
+from .container import CheckpointError, PbECheckpoint
+from .load import load_checkpoint
+from .single_file import save_single_file
 
 _FORMAT_NAMES = {
     "official-ckpt": "official LDM checkpoint (.ckpt, weights under state_dict)",
@@ -181,7 +184,7 @@ def register(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exemplar_core.convert")
+    parser = argparse.ArgumentParser(prog="python -m exemplar_core.checkpoint.cli")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))
