@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .dtypes import DTYPES
-
 EXIT_BAD_INPUT = 2
 
 
 def _dtype(name: str):
+    from .dtypes import DTYPES  # torch: only once a command needs it (headless imports this module)
+
     return None if name == "auto" else DTYPES[name]
 
 
@@ -34,6 +34,7 @@ def positive_int(text: str) -> int:
 
 
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
+    from .dtypes import DTYPES
     from .editor import SCHEDULERS, EditSettings
 
     d = EditSettings()

@@ -16,29 +16,14 @@ from ..dtypes import DTYPES
 from ..model import ModelConfigs
 
 Tensor = torch.Tensor
-
-
 StateDict = dict[str, Tensor]
-
-
 Format = Literal["official-ckpt", "official-safetensors", "diffusers", "single-file"]
 
-
 FORMAT_NAME = "paint-by-example-comfy"
-
-
 FORMAT_VERSION = "1"
-
-
 UNET_PREFIX = "model.diffusion_model."
-
-
 VAE_PREFIX = "first_stage_model."
-
-
 ENCODER_PREFIX = "exemplar_encoder."
-
-
 RESERVED_METADATA = ("format", "format_version", "unet_config", "vae_config", "encoder_config")
 
 
@@ -92,6 +77,7 @@ def _numel(state_dict: Mapping[str, Tensor]) -> int:
 
 
 def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype given as a ``torch.dtype`` or a ``DTYPES`` name (``"fp16"``); None stays None."""
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:

@@ -18,8 +18,6 @@ from .container import CheckpointError, PbECheckpoint, StateDict, prepare_tensor
 from .safe_read import read_weights_file
 
 DIFFUSERS_PARTS = ("unet", "vae", "image_encoder")
-
-
 # Weight file stems per part: (safetensors stem, pickle stem).
 DIFFUSERS_WEIGHTS = {
     "unet": ("diffusion_pytorch_model", "diffusion_pytorch_model"),
@@ -78,8 +76,6 @@ _CORE_UNET_KEYS = (
     "attention_head_dim",
     "norm_num_groups",
 )
-
-
 _CORE_VAE_KEYS = (
     "in_channels",
     "out_channels",
@@ -129,8 +125,6 @@ def canonical_config(raw: Mapping[str, Any], class_name: str) -> dict[str, Any]:
 _CHECKED_UNET_KEYS = tuple(
     k for k in _CORE_UNET_KEYS if k not in ("sample_size", "attention_head_dim", "norm_num_groups")
 )
-
-
 _CHECKED_VAE_KEYS = tuple(
     k
     for k in _CORE_VAE_KEYS
@@ -156,6 +150,7 @@ def _check_config_matches(
 
 
 def read_diffusers(folder: Path, lazy: bool) -> PbECheckpoint:
+    """A ``PaintByExamplePipeline`` folder; its configs are checked against its weights."""
     index_path = folder / "model_index.json"
     if index_path.is_file():
         index = _read_json(index_path)

@@ -27,8 +27,6 @@ EXPECTED_OFFICIAL = (
     "first_stage_model.* (VAE), cond_stage_model.transformer.* (CLIP vision tower), "
     "cond_stage_model.mapper.*, cond_stage_model.final_ln.*, proj_out.* and learnable_vector"
 )
-
-
 # Keys of the official checkpoint that are not weights of the model (DDPM schedule, EMA, logvar).
 IGNORED_OFFICIAL_KEYS = frozenset(
     {
@@ -48,11 +46,7 @@ IGNORED_OFFICIAL_KEYS = frozenset(
         "logvar",
     }
 )
-
-
 IGNORED_OFFICIAL_PREFIXES = ("model_ema.",)
-
-
 OFFICIAL_HEAD_KEYS = frozenset(name for name, _ in keymap.ENCODER_HEAD.values())
 
 

@@ -122,8 +122,6 @@ METADATA_GLOBAL_PREFIXES = (
     "numpy.dtypes.",
     "omegaconf.",
 )
-
-
 METADATA_GLOBALS = frozenset(
     {"numpy.dtype", "numpy.ndarray", "_codecs.encode", "argparse.Namespace"}
 )
@@ -150,18 +148,12 @@ def _is_metadata_global(name: str) -> bool:
 # weights uncompressed and memory-maps them; only the pickle (names and structure, under 1 MB for
 # the official model) is read into memory, and compressed entries are inflated into memory whole.
 MAX_PICKLE_RECORD = 64 * 2**20
-
-
 MAX_COMPRESSED_TOTAL = 64 * 2**20
-
-
 # Element sizes of the storage classes a legacy (pre-zip) torch file names ("FloatStorage": 4),
 # from the table torch's own legacy loader names them by.
 _LEGACY_ELEMENT_SIZES = {
     name: dtype.itemsize for dtype, name in torch.storage._dtype_to_storage_type_map().items()
 }
-
-
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
@@ -344,6 +336,7 @@ def read_pickle(path: Path) -> Any:
 
 
 def read_weights_file(path: Path, lazy: bool) -> StateDict:
+    """The tensors of one weights file: ``.safetensors``, or a pickled dict of tensors."""
     if path.suffix == ".safetensors":
         return read_safetensors(path, lazy)[0]
     obj = read_pickle(path)
