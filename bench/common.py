@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from exemplar_core.dtypes import DTYPES
 from exemplar_core.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +77,7 @@ def dtype_named(name: str, device: torch.device) -> torch.dtype:
     """``auto`` (fp16 on CUDA, else fp32), ``fp32``, ``fp16`` or ``bf16``."""
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return DTYPES[name]
 
 
 def timed(edit: Callable[[], Any], device: torch.device, warmup: str) -> tuple[Any, float, float]:

@@ -22,6 +22,8 @@ import os
 
 import torch
 
+from exemplar_core.dtypes import DTYPES
+
 from .common import (
     add_warmup_option,
     alternate,
@@ -83,8 +85,8 @@ def diffusers_edit(args):
     )
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
+    from exemplar_core.checkpoint.keymap import encoder_to_diffusers
     from exemplar_core.editor import make_scheduler
-    from exemplar_core.keymap import encoder_to_diffusers
 
     device = pick_device(args.device)
     dtype = dtype_named(args.dtype, device)
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--steps", type=int, default=10)
         p.add_argument("--repeats", type=int, default=default_repeats)
         p.add_argument("--device", default="auto")
-        p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "fp16", "bf16"))
+        p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
         p.add_argument("--out", default=f"out/bench/inference_{name}.json")
         add_warmup_option(p)
     w = sub.add_parser("worker", help="internal: one measured run in this process")

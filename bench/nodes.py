@@ -55,7 +55,7 @@ def load_host(device: torch.device | None = None):
 def native_parts(host, seed_model, dtype: torch.dtype | None = None):
     """MODEL, VAE and encoder built by the pack's own builders from an in-memory checkpoint, in
     ``dtype`` (None: ComfyUI's own choice for the device, as the Loader node makes it)."""
-    from exemplar_core.formats import checkpoint_from_model
+    from exemplar_core.checkpoint import checkpoint_from_model
 
     builder = host.module("nodes.model_builder")
     ckpt = checkpoint_from_model(seed_model)

@@ -21,6 +21,8 @@ from collections import Counter
 
 import torch
 
+from exemplar_core.dtypes import DTYPES
+
 from .common import pick_device, write_report
 from .train import add_run_options
 
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--side", default="editor", choices=("editor", "diffusers", "node"))
     e.add_argument("--size", type=int, default=512)
     e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
+    e.add_argument("--dtype", default="fp16", choices=tuple(DTYPES))
     e.add_argument("--out", default="out/bench/profile_edit.json")
     e.add_argument("--device", default="cuda")
     t = sub.add_parser("train", help="optimiser steps of the trainer")

@@ -17,11 +17,9 @@ EXIT_BAD_INPUT = 2
 
 
 def _dtype(name: str):
-    import torch
+    from .dtypes import DTYPES  # torch: only once a command needs it (headless imports this module)
 
-    return {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        name
-    ]
+    return None if name == "auto" else DTYPES[name]
 
 
 class _RememberOption(argparse.Action):
@@ -36,6 +34,7 @@ class _RememberOption(argparse.Action):
 
 
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
+    from .dtypes import DTYPES
     from .editor import SCHEDULERS, EditSettings
 
     d = EditSettings()
@@ -158,7 +157,7 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--dtype",
-        choices=("auto", "fp32", "fp16", "bf16"),
+        choices=("auto", *DTYPES),
         default="auto",
         help="weight and compute precision; auto = fp16 on cuda, fp32 on cpu (default: "
         "%(default)s)",
@@ -270,10 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_edit_command(sub)
-    from . import convert
+    from .checkpoint import cli as checkpoint_cli
     from .demo import add_demo_command
 
-    convert.register(sub)
+    checkpoint_cli.register(sub)
     add_demo_command(sub)
     add_headless_command(sub)
     return parser

@@ -198,7 +198,7 @@ class Editor:
         device: str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Editor:
-        from .formats import load_model
+        from .checkpoint import load_model
 
         return cls(load_model(path), device=device, dtype=dtype, source=str(path))
 

@@ -1,7 +1,7 @@
 """The three parts of a Paint-by-Example model (UNet, VAE, exemplar encoder) as one module.
 
 The UNet and VAE are diffusers modules (``UNet2DConditionModel``, ``AutoencoderKL``) built from
-their configs; the canonical weights on disk use the LDM key layout (see ``formats``).
+their configs; the canonical weights on disk use the LDM key layout (see ``checkpoint``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import LATENT_SCALE, EncoderConfig
+from .config import LATENT_SCALE, ConfigError, EncoderConfig
 from .encoder import ExemplarEncoder
 from .masks import unet_input
 
@@ -155,6 +155,22 @@ class ModelConfigs:
         )
         return cls(unet, vae, encoder)
 
+    def check(self) -> None:
+        """Raise ``ConfigError`` unless the three parts fit together as Paint-by-Example."""
+        unet_in = self.unet.get("in_channels")
+        latent = self.vae.get("latent_channels", 4)
+        if unet_in != 2 * latent + 1:
+            raise ConfigError(
+                f"the UNet takes {unet_in} input channels; a Paint-by-Example UNet takes "
+                f"{2 * latent + 1} (noisy latent, masked-image latent, keep mask)"
+            )
+        context = self.unet.get("cross_attention_dim")
+        if context != self.encoder.out_dim:
+            raise ConfigError(
+                f"the UNet's cross-attention width {context} differs from the encoder's output "
+                f"width {self.encoder.out_dim}"
+            )
+
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent pixel (8 for SD1)."""
@@ -214,19 +230,7 @@ class PaintByExampleModel(nn.Module):
     def __init__(self, configs: ModelConfigs) -> None:
         super().__init__()
         self.configs = configs
-        unet_in = configs.unet.get("in_channels")
-        latent = configs.vae.get("latent_channels", 4)
-        if unet_in != 2 * latent + 1:
-            raise ValueError(
-                f"a Paint-by-Example UNet takes {2 * latent + 1} input channels "
-                f"([noisy latent, masked-image latent, keep mask]); this config has {unet_in}"
-            )
-        if configs.unet.get("cross_attention_dim") != configs.encoder.out_dim:
-            raise ValueError(
-                f"UNet cross_attention_dim {configs.unet.get('cross_attention_dim')} does not "
-                f"match "
-                f"the encoder's out_dim {configs.encoder.out_dim}"
-            )
+        configs.check()
         self.unet = build_unet(configs.unet)
         self.vae = build_vae(configs.vae)
         self.encoder = ExemplarEncoder(configs.encoder)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..exemplar_core import node_ids
+from ..exemplar_core.dtypes import DTYPES
 from . import folders, model_builder
 from .checks import PaintByExampleInputError
 from .types import CATEGORY, PbEEncoder
 
-DTYPE_CHOICES = ["default", "fp32", "fp16", "bf16"]
+DTYPE_CHOICES = ["default", *DTYPES]
 
 
 class Loader(io.ComfyNode):
@@ -70,7 +71,7 @@ class Loader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name: str, weight_dtype: str = "default") -> io.NodeOutput:
-        from ..exemplar_core.formats import CheckpointError, load_checkpoint
+        from ..exemplar_core.checkpoint import CheckpointError, load_checkpoint
 
         if weight_dtype not in DTYPE_CHOICES:
             raise PaintByExampleInputError(
@@ -84,7 +85,7 @@ class Loader(io.ComfyNode):
             raise PaintByExampleInputError(
                 f"{model_name} is not a Paint-by-Example checkpoint this pack can read: {err}"
             ) from err
-        dtype = model_builder.WEIGHT_DTYPES.get(weight_dtype)
+        dtype = DTYPES.get(weight_dtype)
         model = model_builder.comfy_model(ckpt, dtype)
         vae = model_builder.comfy_vae(ckpt, dtype)
         encoder = model_builder.comfy_encoder(ckpt, dtype)

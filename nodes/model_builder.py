@@ -20,8 +20,8 @@ import comfy.utils
 import torch
 
 from ..exemplar_core import model as core_model
+from ..exemplar_core.checkpoint.arch import ldm_unet_kwargs, ldm_vae_ddconfig
 from ..exemplar_core.encoder import ExemplarEncoder
-from ..exemplar_core.keymap import ldm_unet_kwargs, ldm_vae_ddconfig
 from .checks import check_model_output
 from .types import EncoderContainer, ExemplarEncoderHandle
 
@@ -34,8 +34,6 @@ PBE_CONCAT_KEYS = ("masked_image", "mask_inverted")
 NATIVE_SIZE_KEY = "paint_by_example_native_size"
 SOURCE_KEY = "paint_by_example_source"  # the checkpoint file, for messages
 MODEL_MARKER = "paint_by_example"  # model_options key set on every MODEL this pack builds
-
-WEIGHT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class PbEModelConfig(comfy.supported_models.SD15):

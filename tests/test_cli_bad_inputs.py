@@ -25,7 +25,7 @@ from permissions import bound_by_permissions
 from PIL import Image
 from ports import closed_port
 
-from exemplar_core import formats
+from exemplar_core import checkpoint
 from exemplar_core.model import ModelConfigs, PaintByExampleModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -350,9 +350,9 @@ def _write_case_files(t: Path) -> None:
     configs = ModelConfigs.tiny()
     # The official layout cannot store heads: use the ones its reader assumes.
     official = ModelConfigs({**configs.unet, "attention_head_dim": 8}, configs.vae, configs.encoder)
-    ckpt = formats.checkpoint_from_model(PaintByExampleModel(official))
-    torch.save({"state_dict": formats.official_state_dict(ckpt)}, t / "tiny.ckpt")
-    formats.save_single_file(ckpt, t / "tiny.safetensors")
+    ckpt = checkpoint.checkpoint_from_model(PaintByExampleModel(official))
+    torch.save({"state_dict": checkpoint.official_state_dict(ckpt)}, t / "tiny.ckpt")
+    checkpoint.save_single_file(ckpt, t / "tiny.safetensors")
     data = (t / "tiny.safetensors").read_bytes()
     (t / "cut.safetensors").write_bytes(data[: len(data) // 2])
     (t / "text.safetensors").write_text("this is a text file, not a model\n" * 20)
@@ -420,8 +420,8 @@ def test_bad_input_exits_2_with_the_reason_and_changes_nothing(results, case):
 def test_convert_creates_the_readme_folder_and_writes_a_readable_model(results):
     t, _ = results
     written = t / "models/paint_by_example/pbe.safetensors"
-    assert formats.detect_format(written) == "single-file"
-    assert formats.load_checkpoint(written).configs.unet["in_channels"] == 9
+    assert checkpoint.detect_format(written) == "single-file"
+    assert checkpoint.load_checkpoint(written).configs.unet["in_channels"] == 9
 
 
 def test_no_paste_back_writes_the_processing_size_window(results):

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
 from exemplar_core.cli import main
-from exemplar_core.formats import checkpoint_from_model, save_single_file
 
 
 @pytest.fixture()

@@ -218,8 +218,8 @@ def test_the_top_of_the_seed_range_works(editor):
     ],
 )
 def test_nan_weights_fail_naming_the_file_and_the_part(tiny_model, tmp_path, part, module, named):
+    from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
     from exemplar_core.checks import NonFiniteOutputError
-    from exemplar_core.formats import checkpoint_from_model, save_single_file
 
     target = tiny_model.get_submodule(module)
     with torch.no_grad():

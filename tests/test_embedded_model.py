@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exemplar_core.checkpoint import load_checkpoint
 from exemplar_core.cli import main as cli_main
 from exemplar_core.demo import DEFAULT_MODEL, EXAMPLES
-from exemplar_core.formats import load_checkpoint
 from exemplar_core.model import ModelConfigs
 
 

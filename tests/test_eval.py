@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from exemplar_core.formats import checkpoint_from_model, save_single_file
+from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
 from train import eval as quality
 
 

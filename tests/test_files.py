@@ -12,7 +12,7 @@ import pytest
 import torch
 from permissions import bound_by_permissions
 
-from exemplar_core import formats
+from exemplar_core import checkpoint
 from exemplar_core.files import DestinationError, atomic_write, check_destination
 from exemplar_core.image_io import save_rgb
 
@@ -29,23 +29,21 @@ def _mode(path: Path) -> int:
 def test_models_and_images_are_created_with_the_users_umask(
     tiny_model, tmp_path, umask, mask, expected
 ):
-    ckpt = formats.checkpoint_from_model(tiny_model)
+    ckpt = checkpoint.checkpoint_from_model(tiny_model)
     umask(mask)
     written = [
-        formats.save_single_file(ckpt, tmp_path / "single.safetensors"),
-        formats.save_official(ckpt, tmp_path / "official.safetensors"),
-        formats.save_official(ckpt, tmp_path / "official.ckpt"),
+        checkpoint.save_single_file(ckpt, tmp_path / "single.safetensors"),
         save_rgb(torch.zeros(1, 3, 4, 4), tmp_path / "image.png"),
     ]
-    folder = formats.save_diffusers(ckpt, tmp_path / "diffusers")
+    folder = checkpoint.save_diffusers(ckpt, tmp_path / "diffusers")
     written += [folder / "model_index.json", folder / "unet/diffusion_pytorch_model.safetensors"]
     assert {p.name: _mode(p) for p in written} == {p.name: expected for p in written}
 
 
 @posix_only
 def test_convert_command_writes_a_model_another_user_can_read(tiny_model, tmp_path):
-    src = formats.save_single_file(
-        formats.checkpoint_from_model(tiny_model), tmp_path / "a.safetensors"
+    src = checkpoint.save_single_file(
+        checkpoint.checkpoint_from_model(tiny_model), tmp_path / "a.safetensors"
     )
     dst = tmp_path / "shared" / "b.safetensors"
     result = subprocess.run(

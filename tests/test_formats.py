@@ -13,9 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from exemplar_core import formats, keymap
+from exemplar_core import checkpoint
+from exemplar_core.checkpoint import CheckpointError, keymap
+from exemplar_core.checkpoint.container import prepare_tensors
 from exemplar_core.config import EncoderConfig
-from exemplar_core.formats import CheckpointError
 from exemplar_core.model import ModelConfigs, PaintByExampleModel
 
 # A tiny model every format can describe exactly: the official layout cannot store heads (the
@@ -93,8 +94,8 @@ def files(model, tmp_path_factory) -> dict[str, Path]:
     )
 
     root = tmp_path_factory.mktemp("formats")
-    ckpt = formats.checkpoint_from_model(model, {"training_steps": "12"})
-    official = formats.official_state_dict(ckpt)
+    ckpt = checkpoint.checkpoint_from_model(model, {"training_steps": "12"})
+    official = checkpoint.official_state_dict(ckpt)
     paths: dict[str, Path] = {}
 
     # (a) official Lightning .ckpt: a plain dict saved with torch.save, DDPM buffers included.
@@ -133,10 +134,10 @@ def files(model, tmp_path_factory) -> dict[str, Path]:
     torch.save(v4, folder_v4 / "image_encoder" / "pytorch_model.bin")
     paths["diffusers-v4-bin"] = folder_v4
     # (b) our own diffusers writer.
-    paths["diffusers-written"] = formats.save_diffusers(ckpt, root / "written")
+    paths["diffusers-written"] = checkpoint.save_diffusers(ckpt, root / "written")
 
     # (c) single file.
-    paths["single-file"] = formats.save_single_file(ckpt, root / "pbe.safetensors")
+    paths["single-file"] = checkpoint.save_single_file(ckpt, root / "pbe.safetensors")
     return paths
 
 
@@ -152,7 +153,7 @@ ALL_FORMATS = (
 
 @pytest.mark.parametrize("name", ALL_FORMATS)
 def test_every_format_loads_to_identical_outputs(files, reference, name):
-    loaded = formats.load_model(files[name])
+    loaded = checkpoint.load_model(files[name])
     got = outputs(loaded)
     for key, expected in reference.items():
         assert torch.equal(got[key], expected), f"{name}: {key} differs"
@@ -160,7 +161,7 @@ def test_every_format_loads_to_identical_outputs(files, reference, name):
 
 @pytest.mark.parametrize("name", ALL_FORMATS)
 def test_every_format_reads_back_the_architecture(files, name):
-    ckpt = formats.load_checkpoint(files[name])
+    ckpt = checkpoint.load_checkpoint(files[name])
     assert ckpt.configs == CONFIGS
     expected = "diffusers" if name.startswith("diffusers") else name
     assert ckpt.format == expected
@@ -175,9 +176,9 @@ def test_diffusers_encoder_and_ours_compute_the_same_embedding(files, model):
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         embedding, uncond = theirs(pixels, return_uncond_vector=True)
-        ours = formats.load_model(files["diffusers"]).encoder(pixels)
+        ours = checkpoint.load_model(files["diffusers"]).encoder(pixels)
     torch.testing.assert_close(ours, embedding, rtol=1e-5, atol=1e-5)
-    assert torch.equal(formats.load_model(files["diffusers"]).encoder.learnable_vector, uncond)
+    assert torch.equal(checkpoint.load_model(files["diffusers"]).encoder.learnable_vector, uncond)
 
 
 def test_single_file_layout_and_metadata(files, model):
@@ -198,18 +199,18 @@ def test_single_file_layout_and_metadata(files, model):
 
 
 def test_single_file_keeps_extra_metadata_and_coerces_non_strings(model, tmp_path):
-    ckpt = formats.checkpoint_from_model(model, {"steps": 5, "note": "hello"})  # type: ignore[dict-item]
-    path = formats.save_single_file(ckpt, tmp_path / "m.safetensors")
-    loaded = formats.load_checkpoint(path)
+    ckpt = checkpoint.checkpoint_from_model(model, {"steps": 5, "note": "hello"})  # type: ignore[dict-item]
+    path = checkpoint.save_single_file(ckpt, tmp_path / "m.safetensors")
+    loaded = checkpoint.load_checkpoint(path)
     assert loaded.metadata == {"steps": "5", "note": "hello"}
 
 
 def test_fp16_single_file_casts_floating_tensors(model, tmp_path):
-    ckpt = formats.checkpoint_from_model(model)
-    path = formats.save_single_file(ckpt, tmp_path / "half.safetensors", dtype="fp16")
-    loaded = formats.load_checkpoint(path)
+    ckpt = checkpoint.checkpoint_from_model(model)
+    path = checkpoint.save_single_file(ckpt, tmp_path / "half.safetensors", dtype="fp16")
+    loaded = checkpoint.load_checkpoint(path)
     assert loaded.dtypes() == {"unet": "float16", "vae": "float16", "encoder": "float16"}
-    prepared = formats._prepare_tensors({"ids": torch.arange(3), "w": torch.ones(2)}, torch.float16)
+    prepared = prepare_tensors({"ids": torch.arange(3), "w": torch.ones(2)}, torch.float16)
     assert prepared["ids"].dtype == torch.int64 and prepared["w"].dtype == torch.float16
 
 
@@ -217,36 +218,37 @@ def test_writer_refuses_to_overwrite_the_source_file(files, tmp_path):
     source = tmp_path / "source.safetensors"
     shutil.copy(files["single-file"], source)
     before = source.read_bytes()
-    ckpt = formats.load_checkpoint(source)
+    ckpt = checkpoint.load_checkpoint(source)
     with pytest.raises(CheckpointError, match="file being converted"):
-        formats.save_single_file(ckpt, source)
+        checkpoint.save_single_file(ckpt, source)
     assert source.read_bytes() == before
 
 
 def test_writer_is_atomic_and_leaves_no_temp_files(model, tmp_path):
-    ckpt = formats.checkpoint_from_model(model)
-    formats.save_single_file(ckpt, tmp_path / "a.safetensors")
-    broken = formats.checkpoint_from_model(model)
+    ckpt = checkpoint.checkpoint_from_model(model)
+    checkpoint.save_single_file(ckpt, tmp_path / "a.safetensors")
+    broken = checkpoint.checkpoint_from_model(model)
     broken.unet = {**broken.unet, "bad": torch.empty(2, device="meta")}
     with pytest.raises(CheckpointError):
-        formats.save_single_file(broken, tmp_path / "a.safetensors")
+        checkpoint.save_single_file(broken, tmp_path / "a.safetensors")
     assert sorted(os.listdir(tmp_path)) == ["a.safetensors"]
-    assert formats.load_checkpoint(tmp_path / "a.safetensors").configs == CONFIGS
+    assert checkpoint.load_checkpoint(tmp_path / "a.safetensors").configs == CONFIGS
 
 
 def test_lazy_load_reads_shapes_without_data(files):
-    ckpt = formats.load_checkpoint(files["single-file"], lazy=True)
+    ckpt = checkpoint.load_checkpoint(files["single-file"], lazy=True)
     assert all(t.device.type == "meta" for t in ckpt.unet.values())
     assert (
-        ckpt.parameter_counts() == formats.load_checkpoint(files["single-file"]).parameter_counts()
+        ckpt.parameter_counts()
+        == checkpoint.load_checkpoint(files["single-file"]).parameter_counts()
     )
 
 
 def test_detect_format_names_each_layout(files):
-    assert formats.detect_format(files["official-ckpt"]) == "official-ckpt"
-    assert formats.detect_format(files["official-safetensors"]) == "official-safetensors"
-    assert formats.detect_format(files["diffusers"]) == "diffusers"
-    assert formats.detect_format(files["single-file"]) == "single-file"
+    assert checkpoint.detect_format(files["official-ckpt"]) == "official-ckpt"
+    assert checkpoint.detect_format(files["official-safetensors"]) == "official-safetensors"
+    assert checkpoint.detect_format(files["diffusers"]) == "diffusers"
+    assert checkpoint.detect_format(files["single-file"]) == "single-file"
 
 
 # ------------------------------------------------------------------------------------------
@@ -273,7 +275,7 @@ def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):
         {"state_dict": {"learnable_vector": torch.zeros(1)}, "cb": RunsCode(str(marker))}, path
     )
     with pytest.raises(CheckpointError, match="pickled Python objects") as err:
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
     assert "safetensors" in str(err.value)
     assert not marker.exists()
 
@@ -285,7 +287,7 @@ def test_plain_pickle_that_would_run_code_is_refused(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"state_dict": RunsCode(str(marker))}, f)
     with pytest.raises(CheckpointError):
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
     assert not marker.exists()
 
 
@@ -294,7 +296,7 @@ def test_truncated_safetensors_is_reported(files, tmp_path):
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_truncated_ckpt_is_reported(files, tmp_path):
@@ -302,7 +304,7 @@ def test_truncated_ckpt_is_reported(files, tmp_path):
     path = tmp_path / "cut.ckpt"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_garbage_files_are_reported(tmp_path):
@@ -310,7 +312,7 @@ def test_garbage_files_are_reported(tmp_path):
         path = tmp_path / name
         path.write_bytes(b"\x00not a checkpoint" * 10)
         with pytest.raises(CheckpointError):
-            formats.load_checkpoint(path)
+            checkpoint.load_checkpoint(path)
 
 
 TEXT_ENCODER_KEY = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
@@ -357,7 +359,7 @@ def test_other_models_are_named_in_the_error(tmp_path, extra, in_channels, conte
     path = tmp_path / "other.safetensors"
     save_file({**_ldm_unet_stub(in_channels, context), **extra}, path)
     with pytest.raises(CheckpointError, match=expected) as err:
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
     assert "expected a Paint-by-Example checkpoint" in str(err.value)
 
 
@@ -365,7 +367,7 @@ def test_unrelated_file_lists_what_it_found(tmp_path):
     path = tmp_path / "lora.safetensors"
     save_file({"lora_unet_down.alpha": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError, match="top-level keys: lora_unet_down.alpha"):
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_pbe_checkpoint_missing_a_part_names_it(files, tmp_path):
@@ -373,7 +375,7 @@ def test_pbe_checkpoint_missing_a_part_names_it(files, tmp_path):
     path = tmp_path / "novae.safetensors"
     save_file({k: v for k, v in state.items() if not k.startswith("first_stage_model.")}, path)
     with pytest.raises(CheckpointError, match=r"lacks the VAE \(first_stage_model"):
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 @pytest.mark.parametrize("part", ["unet", "vae", "image_encoder"])
@@ -382,7 +384,7 @@ def test_diffusers_folder_missing_a_part_names_it(files, tmp_path, part):
     shutil.copytree(files["diffusers"], folder)
     shutil.rmtree(folder / part)
     with pytest.raises(CheckpointError, match=f"without {part}/"):
-        formats.load_checkpoint(folder)
+        checkpoint.load_checkpoint(folder)
 
 
 def test_diffusers_folder_missing_weights_names_the_file(files, tmp_path):
@@ -390,7 +392,7 @@ def test_diffusers_folder_missing_weights_names_the_file(files, tmp_path):
     shutil.copytree(files["diffusers"], folder)
     (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="diffusion_pytorch_model.safetensors"):
-        formats.load_checkpoint(folder)
+        checkpoint.load_checkpoint(folder)
 
 
 def test_diffusers_folder_of_another_pipeline_is_named(files, tmp_path):
@@ -398,7 +400,7 @@ def test_diffusers_folder_of_another_pipeline_is_named(files, tmp_path):
     shutil.copytree(files["diffusers"], folder)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(CheckpointError, match="StableDiffusionPipeline"):
-        formats.load_checkpoint(folder)
+        checkpoint.load_checkpoint(folder)
 
 
 def test_diffusers_config_that_contradicts_the_weights_is_reported(files, tmp_path):
@@ -408,7 +410,7 @@ def test_diffusers_config_that_contradicts_the_weights_is_reported(files, tmp_pa
     config["cross_attention_dim"] = 64
     (folder / "unet" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="cross_attention_dim=64"):
-        formats.load_checkpoint(folder)
+        checkpoint.load_checkpoint(folder)
 
 
 def test_single_file_from_a_newer_version_is_refused(files, tmp_path):
@@ -418,4 +420,4 @@ def test_single_file_from_a_newer_version_is_refused(files, tmp_path):
     path = tmp_path / "new.safetensors"
     save_file(tensors, path, metadata)
     with pytest.raises(CheckpointError, match="format_version '2'"):
-        formats.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)

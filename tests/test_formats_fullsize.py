@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from exemplar_core import formats, keymap
+from exemplar_core import checkpoint
+from exemplar_core.checkpoint import arch, keymap
+from exemplar_core.checkpoint.official import split_official
 from exemplar_core.config import EncoderConfig
 from exemplar_core.encoder import ExemplarEncoder
 from exemplar_core.model import SD1_UNET_CONFIG, SD1_VAE_CONFIG, ModelConfigs, build_unet, build_vae
@@ -58,13 +61,13 @@ def diffusers_parts():
 @pytest.fixture(scope="module")
 def official(diffusers_parts) -> dict[str, torch.Tensor]:
     """The official key set, synthesized from the tables (meta tensors)."""
-    ckpt = formats.PbECheckpoint(
+    ckpt = checkpoint.PbECheckpoint(
         unet=keymap.unet_diffusers_to_ldm(diffusers_parts["unet"], SD1_UNET_CONFIG),
         vae=keymap.vae_diffusers_to_ldm(diffusers_parts["vae"], SD1_VAE_CONFIG),
         encoder=dict(diffusers_parts["ours"]),
         configs=ModelConfigs.published(),
     )
-    return formats.official_state_dict(ckpt)
+    return checkpoint.official_state_dict(ckpt)
 
 
 def test_unet_keys_map_both_ways_with_shapes(diffusers_parts):
@@ -75,7 +78,7 @@ def test_unet_keys_map_both_ways_with_shapes(diffusers_parts):
     assert ldm["input_blocks.0.0.weight"].shape == (320, 9, 3, 3)
     assert ldm["output_blocks.11.1.transformer_blocks.0.attn2.to_k.weight"].shape == (320, 768)
     assert numel(ldm) == 859_535_364
-    assert keymap.unet_config_from_ldm(ldm) == SD1_UNET_CONFIG
+    assert arch.unet_config_from_ldm(ldm) == SD1_UNET_CONFIG
 
 
 def test_vae_keys_map_both_ways_with_shapes(diffusers_parts):
@@ -85,7 +88,7 @@ def test_vae_keys_map_both_ways_with_shapes(diffusers_parts):
     assert shapes(keymap.vae_ldm_to_diffusers(ldm, SD1_VAE_CONFIG)) == shapes(vae)
     assert ldm["encoder.mid.attn_1.q.weight"].shape == (512, 512, 1, 1)
     assert numel(ldm) == 83_653_863
-    assert keymap.vae_config_from_ldm(ldm) == SD1_VAE_CONFIG
+    assert arch.vae_config_from_ldm(ldm) == SD1_VAE_CONFIG
 
 
 @pytest.mark.parametrize("level", [False, True], ids=["transformers5", "transformers4"])
@@ -113,7 +116,7 @@ def test_diffusers_image_encoder_maps_onto_ours(diffusers_parts):
     assert shapes(mapped) == shapes(ours)
     assert numel(mapped) == 366_950_912
     assert shapes(keymap.encoder_to_diffusers(ours, vision_model_level=False)) == shapes(theirs)
-    config = keymap.encoder_config_from_clip_config(diffusers_parts["clip_config"], mapped)
+    config = arch.encoder_config_from_clip_config(diffusers_parts["clip_config"], mapped)
     assert config == EncoderConfig()
 
 
@@ -138,7 +141,7 @@ def test_official_key_set_reads_back_as_the_published_model(official):
     state["cond_stage_model.transformer.vision_model.embeddings.position_ids"] = torch.empty(
         1, 257, dtype=torch.int64, device="meta"
     )
-    ckpt = formats._split_official(state, formats.Path("model.ckpt"))
+    ckpt = split_official(state, Path("model.ckpt"))
     assert ckpt.configs == ModelConfigs.published()
     counts = ckpt.parameter_counts()
     assert counts["encoder.trained"] == 62_981_120 + 2_048 + 787_200 + 768

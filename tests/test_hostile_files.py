@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from exemplar_core import formats
-from exemplar_core.formats import CheckpointError
+from exemplar_core import checkpoint
+from exemplar_core.checkpoint import CheckpointError
+from exemplar_core.checkpoint.safe_read import read_pickle, read_weights_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def _refused_fast(path: Path, match: str, lazy: bool = False) -> str:
     """Our check's refusal (``match``), not a hang: generous for a loaded machine."""
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=match) as err:
-        formats.load_checkpoint(path, lazy=lazy)
+        checkpoint.load_checkpoint(path, lazy=lazy)
     assert time.perf_counter() - start < 60
     return str(err.value)
 
@@ -58,7 +59,7 @@ def test_safetensors_weights_file_in_a_diffusers_folder_is_checked_too(tmp_path)
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes((8_000_000_000).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match="8,000,000,000-byte header"):
-        formats._read_weights_file(weights, lazy=False)
+        read_weights_file(weights, lazy=False)
 
 
 # ------------------------------------------------------------------------------ zip .ckpt
@@ -107,7 +108,7 @@ def test_the_size_checks_pass_what_torch_save_writes(tmp_path, zip_format):
                   "hparams": {"lr": 1e-5, "sizes": (1, 2)}}  # fmt: skip
     path = tmp_path / "model.ckpt"
     torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
-    loaded = formats._read_pickle(path)
+    loaded = read_pickle(path)
     assert list(loaded["state_dict"]) == list(state)
     assert torch.equal(loaded["state_dict"]["tied"], state["0.weight"][1:])
 
@@ -176,7 +177,7 @@ def _legacy_ckpt(path: Path, declared_numel: int) -> None:
 def test_legacy_ckpt_of_honest_size_still_loads(tmp_path):
     path = tmp_path / "legacy.ckpt"
     _legacy_ckpt(path, 4)
-    loaded = formats._read_pickle(path)
+    loaded = read_pickle(path)
     assert torch.equal(loaded["state_dict"]["w"], torch.tensor([1.0, 2.0, 3.0, 4.0]))
 
 

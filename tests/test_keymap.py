@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from exemplar_core import keymap
+from exemplar_core.checkpoint import arch, keymap
 from exemplar_core.config import EncoderConfig
 from exemplar_core.encoder import ExemplarEncoder
 from exemplar_core.model import SD1_UNET_CONFIG, SD1_VAE_CONFIG, ModelConfigs, build_unet, build_vae
@@ -51,7 +51,7 @@ def test_unet_config_is_read_back_from_ldm_shapes(config):
     with torch.device("meta"):
         unet = build_unet(config)
     ldm = keymap.unet_diffusers_to_ldm(unet.state_dict(), config)
-    derived = keymap.unet_config_from_ldm(
+    derived = arch.unet_config_from_ldm(
         ldm, attention_head_dim=config["attention_head_dim"], sample_size=config["sample_size"]
     )
     assert derived == config
@@ -85,7 +85,7 @@ def test_vae_round_trip_and_mid_attention_reshape():
     back = keymap.vae_ldm_to_diffusers(ldm, TINY.vae)
     assert back.keys() == state.keys()
     assert all(torch.equal(back[k], state[k]) for k in state)
-    assert keymap.vae_config_from_ldm(ldm, sample_size=64) == TINY.vae
+    assert arch.vae_config_from_ldm(ldm, sample_size=64) == TINY.vae
 
 
 def test_vae_reads_pre_0_14_diffusers_attention_names():
@@ -105,7 +105,7 @@ def test_published_vae_config_is_read_back_exactly():
     with torch.device("meta"):
         vae = build_vae(SD1_VAE_CONFIG)
     ldm = keymap.vae_diffusers_to_ldm(vae.state_dict(), SD1_VAE_CONFIG)
-    assert keymap.vae_config_from_ldm(ldm) == SD1_VAE_CONFIG
+    assert arch.vae_config_from_ldm(ldm) == SD1_VAE_CONFIG
 
 
 def test_left_over_keys_are_named():
@@ -123,7 +123,7 @@ def test_unet_config_outside_the_sd1_family_is_refused():
 
 
 def test_ldm_unet_kwargs_match_the_official_yaml():
-    kwargs = keymap.ldm_unet_kwargs(SD1_UNET_CONFIG)
+    kwargs = arch.ldm_unet_kwargs(SD1_UNET_CONFIG)
     assert kwargs["model_channels"] == 320
     assert kwargs["channel_mult"] == [1, 2, 4, 4]
     assert kwargs["num_res_blocks"] == [2, 2, 2, 2]
@@ -132,13 +132,10 @@ def test_ldm_unet_kwargs_match_the_official_yaml():
     assert (kwargs["num_heads"], kwargs["num_head_channels"]) == (8, -1)
     assert (kwargs["in_channels"], kwargs["context_dim"]) == (9, 768)
     assert kwargs["use_linear_in_transformer"] is False
-    params = keymap.ldm_unet_params(SD1_UNET_CONFIG)
-    assert params["attention_resolutions"] == [4, 2, 1]
-    assert params["transformer_depth"] == 1 and params["num_res_blocks"] == 2
 
 
 def test_ldm_vae_ddconfig_matches_the_official_yaml():
-    dd = keymap.ldm_vae_ddconfig(SD1_VAE_CONFIG)
+    dd = arch.ldm_vae_ddconfig(SD1_VAE_CONFIG)
     assert dd["ch"] == 128 and dd["ch_mult"] == [1, 2, 4, 4]
     assert dd["num_res_blocks"] == 2 and dd["z_channels"] == 4 and dd["embed_dim"] == 4
     assert dd["double_z"] is True and dd["attn_resolutions"] == []
@@ -146,9 +143,9 @@ def test_ldm_vae_ddconfig_matches_the_official_yaml():
 
 def test_per_level_head_counts_become_a_head_width():
     config = {**TINY.unet, "attention_head_dim": [4, 8]}
-    assert keymap.ldm_unet_kwargs(config)["num_head_channels"] == 8
+    assert arch.ldm_unet_kwargs(config)["num_head_channels"] == 8
     with pytest.raises(keymap.KeyMappingError, match="head widths"):
-        keymap.ldm_unet_kwargs({**ODD_UNET, "attention_head_dim": [1, 2, 2]})
+        arch.ldm_unet_kwargs({**ODD_UNET, "attention_head_dim": [1, 2, 2]})
 
 
 # ------------------------------------------------------------------------------------------
@@ -277,7 +274,7 @@ def test_encoder_round_trips_through_official_and_diffusers_names():
 
 def test_encoder_config_is_read_from_weights_and_from_clip_config():
     state = _tiny_encoder_state()
-    derived = keymap.encoder_config_from_weights(state, heads=2)
+    derived = arch.encoder_config_from_weights(state, heads=2)
     assert derived == EncoderConfig(
         **{
             **TINY.encoder.to_dict(),
@@ -286,7 +283,7 @@ def test_encoder_config_is_read_from_weights_and_from_clip_config():
             "std": TINY.encoder.std,
         }
     )
-    assert keymap.encoder_config_from_weights(state).heads == 1  # width 32 // 64, at least 1
+    assert arch.encoder_config_from_weights(state).heads == 1  # width 32 // 64, at least 1
     clip = {
         "hidden_size": 32,
         "num_hidden_layers": 2,
@@ -295,10 +292,10 @@ def test_encoder_config_is_read_from_weights_and_from_clip_config():
         "patch_size": 8,
         "hidden_act": "gelu",
     }
-    from_clip = keymap.encoder_config_from_clip_config(clip, state)
+    from_clip = arch.encoder_config_from_clip_config(clip, state)
     assert from_clip.heads == 2 and from_clip.quick_gelu is False
     with pytest.raises(keymap.KeyMappingError, match="num_hidden_layers=3"):
-        keymap.encoder_config_from_clip_config({**clip, "num_hidden_layers": 3}, state)
+        arch.encoder_config_from_clip_config({**clip, "num_hidden_layers": 3}, state)
 
 
 # ------------------------------------------------------------------------------------------
@@ -330,7 +327,7 @@ def test_comfyui_unet_built_from_ldm_kwargs_matches_diffusers(config):
     UNetModel, _, ops = _comfy()
     torch.manual_seed(0)
     unet = build_unet(config).eval()
-    comfy_unet = UNetModel(**keymap.ldm_unet_kwargs(config), operations=ops).eval()
+    comfy_unet = UNetModel(**arch.ldm_unet_kwargs(config), operations=ops).eval()
     comfy_unet.load_state_dict(keymap.unet_diffusers_to_ldm(unet.state_dict(), config), strict=True)
     x = torch.randn(1, 9, 16, 16)
     t = torch.tensor([300.0])
@@ -346,7 +343,7 @@ def test_comfyui_vae_built_from_ddconfig_matches_diffusers():
     _, AutoencoderKL, _ = _comfy()
     torch.manual_seed(0)
     vae = build_vae(TINY.vae).eval()
-    ddconfig = keymap.ldm_vae_ddconfig(TINY.vae)
+    ddconfig = arch.ldm_vae_ddconfig(TINY.vae)
     comfy_vae = AutoencoderKL(embed_dim=ddconfig.pop("embed_dim"), ddconfig=ddconfig).eval()
     comfy_vae.load_state_dict(keymap.vae_diffusers_to_ldm(vae.state_dict(), TINY.vae), strict=True)
     latent = torch.randn(1, 4, 4, 4)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from exemplar_core import formats
+from exemplar_core import checkpoint
 
 MODULE = "pytorch_lightning.callbacks.model_checkpoint"
 
@@ -56,7 +56,7 @@ def fake_lightning(tmp_path):
 
 
 def _lightning_file(path, tiny_model, callback_cls):
-    state_dict = formats.official_state_dict(formats.checkpoint_from_model(tiny_model))
+    state_dict = checkpoint.official_state_dict(checkpoint.checkpoint_from_model(tiny_model))
     torch.save(
         {
             "epoch": 39,
@@ -78,7 +78,7 @@ def test_lightning_checkpoint_loads_without_running_its_code(tmp_path, tiny_mode
     original = _lightning_file(path, tiny_model, callback_cls)
     for name in ("pytorch_lightning", "pytorch_lightning.callbacks", MODULE):
         sys.modules.pop(name)  # as on a user's machine without Lightning
-    ckpt = formats.load_checkpoint(path)
+    ckpt = checkpoint.load_checkpoint(path)
     assert not marker.exists(), "no pickled code ran"
     assert torch.equal(ckpt.encoder["learnable_vector"], original["learnable_vector"])
     assert torch.equal(
@@ -91,6 +91,6 @@ def test_an_unknown_global_next_to_lightning_metadata_is_still_refused(tmp_path,
     callback_cls, marker = fake_lightning
     path = tmp_path / "mixed.ckpt"
     torch.save({"state_dict": {}, "callbacks": {callback_cls: {}}, "x": Payload()}, path)
-    with pytest.raises(formats.CheckpointError, match="posix.mkdir|os.mkdir|mkdir"):
-        formats.load_checkpoint(path)
+    with pytest.raises(checkpoint.CheckpointError, match="posix.mkdir|os.mkdir|mkdir"):
+        checkpoint.load_checkpoint(path)
     assert not marker.exists()

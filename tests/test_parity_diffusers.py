@@ -16,10 +16,10 @@ from diffusers.pipelines.deprecated.paint_by_example.image_encoder import (  # n
 )
 from transformers import CLIPImageProcessor, CLIPVisionConfig  # noqa: E402
 
+from exemplar_core.checkpoint.keymap import encoder_from_diffusers, encoder_to_diffusers  # noqa: E402
 from exemplar_core.config import EncoderConfig  # noqa: E402
 from exemplar_core.editor import Editor, EditSettings, make_scheduler  # noqa: E402
 from exemplar_core.encoder import ExemplarEncoder  # noqa: E402
-from exemplar_core.keymap import encoder_from_diffusers, encoder_to_diffusers  # noqa: E402
 from exemplar_core.model import ModelConfigs, PaintByExampleModel  # noqa: E402
 from exemplar_core.preprocess import preprocess_exemplar  # noqa: E402
 

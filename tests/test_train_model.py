@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 import torch.nn.functional as F
 
-from exemplar_core import keymap
+from exemplar_core.checkpoint import CheckpointError, keymap, load_checkpoint
 from exemplar_core.model import ModelConfigs, build_unet, build_vae
 from train.config import ModelSection
 from train.model_init import build_model, convert_inpaint_conv_in, expand_sd_conv_in
@@ -67,6 +70,48 @@ def _section(path, clip, init: str) -> ModelSection:
     return ModelSection(
         init=init, path=str(path), clip=str(clip), encoder=_encoder_fields(), unet=unet
     )
+
+
+class _RunsCodeWhenLoaded:
+    """Pickles as a call of os.mkdir: unpickling it would run code from the file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _pickle_running_code(tmp_path):
+    path = tmp_path / "sd.ckpt"
+    state = {"model.diffusion_model.out.2.weight": torch.zeros(1)}
+    torch.save({"state_dict": state, "x": _RunsCodeWhenLoaded(tmp_path / "ran")}, path)
+    return path
+
+
+def _header_claiming_gigabytes(tmp_path):
+    path = tmp_path / "sd.safetensors"
+    path.write_bytes((8_000_000_000).to_bytes(8, "little") + b"{}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (_pickle_running_code, "pickled Python objects besides weights"),
+        (_header_claiming_gigabytes, "8,000,000,000-byte header"),
+    ],
+)
+def test_an_unsafe_start_point_is_refused_as_the_loader_refuses_it(tmp_path, write, expected):
+    path = write(tmp_path)
+    with pytest.raises(CheckpointError) as by_loader:
+        load_checkpoint(path)
+    for init in ("sd", "sd_inpaint"):
+        with pytest.raises(CheckpointError) as by_trainer:
+            build_model(_section(path, path, init), seed=0)
+        assert str(by_trainer.value) == str(by_loader.value)
+    assert expected in str(by_loader.value)
+    assert not (tmp_path / "ran").exists(), "no pickled code ran"
 
 
 def _unet_inputs(batch: int = 2):

@@ -67,8 +67,8 @@ def test_run_writes_checkpoints_models_validation_and_logs(uninterrupted):
 
 
 def test_exported_model_round_trips_into_the_editor_with_ema_weights(uninterrupted):
+    from exemplar_core.checkpoint import load_model
     from exemplar_core.editor import Editor, EditSettings
-    from exemplar_core.formats import load_model
 
     out, _ = uninterrupted
     model = load_model(out / "models" / "pbe-final.safetensors")
@@ -216,7 +216,7 @@ def test_noise_offset_and_masked_loss_weight_reach_the_loss(tmp_path, data, monk
 
 
 def test_fine_tuning_starts_from_an_exported_model(tmp_path, data, uninterrupted):
-    from exemplar_core.formats import load_model
+    from exemplar_core.checkpoint import load_model
 
     out, _ = uninterrupted
     start = out / "models" / "pbe-final.safetensors"

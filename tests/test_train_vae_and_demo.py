@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
 from exemplar_core.cli import main as cli_main
 from exemplar_core.demo import fresh_folder
-from exemplar_core.formats import checkpoint_from_model, save_single_file
 from train.vae import load_vae_weights, train_vae, vae_config
 
 

@@ -2,9 +2,10 @@
 an existing Paint-by-Example checkpoint, or random weights (smoke tests).
 
 SD files are read as a diffusers folder (``unet/`` and ``vae/`` sub-folders) or as one LDM
-single file (``model.diffusion_model.*``, ``first_stage_model.*``), converted with
-``exemplar_core.keymap``. The CLIP tower comes from a local file the user gives; the mapper, final
-LayerNorm, projection and learned vector start as the official code's (random).
+single file (``model.diffusion_model.*``, ``first_stage_model.*``), read by
+``exemplar_core.checkpoint.safe_read`` (no code from the file runs; sizes are bounded) and converted
+with ``exemplar_core.checkpoint.keymap``. The CLIP tower comes from a local file the user gives;
+the mapper, final LayerNorm, projection and learned vector start as the official code's (random).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-from exemplar_core import keymap
+from exemplar_core.checkpoint import arch, keymap
+from exemplar_core.checkpoint.safe_read import read_pickle, read_safetensors
 from exemplar_core.config import EncoderConfig
 from exemplar_core.encoder import init_like_official
 from exemplar_core.model import ModelConfigs, PaintByExampleModel
@@ -75,11 +77,11 @@ def convert_inpaint_conv_in(
 
 
 def _read_state_dict(path: Path) -> StateDict:
+    """The tensors of a weights file, read as ``load_checkpoint`` reads one (a hostile or broken
+    file raises its ``CheckpointError``)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    data = torch.load(str(path), map_location="cpu", weights_only=True)
+        return read_safetensors(path, lazy=False)[0]
+    data = read_pickle(path)
     if isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -122,8 +124,8 @@ def read_sd(
             f"{source} has no model.diffusion_model.* / first_stage_model.* keys: not an SD 1.x "
             "single-file checkpoint"
         )
-    unet_cfg = {**keymap.unet_config_from_ldm(ldm_unet), **(unet_overrides or {})}
-    vae_cfg = keymap.vae_config_from_ldm(ldm_vae)
+    unet_cfg = {**arch.unet_config_from_ldm(ldm_unet), **(unet_overrides or {})}
+    vae_cfg = arch.vae_config_from_ldm(ldm_vae)
     return (
         unet_cfg,
         keymap.unet_ldm_to_diffusers(ldm_unet, unet_cfg),
@@ -216,7 +218,7 @@ def build_model(section: ModelSection, seed: int) -> PaintByExampleModel:
             _load(model.encoder.tower, read_clip_tower(section.clip), "CLIP tower", section.clip)
         return model
     if section.init == "pbe":
-        from exemplar_core.formats import load_model
+        from exemplar_core.checkpoint import load_model
 
         return load_model(section.path).float()
     if section.init in ("sd", "sd_inpaint"):

@@ -740,7 +740,7 @@ class Trainer:
 
     def export(self, path: Path) -> Path:
         """Write the model (EMA weights when kept) in the project's single-file format."""
-        from exemplar_core.formats import checkpoint_from_model, save_single_file
+        from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
 
         t = self.config.train
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -126,15 +126,11 @@ def train_vae(
 
 def load_vae_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(diffusers AutoencoderKL config, its state dict) from a file ``train_vae`` wrote."""
-    from safetensors import safe_open
+    from exemplar_core.checkpoint.safe_read import read_safetensors
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        if "vae_config" not in metadata:
-            raise ValueError(
-                f"{path} has no vae_config metadata: write it with python -m train.vae"
-            )
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    state, metadata = read_safetensors(Path(path), lazy=False)
+    if "vae_config" not in metadata:
+        raise ValueError(f"{path} has no vae_config metadata: write it with python -m train.vae")
     return json.loads(metadata["vae_config"]), state
 
 

@@ -79,8 +79,8 @@ def tiny_model(seed: int = 1234, deterministic_vae: bool = True):
 
 
 def save_tiny_checkpoint(path: Path, model=None) -> Path:
-    """Write the tiny model to ``path`` with exemplar_core.formats.save_single_file."""
-    from exemplar_core.formats import checkpoint_from_model, save_single_file
+    """Write the tiny model to ``path`` with exemplar_core.checkpoint.save_single_file."""
+    from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
 
     model = model if model is not None else tiny_model()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,7 +72,7 @@ class RunsCode:
 
 def _write_models(folder: Path, marker: Path) -> None:
     """The broken model files a user may have in models/paint_by_example."""
-    from exemplar_core.formats import load_checkpoint, save_single_file
+    from exemplar_core.checkpoint import load_checkpoint, save_single_file
 
     folder.mkdir(parents=True, exist_ok=True)
     mini = pbe_host.REPO_ROOT / "models" / MODEL
