@@ -149,11 +149,23 @@ def _is_metadata_global(name: str) -> bool:
 # the official model) is read into memory, and compressed entries are inflated into memory whole.
 MAX_PICKLE_RECORD = 64 * 2**20
 MAX_COMPRESSED_TOTAL = 64 * 2**20
-# Element sizes of the storage classes a legacy (pre-zip) torch file names ("FloatStorage": 4),
-# from the table torch's own legacy loader names them by.
-_LEGACY_ELEMENT_SIZES = {
-    name: dtype.itemsize for dtype, name in torch.storage._dtype_to_storage_type_map().items()
+# The storage classes a legacy (pre-zip) torch file names, by their element type; sizes come from
+# the dtype (torch's own name table is private and could go in any release).
+_LEGACY_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
 }
+_LEGACY_ELEMENT_SIZES = {name: dtype.itemsize for name, dtype in _LEGACY_STORAGE_DTYPES.items()}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
