@@ -3,6 +3,7 @@
 """
 
 import sys
+import warnings
 
 from .checkpoint.cli import (
     EXIT_BAD_INPUT,
@@ -13,6 +14,14 @@ from .checkpoint.cli import (
     run_convert,
     run_info,
 )
+
+warnings.warn(
+    "exemplar_core.convert is deprecated and goes in the next release: "
+    "use exemplar_core.checkpoint.cli",
+    DeprecationWarning,
+    stacklevel=2,
+)
+
 
 __all__ = [
     "EXIT_BAD_INPUT",

@@ -3,6 +3,8 @@
 Every public name this module had, re-exported from where it lives now.
 """
 
+import warnings
+
 from .checkpoint.container import (
     ENCODER_PREFIX,
     FORMAT_NAME,
@@ -47,6 +49,14 @@ from .checkpoint.safe_read import (
 )
 from .checkpoint.single_file import save_single_file, single_file_metadata, single_file_state_dict
 from .dtypes import DTYPES
+
+warnings.warn(
+    "exemplar_core.formats is deprecated and goes in the next release: "
+    "use exemplar_core.checkpoint",
+    DeprecationWarning,
+    stacklevel=2,
+)
+
 
 __all__ = [
     "DIFFUSERS_PARTS",

@@ -6,6 +6,8 @@ The mask conventions (polarity, binarising, the latent keep mask, the UNet input
 
 from __future__ import annotations
 
+import warnings
+
 from .masks import (
     MaskResize,
     binarize_edit_mask,
@@ -14,6 +16,13 @@ from .masks import (
     masked_source,
     unet_input,
 )
+
+warnings.warn(
+    "exemplar_core.inpaint is deprecated and goes in the next release: use exemplar_core.masks",
+    DeprecationWarning,
+    stacklevel=2,
+)
+
 
 __all__ = [
     "MaskResize",

@@ -3,6 +3,8 @@
 imports keep working. Every public name this module had, re-exported from where it lives now.
 """
 
+import warnings
+
 from .checkpoint.arch import (
     encoder_config_from_clip_config,
     encoder_config_from_weights,
@@ -46,6 +48,14 @@ from .checkpoint.keymap import (
     vae_ldm_to_diffusers,
     vae_rules,
 )
+
+warnings.warn(
+    "exemplar_core.keymap is deprecated and goes in the next release: "
+    "use exemplar_core.checkpoint.keymap and exemplar_core.checkpoint.arch",
+    DeprecationWarning,
+    stacklevel=2,
+)
+
 
 __all__ = [
     "CLIP_DROPPED",

@@ -106,3 +106,25 @@ def test_the_headless_runner_still_imports_without_torch():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("exemplar_core.formats", "exemplar_core.checkpoint"),
+        ("exemplar_core.keymap", "exemplar_core.checkpoint.keymap"),
+        ("exemplar_core.convert", "exemplar_core.checkpoint.cli"),
+        ("exemplar_core.inpaint", "exemplar_core.masks"),
+    ],
+)
+def test_an_old_path_warns_and_names_its_new_home(old, new):
+    """A user importing an old path is told, once, where it went (and that it goes next release)."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", f"import {old}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "DeprecationWarning" in result.stderr and f"use {new}" in result.stderr, result.stderr
