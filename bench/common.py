@@ -68,9 +68,10 @@ def warmup_count(value: str, device: torch.device) -> int:
 def add_warmup_option(p: argparse.ArgumentParser) -> None:
     """The edit workers' and commands' ``--warmup`` (see ``warmup_count``)."""
     p.add_argument(
-        "--warmup", default="auto",
+        "--warmup",
+        default="auto",
         help="untimed edits in each worker before the timed one (auto: 1 on a GPU, 0 on a CPU)",
-    )  # fmt: skip
+    )
 
 
 def dtype_named(name: str, device: torch.device) -> torch.dtype:
@@ -175,9 +176,13 @@ def run_worker(argv: Sequence[str], timeout: float = 3600) -> dict:
     """Run ``python -m <argv>`` in a fresh process; its last stdout line is a JSON result."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=env,
-    )  # fmt: skip
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"worker {' '.join(argv)} failed:\n{proc.stderr[-4000:]}")
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -225,9 +230,10 @@ def print_table(summary: dict[str, dict], keys: Sequence[str], baseline: str | N
                 continue
             ratios = "".join(
                 f"{summary[name][k] / summary[baseline][k]:>18.3f}"
-                if summary[baseline].get(k) else f"{'n/a':>18}"
+                if summary[baseline].get(k)
+                else f"{'n/a':>18}"
                 for k in keys
-            )  # fmt: skip
+            )
             print(f"{name + '/' + baseline:<16}" + ratios)
 
 

@@ -92,9 +92,15 @@ def diffusers_edit(args):
     dtype = dtype_named(args.dtype, device)
     model = build_model()
     clip = CLIPVisionConfig(
-        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-        image_size=224, patch_size=14, hidden_act="quick_gelu", projection_dim=768,
-    )  # fmt: skip
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="quick_gelu",
+        projection_dim=768,
+    )
     # Built for real, not on meta: transformers keeps non-persistent buffers (position_ids) that
     # no state dict restores, and to_empty() would leave them as garbage indices.
     image_encoder = PaintByExampleImageEncoder(clip)
@@ -104,10 +110,14 @@ def diffusers_edit(args):
     )
     del model.encoder  # the pipeline has its own copy now
     pipe = PaintByExamplePipeline(
-        vae=model.vae, image_encoder=image_encoder, unet=model.unet,
-        scheduler=make_scheduler("pndm"), safety_checker=None,
-        feature_extractor=CLIPImageProcessor(), requires_safety_checker=False,
-    ).to(device=device, dtype=dtype)  # fmt: skip
+        vae=model.vae,
+        image_encoder=image_encoder,
+        unet=model.unet,
+        scheduler=make_scheduler("pndm"),
+        safety_checker=None,
+        feature_extractor=CLIPImageProcessor(),
+        requires_safety_checker=False,
+    ).to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     source, mask, exemplar = make_inputs(args.width, args.height, tuple(args.box))
     if args.resize_to:
@@ -165,10 +175,18 @@ def _to_pil(image: torch.Tensor):
 def _worker_argv(side: str, args, width: int, height: int, box, resize_to: int = 0) -> list[str]:
     module = "bench.nodes" if side == "node" else "bench.inference"
     return worker_argv(
-        module, side, width=width, height=height, box=box, steps=args.steps, size=args.size,
-        device=args.device, dtype=args.dtype, warmup=args.warmup,
+        module,
+        side,
+        width=width,
+        height=height,
+        box=box,
+        steps=args.steps,
+        size=args.size,
+        device=args.device,
+        dtype=args.dtype,
+        warmup=args.warmup,
         resize_to=resize_to if side != "node" else None,
-    )  # fmt: skip
+    )
 
 
 def attention_bytes(width: int, height: int, dtype_bytes: int = 4) -> int:
@@ -192,8 +210,13 @@ def cmd_same(args) -> dict:
     keys = ("seconds", "peak_mb")
     summary = summarise(results, keys)
     print_table(summary, keys, baseline="diffusers")
-    return {"benchmark": "same", "size": size, "steps": args.steps, "runs": results,
-            "median": summary}  # fmt: skip
+    return {
+        "benchmark": "same",
+        "size": size,
+        "steps": args.steps,
+        "runs": results,
+        "median": summary,
+    }
 
 
 def cmd_large(args) -> dict:
@@ -213,8 +236,15 @@ def cmd_large(args) -> dict:
     keys = ("seconds", "peak_mb")
     summary = summarise(results, keys)
     print_table(summary, keys, baseline="editor_512")
-    report = {"benchmark": "large", "photo": photo, "mask_box": box, "size": args.size,
-              "steps": args.steps, "runs": results, "median": summary}  # fmt: skip
+    report = {
+        "benchmark": "large",
+        "photo": photo,
+        "mask_box": box,
+        "size": args.size,
+        "steps": args.steps,
+        "runs": results,
+        "median": summary,
+    }
     if "diffusers_4096" not in sides:
         report["diffusers_4096"] = (
             f"not run: one self-attention matrix at full size needs {full_bytes / 2**30:.0f} GiB, "

@@ -89,10 +89,20 @@ def node_edit(args):
     def edit():
         positive, negative = host.run(node_ids.EXEMPLAR_ENCODE, encoder=encoder, exemplar=exemplar)
         result, _ = host.run(
-            node_ids.INPAINT_SAMPLER, model=unet, vae=vae, positive=positive,
-            negative=negative, image=image, mask=mask, seed=0, steps=args.steps, similarity=5.0,
-            sampler_name=args.sampler, scheduler=args.scheduler, resolution=args.size,
-        )  # fmt: skip
+            node_ids.INPAINT_SAMPLER,
+            model=unet,
+            vae=vae,
+            positive=positive,
+            negative=negative,
+            image=image,
+            mask=mask,
+            seed=0,
+            steps=args.steps,
+            similarity=5.0,
+            sampler_name=args.sampler,
+            scheduler=args.scheduler,
+            resolution=args.size,
+        )
         return result
 
     return edit, str(unet.model.get_dtype()).removeprefix("torch.")
@@ -147,14 +157,28 @@ def cmd_interval(args) -> dict:
             spy.set_model_unet_function_wrapper(count)
             start = time.perf_counter()
             host.run(
-                node_ids.INPAINT_SAMPLER, model=spy, vae=vae, positive=positive,
-                negative=negative, image=image, mask=mask, seed=0, steps=args.steps,
-                similarity=5.0, sampler_name=args.sampler, scheduler=args.scheduler,
+                node_ids.INPAINT_SAMPLER,
+                model=spy,
+                vae=vae,
+                positive=positive,
+                negative=negative,
+                image=image,
+                mask=mask,
+                seed=0,
+                steps=args.steps,
+                similarity=5.0,
+                sampler_name=args.sampler,
+                scheduler=args.scheduler,
                 resolution=size,
-            )  # fmt: skip
+            )
             seconds = time.perf_counter() - start
-            runs[name].append({"seconds": seconds, "unet_sample_evaluations": sum(evaluations),
-                               "unet_calls": len(evaluations)})  # fmt: skip
+            runs[name].append(
+                {
+                    "seconds": seconds,
+                    "unet_sample_evaluations": sum(evaluations),
+                    "unet_calls": len(evaluations),
+                }
+            )
             print(f"  {name}: {runs[name][-1]}", flush=True)
     summary = {
         name: {
@@ -172,10 +196,15 @@ def cmd_interval(args) -> dict:
         f"{part['unet_sample_evaluations'] / full['unet_sample_evaluations']:.2f}"
     )
     return {
-        "benchmark": "guidance_interval", "size": size, "steps": args.steps,
-        "sampler": f"{args.sampler}/{args.scheduler}", "sigma_interval": [lo, hi],
-        "step_sigmas": step_sigmas, "runs": runs, "median": summary,
-    }  # fmt: skip
+        "benchmark": "guidance_interval",
+        "size": size,
+        "steps": args.steps,
+        "sampler": f"{args.sampler}/{args.scheduler}",
+        "sigma_interval": [lo, hi],
+        "step_sigmas": step_sigmas,
+        "runs": runs,
+        "median": summary,
+    }
 
 
 def _timed_prompt(client, prompt: dict) -> dict:
@@ -231,8 +260,11 @@ def cmd_repeat(args) -> dict:
     try:
         client = headless.Client(server.url)
         prompt = json.loads((REPO / "workflows" / "api" / "basic_exemplar_edit.json").read_text())
-        for title, name in (("source", "source.png"), ("mask", "mask.png"),
-                            ("exemplar", "exemplar.png")):  # fmt: skip
+        for title, name in (
+            ("source", "source.png"),
+            ("mask", "mask.png"),
+            ("exemplar", "exemplar.png"),
+        ):
             node = headless.find_node(prompt, title)
             prompt[node]["inputs"]["image"] = client.upload_image(inputs / name)
         headless.set_all(prompt, node_ids.LOADER, "model_name", pbe_host.TINY_MODEL_NAME)

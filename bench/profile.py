@@ -70,8 +70,10 @@ class Probe:
         rows.sort(reverse=True)
         kernel_us = sum(r[0] for r in rows)
         busy = kernel_us / 1e6 / self.seconds if self.seconds else 0.0
-        print(f"measured wall time {self.seconds:.3f} s; device time {kernel_us / 1e6:.3f} s "
-              f"(busy {100 * busy:.0f}%)")  # fmt: skip
+        print(
+            f"measured wall time {self.seconds:.3f} s; device time {kernel_us / 1e6:.3f} s "
+            f"(busy {100 * busy:.0f}%)"
+        )
         print(f"{'kernel time ms':>15}{'calls':>8}  kernel")
         for us, name, count in rows[:top]:
             print(f"{us / 1e3:>15.1f}{count:>8}  {name[:100]}")
@@ -110,8 +112,14 @@ def cmd_edit(args) -> dict:
     probe.start()
     edit()
     probe.stop()
-    return {"benchmark": "profile_edit", "side": args.side, "size": size, "steps": args.steps,
-            "dtype": args.dtype, **probe.report(args.top)}  # fmt: skip
+    return {
+        "benchmark": "profile_edit",
+        "side": args.side,
+        "size": size,
+        "steps": args.steps,
+        "dtype": args.dtype,
+        **probe.report(args.top),
+    }
 
 
 def cmd_train(args) -> dict:

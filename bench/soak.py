@@ -458,26 +458,33 @@ def figures(result: Soak, options: SoakOptions) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__.splitlines()[0],
+        prog="python -m bench.soak",
+        description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )  # fmt: skip
+    )
     p.add_argument("--prompts", type=positive_int, default=200, help="how many prompts to run")
     p.add_argument(
         "--timeout", type=positive_seconds, default=120.0, help="seconds allowed per prompt"
     )
     p.add_argument(
-        "--interrupt-every", type=non_negative_int, default=15,
+        "--interrupt-every",
+        type=non_negative_int,
+        default=15,
         help="interrupt every Nth prompt (0: none)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--bad-every", type=non_negative_int, default=25,
+        "--bad-every",
+        type=non_negative_int,
+        default=25,
         help="every Nth prompt is a bad one (0: none)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--rss-after", type=positive_int, default=20,
+        "--rss-after",
+        type=positive_int,
+        default=20,
         help="the RSS baseline is read after this prompt (half the prompts when fewer than "
         "twice as many run)",
-    )  # fmt: skip
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts' random choices")
     p.add_argument(
         "--server", help="soak this running ComfyUI (with the pack) instead of starting one"
@@ -563,9 +570,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return 2
     options = SoakOptions(
-        prompts=args.prompts, timeout=args.timeout, interrupt_every=args.interrupt_every,
-        bad_every=args.bad_every, rss_after=args.rss_after, seed=args.seed,
-    )  # fmt: skip
+        prompts=args.prompts,
+        timeout=args.timeout,
+        interrupt_every=args.interrupt_every,
+        bad_every=args.bad_every,
+        rss_after=args.rss_after,
+        seed=args.seed,
+    )
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         result = run(args, options)

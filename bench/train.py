@@ -48,8 +48,18 @@ from .common import (
 DATA_SEED = 5
 # The settings a worker process gets from the command (each an ``add_run_options`` option, and
 # --checkpointing).
-WORKER_OPTIONS = ("architecture", "resolution", "batch", "steps", "warmup", "device", "precision",
-                  "workers", "scenes", "checkpointing")  # fmt: skip
+WORKER_OPTIONS = (
+    "architecture",
+    "resolution",
+    "batch",
+    "steps",
+    "warmup",
+    "device",
+    "precision",
+    "workers",
+    "scenes",
+    "checkpointing",
+)
 
 # Dense bf16/fp16 tensor-core peak (no sparsity) from the vendors' data sheets, TFLOP/s, by a
 # substring of torch.cuda.get_device_name(). Other devices: pass --peak-tflops.
@@ -108,8 +118,22 @@ def make_scenes(resolution: int, count: int, root: Path | None = None) -> Path:
     out = root / f"{resolution}px-{count}"
     jsonl = out / "train.jsonl"
     if not jsonl.exists():
-        synthetic.main(["--out", str(out), "--train", str(count), "--test", "1", "--eval", "0",
-                        "--size", str(resolution), "--seed", str(DATA_SEED)])  # fmt: skip
+        synthetic.main(
+            [
+                "--out",
+                str(out),
+                "--train",
+                str(count),
+                "--test",
+                "1",
+                "--eval",
+                "0",
+                "--size",
+                str(resolution),
+                "--seed",
+                str(DATA_SEED),
+            ]
+        )
     return jsonl
 
 
@@ -253,10 +277,15 @@ def worker_minimal(args) -> dict:
             return pairs[(0, i)]
 
     loader = torch.utils.data.DataLoader(
-        Flat(), batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
-        collate_fn=collate_pairs, persistent_workers=args.workers > 0,
+        Flat(),
+        batch_size=args.batch,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        collate_fn=collate_pairs,
+        persistent_workers=args.workers > 0,
         pin_memory=device.type == "cuda",
-    )  # fmt: skip
+    )
     optimizer = torch.optim.AdamW(trained, lr=1e-5)
     unet, optimizer, loader = accelerator.prepare(model.unet, optimizer, loader)
     scheduler = DDPMScheduler(**SCHEDULE)
@@ -275,8 +304,11 @@ def worker_minimal(args) -> dict:
             with accelerator.autocast():
                 cond = model.encoder.project(pooled)
                 drop = torch.rand(cond.shape[0], device=cond.device) < 0.2
-                cond = torch.where(drop[:, None, None], model.encoder.unconditional(
-                    cond.shape[0]).to(cond.dtype), cond)  # fmt: skip
+                cond = torch.where(
+                    drop[:, None, None],
+                    model.encoder.unconditional(cond.shape[0]).to(cond.dtype),
+                    cond,
+                )
                 noise = torch.randn_like(latents)
                 t = torch.randint(0, len(alphas), (latents.shape[0],), device=latents.device)
                 noisy = scheduler.add_noise(latents, noise, t)
@@ -315,8 +347,12 @@ def cmd_throughput(args) -> dict:
         raise SystemExit(f"error: --sides takes ours, minimal and ours_ema, not {args.sides!r}")
     sides = {side: _worker_argv(side, args) for side in names}
     results, summary = _compare(args, sides, baseline="minimal" if "minimal" in sides else None)
-    report = {"benchmark": "train_throughput", "settings": _settings(args), "runs": results,
-              "median": summary}  # fmt: skip
+    report = {
+        "benchmark": "train_throughput",
+        "settings": _settings(args),
+        "runs": results,
+        "median": summary,
+    }
     if "ours" in summary and "minimal" in summary:
         ratio = summary["ours"]["samples_per_s"] / summary["minimal"]["samples_per_s"]
         print(f"throughput ours/minimal: {ratio:.2f} (target >= 1.0)")
@@ -331,8 +367,10 @@ def _utilisation(args, summary: dict) -> dict:
     out = {"flops_per_sample": flops}
     peak = peak_tflops(pick_device(args.device), args.peak_tflops)
     trained, frozen = flops["trained"] / 1e9, flops["frozen"] / 1e9
-    print(f"model FLOPs per training sample: {flops['total'] / 1e9:.1f} GFLOP "
-          f"({trained:.1f} trained, {frozen:.1f} frozen encoders)")  # fmt: skip
+    print(
+        f"model FLOPs per training sample: {flops['total'] / 1e9:.1f} GFLOP "
+        f"({trained:.1f} trained, {frozen:.1f} frozen encoders)"
+    )
     if peak is None:
         print("MFU: not given (unknown peak for this device; pass --peak-tflops)")
         return out
@@ -352,8 +390,13 @@ def cmd_checkpointing(args) -> dict:
     results, summary = _compare(args, sides, baseline="plain")
     ratio = summary["checkpointing"]["peak_mb"] / summary["plain"]["peak_mb"]
     print(f"peak memory with/without checkpointing: {ratio:.2f} (target <= 0.6)")
-    return {"benchmark": "train_checkpointing", "settings": _settings(args), "runs": results,
-            "median": summary, "memory_ratio": ratio}  # fmt: skip
+    return {
+        "benchmark": "train_checkpointing",
+        "settings": _settings(args),
+        "runs": results,
+        "median": summary,
+        "memory_ratio": ratio,
+    }
 
 
 def cmd_data(args) -> dict:
@@ -365,8 +408,9 @@ def cmd_data(args) -> dict:
     jsonl = make_scenes(args.resolution, args.scenes)
     data = DataSection(format="jsonl", path=str(jsonl), resolution=args.resolution)
     enc = ModelConfigs.published().encoder
-    records, _ = read_dataset(data.format, data.path, data.image_root,
-                              BoxFilter(data.min_area, data.max_area))  # fmt: skip
+    records, _ = read_dataset(
+        data.format, data.path, data.image_root, BoxFilter(data.min_area, data.max_area)
+    )
     pairs = PairDataset(records, pair_spec(data, enc.image_size, enc.mean, enc.std), seed=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core, as one DataLoader worker has
@@ -380,10 +424,15 @@ def cmd_data(args) -> dict:
     finally:
         torch.set_num_threads(threads)
     rate = args.samples / seconds
-    report = {"benchmark": "train_data", "resolution": args.resolution, "samples": args.samples,
-              "samples_per_s_per_core": rate}  # fmt: skip
-    print(f"data pipeline at {args.resolution} px, full augmentation: "
-          f"{rate:.1f} samples/s per core")  # fmt: skip
+    report = {
+        "benchmark": "train_data",
+        "resolution": args.resolution,
+        "samples": args.samples,
+        "samples_per_s_per_core": rate,
+    }
+    print(
+        f"data pipeline at {args.resolution} px, full augmentation: {rate:.1f} samples/s per core"
+    )
     if args.gpu_rate > 0:
         cores = args.gpu_rate / rate
         report["gpu_rate"] = args.gpu_rate
@@ -411,9 +460,12 @@ def add_run_options(
     p.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     p.add_argument("--scenes", type=int, default=200, help="synthetic scenes to train on")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="a trainer config override for the trainer's sides (e.g. train.compile=true)",
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,9 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
     p.add_argument("--sides", default="ours,minimal,ours_ema", help="comma-separated sides to run")
     p.add_argument(
-        "--peak-tflops", type=float, default=0.0,
+        "--peak-tflops",
+        type=float,
+        default=0.0,
         help="the device's peak TFLOP/s for MFU (default: known GPUs' bf16 peak)",
-    )  # fmt: skip
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", default="out/bench/train_throughput.json")
     p = sub.add_parser("checkpointing", help="peak memory with and without checkpointing")

@@ -134,11 +134,16 @@ def run_demo(args: argparse.Namespace) -> int:
         check_number(scale, "--scales", 0.0, SIMILARITY_MAX)
     check_number(args.result_scale, "--result-scale", 0.0, SIMILARITY_MAX)
     settings = {
-        scale: EditSettings.from_options({"similarity": "--scales"}, steps=args.steps,
-                                         similarity=scale, seed=args.seed, scheduler="ddim",
-                                         feather=4)
+        scale: EditSettings.from_options(
+            {"similarity": "--scales"},
+            steps=args.steps,
+            similarity=scale,
+            seed=args.seed,
+            scheduler="ddim",
+            feather=4,
+        )
         for scale in sorted(set(scales) | {args.result_scale})
-    }  # fmt: skip
+    }
     started = time.perf_counter()
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
@@ -152,6 +157,8 @@ def run_demo(args: argparse.Namespace) -> int:
     tiles += [(f"s = {s:g}", results[s]) for s in scales]
     save_image(contact_sheet(tiles), out / "contact_sheet.png")
     seconds = time.perf_counter() - started
-    print(f"wrote {out / 'result.png'} (s = {args.result_scale:g}) and "
-          f"{out / 'contact_sheet.png'} in {seconds:.1f} s")  # fmt: skip
+    print(
+        f"wrote {out / 'result.png'} (s = {args.result_scale:g}) and "
+        f"{out / 'contact_sheet.png'} in {seconds:.1f} s"
+    )
     return 0

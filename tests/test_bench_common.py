@@ -31,10 +31,31 @@ def test_timed_runs_the_warmups_untimed_then_times_one_call():
 def test_worker_argv_spells_options_as_flags():
     from bench.common import worker_argv
 
-    argv = worker_argv("bench.x", "side", resize_to=0, box=(1, 2, 3, 4), fast=True, slow=False,
-                       dtype=None, device="cpu")  # fmt: skip
-    assert argv == ["bench.x", "worker", "side", "--resize-to", "0", "--box", "1", "2", "3", "4",
-                    "--fast", "--device", "cpu"]  # fmt: skip
+    argv = worker_argv(
+        "bench.x",
+        "side",
+        resize_to=0,
+        box=(1, 2, 3, 4),
+        fast=True,
+        slow=False,
+        dtype=None,
+        device="cpu",
+    )
+    assert argv == [
+        "bench.x",
+        "worker",
+        "side",
+        "--resize-to",
+        "0",
+        "--box",
+        "1",
+        "2",
+        "3",
+        "4",
+        "--fast",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_the_node_worker_gets_no_resize_option():

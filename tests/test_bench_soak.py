@@ -78,9 +78,15 @@ def test_an_existing_json_file_is_refused_and_left_as_it_was(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "option, value", [("--prompts", "0"), ("--rss-after", "0"), ("--bad-every", "-1"),
-                      ("--interrupt-every", "x"), ("--timeout", "nan")],
-)  # fmt: skip
+    "option, value",
+    [
+        ("--prompts", "0"),
+        ("--rss-after", "0"),
+        ("--bad-every", "-1"),
+        ("--interrupt-every", "x"),
+        ("--timeout", "nan"),
+    ],
+)
 def test_a_number_out_of_range_is_refused_with_the_option(option, value, capsys):
     with pytest.raises(SystemExit) as info:
         soak.main(["--server", "http://127.0.0.1:1", option, value])

@@ -10,8 +10,19 @@ from bench import train as bench_train
 
 
 def _args(tmp_path, **extra):
-    values = dict(architecture="tiny", resolution=32, batch=2, steps=2, warmup=1, device="cpu",
-                  precision="no", workers=0, scenes=12, checkpointing=False, set=[])  # fmt: skip
+    values = dict(
+        architecture="tiny",
+        resolution=32,
+        batch=2,
+        steps=2,
+        warmup=1,
+        device="cpu",
+        precision="no",
+        workers=0,
+        scenes=12,
+        checkpointing=False,
+        set=[],
+    )
     values.update(extra)
     return argparse.Namespace(**values)
 
@@ -54,12 +65,15 @@ def test_data_pipeline_rate_and_cores_per_gpu(tmp_path, capsys):
 
 
 def test_checkpointing_command_reports_the_memory_ratio(tmp_path, monkeypatch):
-    runs = iter([
-        {"samples_per_s": 4.0, "peak_mb": 1000.0},
-        {"samples_per_s": 3.0, "peak_mb": 550.0},
-    ])  # fmt: skip
-    monkeypatch.setattr("bench.train.alternate", lambda sides, repeats: {
-        name: [next(runs)] for name in sides})  # fmt: skip
+    runs = iter(
+        [
+            {"samples_per_s": 4.0, "peak_mb": 1000.0},
+            {"samples_per_s": 3.0, "peak_mb": 550.0},
+        ]
+    )
+    monkeypatch.setattr(
+        "bench.train.alternate", lambda sides, repeats: {name: [next(runs)] for name in sides}
+    )
     args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1})
     report = bench_train.cmd_checkpointing(args)
     assert report["memory_ratio"] == pytest.approx(0.55)
@@ -75,31 +89,41 @@ def test_step_flops_are_per_sample_and_split_into_frozen_and_trained():
 
 
 def test_throughput_reports_mfu_from_the_given_peak(tmp_path, monkeypatch):
-    monkeypatch.setattr("bench.train.alternate", lambda sides, repeats: {
-        name: [{"samples_per_s": 10.0 if name == "ours" else 8.0, "peak_mb": 1.0}]
-        for name in sides})  # fmt: skip
-    monkeypatch.setattr(bench_train, "step_flops", lambda *a: {
-        "frozen": 1e12, "trained": 2e12, "total": 3e12})  # fmt: skip
-    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 100.0,
-                                 "sides": "ours,minimal"})  # fmt: skip
+    monkeypatch.setattr(
+        "bench.train.alternate",
+        lambda sides, repeats: {
+            name: [{"samples_per_s": 10.0 if name == "ours" else 8.0, "peak_mb": 1.0}]
+            for name in sides
+        },
+    )
+    monkeypatch.setattr(
+        bench_train, "step_flops", lambda *a: {"frozen": 1e12, "trained": 2e12, "total": 3e12}
+    )
+    args = argparse.Namespace(
+        **{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 100.0, "sides": "ours,minimal"}
+    )
     report = bench_train.cmd_throughput(args)
     assert report["throughput_ratio"] == pytest.approx(1.25)
     assert report["mfu"] == pytest.approx({"ours": 0.3, "minimal": 0.24})
 
 
 def test_throughput_without_a_known_peak_gives_no_mfu(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("bench.train.alternate", lambda sides, repeats: {
-        name: [{"samples_per_s": 10.0, "peak_mb": 1.0}] for name in sides})  # fmt: skip
-    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 0.0,
-                                 "sides": "ours"})  # fmt: skip
+    monkeypatch.setattr(
+        "bench.train.alternate",
+        lambda sides, repeats: {name: [{"samples_per_s": 10.0, "peak_mb": 1.0}] for name in sides},
+    )
+    args = argparse.Namespace(
+        **{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 0.0, "sides": "ours"}
+    )
     report = bench_train.cmd_throughput(args)
     assert "mfu" not in report and "throughput_ratio" not in report
     assert "pass --peak-tflops" in capsys.readouterr().out
 
 
 def test_throughput_refuses_unknown_sides(tmp_path):
-    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 0.0,
-                                 "sides": "ours,theirs"})  # fmt: skip
+    args = argparse.Namespace(
+        **{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 0.0, "sides": "ours,theirs"}
+    )
     with pytest.raises(SystemExit, match="theirs"):
         bench_train.cmd_throughput(args)
 
@@ -125,9 +149,13 @@ def test_window_hooks_run_at_its_edges():
     import torch
 
     events = []
-    window = bench_train.Window(warmup=2, steps=3, device=torch.device("cpu"),
-                                on_start=lambda: events.append(("start", window.calls)),
-                                on_stop=lambda: events.append(("stop", window.calls)))  # fmt: skip
+    window = bench_train.Window(
+        warmup=2,
+        steps=3,
+        device=torch.device("cpu"),
+        on_start=lambda: events.append(("start", window.calls)),
+        on_stop=lambda: events.append(("stop", window.calls)),
+    )
     for _ in range(7):
         window.tick()
     assert events == [("start", 3), ("stop", 6)]

@@ -80,7 +80,7 @@ def _edit(*extra: str, **paths: str) -> tuple[str, ...]:
     argv = ["edit"]
     for name, value in files.items():
         argv += [f"--{name}", value]
-    return (*argv, "--steps", "2", "--scheduler", "ddim", *extra)  # fmt: skip
+    return (*argv, "--steps", "2", "--scheduler", "ddim", *extra)
 
 
 GARBAGE_CKPT = "{t}/text.safetensors"  # reading it would fail with "not a readable .safetensors"
@@ -387,14 +387,13 @@ def results(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
         }
         (t.parent / "argv.json").write_text(json.dumps(argv))
         subprocess.run(
-            [sys.executable, "-c", DRIVER, str(t.parent / "argv.json"),
-             str(t.parent / "out.json")],
+            [sys.executable, "-c", DRIVER, str(t.parent / "argv.json"), str(t.parent / "out.json")],
             cwd=t,  # demo's default --out (out/demo) would land here, never in the repository
             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
             check=True,
             timeout=600,
             preexec_fn=bound_by_permissions(),  # the read-only folder is read-only for root too
-        )  # fmt: skip
+        )
     (t / "readonly").chmod(0o755)
     return t, {"snapshot": snapshot, **json.loads((t.parent / "out.json").read_text())}
 
@@ -435,10 +434,22 @@ def test_headless_as_its_own_process_reports_an_unreachable_server_fast(tmp_path
     start = time.perf_counter()
     with closed_port() as port:
         result = subprocess.run(
-            [sys.executable, "-m", "exemplar_core.headless", str(WORKFLOW), "--quiet",
-             "--server", f"http://127.0.0.1:{port}", "--out", str(tmp_path / "out")],
-            capture_output=True, text=True, cwd=ROOT, timeout=60,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "exemplar_core.headless",
+                str(WORKFLOW),
+                "--quiet",
+                "--server",
+                f"http://127.0.0.1:{port}",
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
     assert result.returncode == 2, result.stderr
     assert "cannot reach ComfyUI" in result.stderr and "--server" in result.stderr
     assert time.perf_counter() - start < 60
@@ -449,10 +460,27 @@ def test_edit_as_its_own_process_refuses_an_existing_out_before_loading(tmp_path
     keep = tmp_path / "keep.png"
     keep.write_bytes(b"mine")
     result = subprocess.run(
-        [sys.executable, "-m", "exemplar_core", "edit", "--checkpoint", str(tmp_path / "x"),
-         "--source", "s.png", "--mask", "m.png", "--exemplar", "e.png", "--out", str(keep)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "exemplar_core",
+            "edit",
+            "--checkpoint",
+            str(tmp_path / "x"),
+            "--source",
+            "s.png",
+            "--mask",
+            "m.png",
+            "--exemplar",
+            "e.png",
+            "--out",
+            str(keep),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "already exists" in result.stderr and "--overwrite" in result.stderr
     assert keep.read_bytes() == b"mine"

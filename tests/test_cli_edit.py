@@ -25,10 +25,23 @@ def files(tmp_path, tiny_model):
 
 def _args(tmp, ckpt, out="out.png", *extra):
     return [
-        "edit", "--checkpoint", str(ckpt), "--source", str(tmp / "src.png"),
-        "--mask", str(tmp / "mask.png"), "--exemplar", str(tmp / "ex.png"),
-        "--out", str(tmp / out), "--steps", "2", "--scheduler", "ddim", *extra,
-    ]  # fmt: skip
+        "edit",
+        "--checkpoint",
+        str(ckpt),
+        "--source",
+        str(tmp / "src.png"),
+        "--mask",
+        str(tmp / "mask.png"),
+        "--exemplar",
+        str(tmp / "ex.png"),
+        "--out",
+        str(tmp / out),
+        "--steps",
+        "2",
+        "--scheduler",
+        "ddim",
+        *extra,
+    ]
 
 
 def test_edit_command_writes_a_result_of_the_source_size(files, capsys):

@@ -16,10 +16,21 @@ def test_synthetic_benchmark_reports_each_scale_and_keeps_background_bit_exact(
 ):
     ckpt = save_single_file(checkpoint_from_model(tiny_model), tmp_path / "tiny.safetensors")
     out = tmp_path / "report"
-    code = quality.main([
-        "synthetic", "--checkpoint", str(ckpt), "--cases", "2", "--scales", "0,5",
-        "--steps", "2", "--out", str(out),
-    ])  # fmt: skip
+    code = quality.main(
+        [
+            "synthetic",
+            "--checkpoint",
+            str(ckpt),
+            "--cases",
+            "2",
+            "--scales",
+            "0,5",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["scales"]) == {"0", "5"}
@@ -38,9 +49,11 @@ def test_synthetic_benchmark_reports_each_scale_and_keeps_background_bit_exact(
 
 
 def test_requirement_checks_follow_the_issue_targets():
-    good = {"0": {"color_error": 0.4, "background_psnr_min": 50.0},
-            "1": {"color_error": 0.3, "background_psnr_min": 50.0},
-            "5": {"color_error": 0.15, "background_psnr_min": 46.0}}  # fmt: skip
+    good = {
+        "0": {"color_error": 0.4, "background_psnr_min": 50.0},
+        "1": {"color_error": 0.3, "background_psnr_min": 50.0},
+        "5": {"color_error": 0.15, "background_psnr_min": 46.0},
+    }
     checks = quality.check_requirements(good)
     assert all(c["passed"] for c in checks.values())
     bad = {**good, "5": {"color_error": 0.25, "background_psnr_min": 40.0}}
@@ -123,16 +136,25 @@ def test_hole_fill_probe_measures_the_hole_against_the_scene_colour():
 def _world_report(world_seed, per_scale_errors, checkpoint="m.safetensors", shape=0.5):
     """A ``run_synthetic``-shaped report of one world from per-case colour errors per scale."""
     return {
-        "checkpoint": checkpoint, "steps": 20, "scheduler": "ddim", "resolution": 64, "seed": 0,
-        "world_seed": world_seed, "cases": len(next(iter(per_scale_errors.values()))),
+        "checkpoint": checkpoint,
+        "steps": 20,
+        "scheduler": "ddim",
+        "resolution": 64,
+        "seed": 0,
+        "world_seed": world_seed,
+        "cases": len(next(iter(per_scale_errors.values()))),
         "hole_fill": {"colour_error": 0.2, "worst": 0.3},
         "scales": {
-            key: {"color_error": float(np.mean(errors)) if errors else math.nan,
-                  "color_error_per_case": errors,
-                  "shape_iou": shape, "foreground_fraction": 0.5, "background_psnr_min": math.inf}
+            key: {
+                "color_error": float(np.mean(errors)) if errors else math.nan,
+                "color_error_per_case": errors,
+                "shape_iou": shape,
+                "foreground_fraction": 0.5,
+                "background_psnr_min": math.inf,
+            }
             for key, errors in per_scale_errors.items()
         },
-    }  # fmt: skip
+    }
 
 
 def test_pool_merges_worlds_case_by_case_and_checks_the_pooled_errors():
@@ -160,20 +182,29 @@ def test_pool_merges_worlds_case_by_case_and_checks_the_pooled_errors():
     "second, message",
     [
         (_world_report(1, {"0": [0.5], "5": [0.2]}), "world seed(s) [1] appear in more than one"),
-        (_world_report(2, {"0": [0.5], "5": [0.2]}, checkpoint="other.safetensors"),
-         "has checkpoint 'other.safetensors'"),
+        (
+            _world_report(2, {"0": [0.5], "5": [0.2]}, checkpoint="other.safetensors"),
+            "has checkpoint 'other.safetensors'",
+        ),
         (_world_report(2, {"0": [0.5], "5": []}), "no per-case colour errors at s = 5"),
         (_world_report(2, {"3": [0.5]}), "share no similarity scale"),
         ({"scales": {}}, "is not a report of 'python -m train.eval synthetic'"),
         ({**_world_report(2, {"0": [0.5]}), "scales": [0.5]}, "'scales' must map each scale"),
-        ({**_world_report(2, {"0": [0.5]}),
-          "scales": {"0": {"color_error_per_case": [0.5]}}}, "lacks ['shape_iou'"),
+        (
+            {**_world_report(2, {"0": [0.5]}), "scales": {"0": {"color_error_per_case": [0.5]}}},
+            "lacks ['shape_iou'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_pool_refuses_reports_that_cannot_be_pooled(second, message):
     first = _world_report(1, {"0": [0.5, 0.4], "5": [0.2, 0.3]})
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[").replace("]", r"\]")):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=message.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("[", r"\[")
+        .replace("]", r"\]"),
+    ):
         quality.pool_reports([first, second], ["first.json", "second.json"])
 
 

@@ -48,8 +48,12 @@ def test_convert_command_writes_a_model_another_user_can_read(tiny_model, tmp_pa
     dst = tmp_path / "shared" / "b.safetensors"
     result = subprocess.run(
         [sys.executable, "-m", "exemplar_core", "convert", str(src), str(dst)],
-        capture_output=True, text=True, cwd=ROOT, timeout=120, umask=0o022,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        umask=0o022,
+    )
     assert result.returncode == 0, result.stderr
     assert _mode(dst) == 0o644
 
@@ -108,9 +112,13 @@ def test_check_destination_refuses_a_read_only_folder(tmp_path):
     try:
         # A child process, bound by permission bits even when the tests run as root.
         result = subprocess.run(
-            [sys.executable, "-c", probe, str(folder / "sub" / "x.png")], cwd=ROOT,
-            capture_output=True, text=True, timeout=60, preexec_fn=bound_by_permissions(),
-        )  # fmt: skip
+            [sys.executable, "-c", probe, str(folder / "sub" / "x.png")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=bound_by_permissions(),
+        )
     finally:
         folder.chmod(0o755)
     assert result.returncode == 3, result.stdout + result.stderr
@@ -146,8 +154,11 @@ def test_a_child_bound_by_permissions_cannot_write_a_read_only_folder(tmp_path):
     try:
         result = subprocess.run(
             [sys.executable, "-c", "import sys; open(sys.argv[1], 'w')", str(folder / "x")],
-            capture_output=True, text=True, timeout=60, preexec_fn=preexec,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=preexec,
+        )
     finally:
         folder.chmod(0o755)
     assert result.returncode == 1 and "PermissionError" in result.stderr, result.stderr

@@ -157,8 +157,10 @@ def test_uploads_sets_inputs_queues_and_downloads(fake_server, inputs, tmp_path)
     assert code == 0
     assert (tmp_path / "out/out.png").read_bytes() == b"PNGDATA"
     prompt = state["prompt"]
-    names = {title: headless.upload_name(inputs[title], inputs[title].read_bytes())
-             for title in ("source", "mask", "exemplar")}  # fmt: skip
+    names = {
+        title: headless.upload_name(inputs[title], inputs[title].read_bytes())
+        for title in ("source", "mask", "exemplar")
+    }
     assert [upload["name"] for upload in state["uploads"]] == list(names.values())
     for upload in state["uploads"]:
         assert upload["subfolder"] == "paint-by-example" and upload["overwrite"] == "false"

@@ -104,8 +104,12 @@ def test_the_size_checks_pass_what_torch_save_writes(tmp_path, zip_format):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
     state = model.state_dict()
     state["tied"] = state["0.weight"][1:]  # a view into another tensor's storage
-    checkpoint = {"state_dict": state, "epoch": 3, "loops": [collections.OrderedDict(a={1, 2})],
-                  "hparams": {"lr": 1e-5, "sizes": (1, 2)}}  # fmt: skip
+    checkpoint = {
+        "state_dict": state,
+        "epoch": 3,
+        "loops": [collections.OrderedDict(a={1, 2})],
+        "hparams": {"lr": 1e-5, "sizes": (1, 2)},
+    }
     path = tmp_path / "model.ckpt"
     torch.save(checkpoint, path, _use_new_zipfile_serialization=zip_format)
     loaded = read_pickle(path)
@@ -164,8 +168,11 @@ def _legacy_ckpt(path: Path, declared_numel: int) -> None:
             return None
 
     buffer = io.BytesIO()
-    sys_info = {"protocol_version": 1001, "little_endian": True,
-                "type_sizes": {"short": 2, "int": 4, "long": 4}}  # fmt: skip
+    sys_info = {
+        "protocol_version": 1001,
+        "little_endian": True,
+        "type_sizes": {"short": 2, "int": 4, "long": 4},
+    }
     for header in (0x1950A86A20F9469CFC6C, 1001, sys_info):
         pickle.dump(header, buffer, protocol=2)
     Pickler(buffer, protocol=2).dump({"state_dict": {"w": Tensor()}})
@@ -216,8 +223,11 @@ def model_folders(tmp_path, monkeypatch):
         names = []
         for root in roots:
             for dirpath, _, files in os.walk(root, followlinks=True):
-                names += [os.path.relpath(os.path.join(dirpath, f), root) for f in files
-                          if os.path.splitext(f)[1] in extensions]  # fmt: skip
+                names += [
+                    os.path.relpath(os.path.join(dirpath, f), root)
+                    for f in files
+                    if os.path.splitext(f)[1] in extensions
+                ]
         return sorted(names)
 
     fake.get_filename_list = get_filename_list

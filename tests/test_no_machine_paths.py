@@ -20,8 +20,10 @@ MACHINE_PATH = re.compile(
 def tracked_text_files() -> list[Path]:
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, check=True,
-    ).stdout.decode()  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     files = []
     for name in listed.split("\0"):
         path = REPO / name

@@ -155,15 +155,31 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(tm
     config_file.write_text(to_toml(tiny_config(out, data, train=options)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env["GLOO_SOCKET_IFNAME"] = "lo"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "train", "--config", str(config_file)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "train",
+        "--config",
+        str(config_file),
+    ]
     log = tmp_path / "launch.log"
     with log.open("w") as handle:
         process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            command,
+            cwd=REPO,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         try:
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline and process.poll() is None:

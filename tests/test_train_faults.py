@@ -141,20 +141,34 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_weights(tmp_path, da
     driver = tmp_path / "killer.py"
     driver.write_text(KILLER)
     rng = random.Random(16)
-    kills = ["manifest:2", f"time:{rng.uniform(0.0, 0.3)}", "rename:2", "latest:1", "export:1",
-             "prune:1"]  # fmt: skip
+    kills = [
+        "manifest:2",
+        f"time:{rng.uniform(0.0, 0.3)}",
+        "rename:2",
+        "latest:1",
+        "export:1",
+        "prune:1",
+    ]
     for number, kill in enumerate(kills):
         args = ["--config", str(config)] + (["--resume"] if number else [])
         result = subprocess.run(
-            [sys.executable, str(driver), *args], cwd=REPO, env=_env(KILL_AT=kill),
-            capture_output=True, text=True, timeout=240,
-        )  # fmt: skip
+            [sys.executable, str(driver), *args],
+            cwd=REPO,
+            env=_env(KILL_AT=kill),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert result.returncode == -signal.SIGKILL, (kill, result.stderr[-2000:])
         _assert_latest_is_complete(out)
     done = subprocess.run(
         [sys.executable, "-m", "train", "--config", str(config), "--resume"],
-        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert checkpoints.read_latest(out / "checkpoints") == "step-00000008"
     _assert_same_weights(_weights(out, 8), _weights(reference, 8))
@@ -266,9 +280,13 @@ def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path, data):
     driver = tmp_path / "pauser.py"
     driver.write_text(PAUSER)
     process = subprocess.Popen(
-        [sys.executable, str(driver), "--config", str(config)], cwd=REPO, env=_env(PAUSE_AT="2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, str(driver), "--config", str(config)],
+        cwd=REPO,
+        env=_env(PAUSE_AT="2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_log(out, r"step 2 loss", process)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -281,9 +299,13 @@ def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path, data):
     resume = f"python -m train --config {config} --resume"
     assert resume in stderr
     again = subprocess.run(
-        [sys.executable, *resume.split()[1:]], cwd=REPO, env=_env(), capture_output=True,
-        text=True, timeout=240,
-    )  # fmt: skip
+        [sys.executable, *resume.split()[1:]],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert (
         f"resumed from {out / 'checkpoints' / stopped.group(1)}" in (out / "train.log").read_text()
@@ -308,9 +330,13 @@ with StopSignals(grace=float(sys.argv[1])) as stop:
 @pytest.mark.parametrize("grace", [0.0, 30.0])
 def test_a_second_signal_stops_at_once_unless_it_repeats_the_first(tmp_path, grace):
     result = subprocess.run(
-        [sys.executable, "-c", SIGNALS, str(grace)], cwd=REPO, env=_env(),
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-c", SIGNALS, str(grace)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "SIGTERM received: finishing the current step" in result.stderr
     if grace == 0.0:  # a real second signal: the default action, at once
         assert result.returncode == -signal.SIGTERM and "still running" not in result.stdout
@@ -336,9 +362,14 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_as_latest(tmp_path
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     result = subprocess.run(
-        [sys.executable, "-m", "train", "--config", str(config), "--resume"], cwd=REPO,
-        env=_env(), capture_output=True, text=True, timeout=240, preexec_fn=limit_file_size,
-    )  # fmt: skip
+        [sys.executable, "-m", "train", "--config", str(config), "--resume"],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=limit_file_size,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "could not write checkpoint step-00000002 at step 2" in result.stderr
@@ -418,10 +449,14 @@ def test_a_read_only_out_dir_is_reported_before_any_work(tmp_path, data):
     os.chmod(read_only, 0o555)
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "train", "--config", str(config)], cwd=REPO, env=_env(),
-            capture_output=True, text=True, timeout=240,
+            [sys.executable, "-m", "train", "--config", str(config)],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
             preexec_fn=bound_by_permissions(),
-        )  # fmt: skip
+        )
     finally:
         os.chmod(read_only, 0o755)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -460,9 +495,13 @@ def test_a_missing_training_extra_is_named_before_any_work(tmp_path, data, comma
     config = _config_file(tmp_path, tiny_config(out, data))
     args = [a.format(config=config, out=out) for a in command]
     result = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=_env(PYTHONPATH=f"{shim}{os.pathsep}{REPO}"),
-    )  # fmt: skip
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "accelerate" in result.stderr and 'pip install -e ".[train]"' in result.stderr

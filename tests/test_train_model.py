@@ -306,8 +306,9 @@ def test_timestep_bias_settings_are_checked():
 
     for bad in (["train.timestep_bias_multiplier=0"], ["train.timestep_bias_portion=1"]):
         try:
-            load_config(None, ["model.init=random", "data.path=x.jsonl",
-                               "train.timestep_bias=later", *bad])  # fmt: skip
+            load_config(
+                None, ["model.init=random", "data.path=x.jsonl", "train.timestep_bias=later", *bad]
+            )
         except ConfigError as exc:
             assert "timestep_bias" in str(exc)
         else:

@@ -18,8 +18,22 @@ from train.tower import main as tower_main
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     out = tmp_path_factory.mktemp("scenes")
-    synthetic.main(["--out", str(out), "--train", "12", "--test", "2", "--eval", "1",
-                    "--size", "48", "--seed", "3"])  # fmt: skip
+    synthetic.main(
+        [
+            "--out",
+            str(out),
+            "--train",
+            "12",
+            "--test",
+            "2",
+            "--eval",
+            "1",
+            "--size",
+            "48",
+            "--seed",
+            "3",
+        ]
+    )
     return out / "train.jsonl"
 
 
@@ -36,8 +50,9 @@ def test_read_objects_pairs_each_box_with_its_attributes(scenes):
 def test_tower_stage_learns_and_writes_a_loadable_tower(scenes, tmp_path):
     config = tower_config("tiny")
     torch.manual_seed(0)
-    path = train_tower(scenes, tmp_path / "tower", config, steps=30, batch_size=16, lr=3e-3,
-                       log_every=10)  # fmt: skip
+    path = train_tower(
+        scenes, tmp_path / "tower", config, steps=30, batch_size=16, lr=3e-3, log_every=10
+    )
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         keys = list(f.keys())
@@ -49,13 +64,19 @@ def test_tower_stage_learns_and_writes_a_loadable_tower(scenes, tmp_path):
     assert "conv1.weight" in state
 
     # init = random with model.clip: the tower is the trained one, the rest is random.
-    cfg = load_config(None, ["model.init=random", "model.architecture=tiny",
-                             f"model.clip={path}", "data.path=x.jsonl"])  # fmt: skip
+    cfg = load_config(
+        None,
+        ["model.init=random", "model.architecture=tiny", f"model.clip={path}", "data.path=x.jsonl"],
+    )
     model = build_model(cfg.model, seed=0)
     for name, tensor in model.encoder.tower.state_dict().items():
         assert torch.equal(tensor, state[name]), name
-    fresh = build_model(load_config(None, ["model.init=random", "model.architecture=tiny",
-                                           "data.path=x.jsonl"]).model, seed=0)  # fmt: skip
+    fresh = build_model(
+        load_config(
+            None, ["model.init=random", "model.architecture=tiny", "data.path=x.jsonl"]
+        ).model,
+        seed=0,
+    )
     assert not torch.equal(fresh.encoder.tower.conv1.weight, model.encoder.tower.conv1.weight)
 
 
@@ -70,14 +91,17 @@ def test_tower_training_changes_the_class_token_per_exemplar(scenes, tmp_path):
     crops = load_crops(images, objects, pad=2)
     from exemplar_core.preprocess import normalize, resize_for_encoder
 
-    pixels = torch.stack([
-        normalize(resize_for_encoder(c[None], config.image_size)[0], config.mean, config.std)
-        for c in crops
-    ])  # fmt: skip
+    pixels = torch.stack(
+        [
+            normalize(resize_for_encoder(c[None], config.image_size)[0], config.mean, config.std)
+            for c in crops
+        ]
+    )
     torch.manual_seed(0)
     before = build_tower(config).eval()
-    path = train_tower(scenes, tmp_path / "t", config, steps=60, batch_size=16, lr=3e-3,
-                       log_every=100)  # fmt: skip
+    path = train_tower(
+        scenes, tmp_path / "t", config, steps=60, batch_size=16, lr=3e-3, log_every=100
+    )
     after = build_tower(config).eval()
     after.load_state_dict(read_clip_tower(path))
     with torch.no_grad():

@@ -22,8 +22,15 @@ def _images(folder, count=3, size=48):
 
 def test_vae_stage_writes_weights_and_a_unit_variance_scaling_factor(tmp_path, umask):
     umask(0o022)
-    path = train_vae(_images(tmp_path / "img"), tmp_path / "out", vae_config("tiny"), steps=2,
-                     batch_size=2, resolution=32, log_every=1)  # fmt: skip
+    path = train_vae(
+        _images(tmp_path / "img"),
+        tmp_path / "out",
+        vae_config("tiny"),
+        steps=2,
+        batch_size=2,
+        resolution=32,
+        log_every=1,
+    )
     assert path.stat().st_mode & 0o777 == 0o644  # the umask's mode, not safetensors' 0600
     assert [p.name for p in path.parent.iterdir()] == ["vae.safetensors"]
     config, state = load_vae_weights(path)
@@ -50,8 +57,17 @@ def test_mini_vae_never_normalises_single_channels():
 
 def test_demo_writes_result_and_contact_sheet_without_overwriting(tmp_path, tiny_model, capsys):
     ckpt = save_single_file(checkpoint_from_model(tiny_model), tmp_path / "m.safetensors")
-    args = ["demo", "--checkpoint", str(ckpt), "--out", str(tmp_path / "demo"), "--steps", "2",
-            "--scales", "0,5"]  # fmt: skip
+    args = [
+        "demo",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "demo"),
+        "--steps",
+        "2",
+        "--scales",
+        "0,5",
+    ]
     assert cli_main(args) == 0
     sheet = Image.open(tmp_path / "demo" / "contact_sheet.png")
     assert sheet.width == 160 * 5  # source | mask | exemplar | s=0 | s=5

@@ -120,9 +120,15 @@ def run_synthetic(
 
 # Plain scene colours of the hole-fill probe (RGB 0..255): light, dark, saturated and muted.
 PROBE_COLOURS = (
-    (170, 140, 110), (120, 90, 170), (120, 150, 100), (80, 120, 170),
-    (200, 200, 200), (60, 60, 60), (210, 90, 80), (230, 200, 90),
-)  # fmt: skip
+    (170, 140, 110),
+    (120, 90, 170),
+    (120, 150, 100),
+    (80, 120, 170),
+    (200, 200, 200),
+    (60, 60, 60),
+    (210, 90, 80),
+    (230, 200, 90),
+)
 
 
 def hole_fill_probe(
@@ -334,9 +340,16 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
             f"--scales takes numbers separated by commas, got {args.scales!r}"
         ) from None
     report = run_synthetic(
-        args.checkpoint, args.cases, scales, args.steps, args.scheduler, args.seed,
-        args.world_seed, args.feather, None if args.device == "auto" else args.device,
-    )  # fmt: skip
+        args.checkpoint,
+        args.cases,
+        scales,
+        args.steps,
+        args.scheduler,
+        args.seed,
+        args.world_seed,
+        args.feather,
+        None if args.device == "auto" else args.device,
+    )
     draw_chart(report, out / "chart.png")
     report.pop("_samples")
     (out / "report.json").write_text(json.dumps(report, indent=2))
@@ -362,8 +375,10 @@ def _print_results(report: dict) -> None:
         )
     fill = report.get("hole_fill")
     if fill:
-        print(f"hole fill (plain scenes, s = 0): colour error {fill['colour_error']:.3f}, "
-              f"worst {fill['worst']:.3f}")  # fmt: skip
+        print(
+            f"hole fill (plain scenes, s = 0): colour error {fill['colour_error']:.3f}, "
+            f"worst {fill['worst']:.3f}"
+        )
     for name, check in report["checks"].items():
         detail = ""
         if check.get("ratio_se") is not None:
@@ -456,11 +471,13 @@ def _cmd_folder(args: argparse.Namespace) -> int:
         def batches(images):
             tensors = [
                 torch.nn.functional.interpolate(
-                    torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255, size=(299, 299),
-                    mode="bilinear", align_corners=False,
+                    torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255,
+                    size=(299, 299),
+                    mode="bilinear",
+                    align_corners=False,
                 )
                 for a in images
-            ]  # fmt: skip
+            ]
             return [torch.cat(tensors[i : i + 16]) * 2 - 1 for i in range(0, len(tensors), 16)]
 
         ref_images = list(_load_folder_images(Path(args.reference), "").values())

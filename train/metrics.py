@@ -109,8 +109,10 @@ def synthetic_fidelity(
         max(0, y0 - ring) : min(height, y1 + ring), max(0, x0 - ring) : min(width, x1 + ring)
     ]
     keep = np.ones(outer.shape[:2], dtype=bool)
-    keep[y0 - max(0, y0 - ring) : y0 - max(0, y0 - ring) + (y1 - y0),
-         x0 - max(0, x0 - ring) : x0 - max(0, x0 - ring) + (x1 - x0)] = False  # fmt: skip
+    keep[
+        y0 - max(0, y0 - ring) : y0 - max(0, y0 - ring) + (y1 - y0),
+        x0 - max(0, x0 - ring) : x0 - max(0, x0 - ring) + (x1 - x0),
+    ] = False
     context = outer[keep]
     painted = generated_object(region, context)
     if painted.sum() < 0.02 * painted.size:  # nothing stands out: judge the whole region

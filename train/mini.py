@@ -70,8 +70,22 @@ def _stages(args: argparse.Namespace, out: Path, again: str) -> int:
     data = out / "data"
     if not (data / "train.jsonl").exists():
         start = time.perf_counter()
-        synthetic.main(["--out", str(data), "--train", "4000", "--test", "200", "--eval", "32",
-                        "--size", "64", "--seed", "0"])  # fmt: skip
+        synthetic.main(
+            [
+                "--out",
+                str(data),
+                "--train",
+                "4000",
+                "--test",
+                "200",
+                "--eval",
+                "32",
+                "--size",
+                "64",
+                "--seed",
+                "0",
+            ]
+        )
         timings["data"] = time.perf_counter() - start
 
     vae_file = out / "vae" / "vae.safetensors"
@@ -107,8 +121,10 @@ def _stages(args: argparse.Namespace, out: Path, again: str) -> int:
     timings["pbe"] = time.perf_counter() - start
     for stage, seconds in timings.items():
         print(f"{stage:>5}: {seconds / 60:.1f} min")
-    print(f"total: {sum(timings.values()) / 60:.1f} min; model: "
-          f"{out / 'train' / 'models' / 'pbe-final.safetensors'}")  # fmt: skip
+    print(
+        f"total: {sum(timings.values()) / 60:.1f} min; model: "
+        f"{out / 'train' / 'models' / 'pbe-final.safetensors'}"
+    )
     return 0
 
 

@@ -116,10 +116,11 @@ def _batch(
     config: EncoderConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = [
-        normalize(augment_reference(crops[i], rng, augment, config.image_size),
-                  config.mean, config.std)
+        normalize(
+            augment_reference(crops[i], rng, augment, config.image_size), config.mean, config.std
+        )
         for i in picks
-    ]  # fmt: skip
+    ]
     return torch.stack(pixels), labels[picks]
 
 
@@ -178,8 +179,9 @@ def train_tower(
         sched.step()
         if step % log_every == 0 or step == steps:
             rate = step * batch_size / (time.perf_counter() - started)
-            print(f"tower step {step}/{steps} loss {loss.item():.3f} ({rate:.0f} crops/s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"tower step {step}/{steps} loss {loss.item():.3f} ({rate:.0f} crops/s)", flush=True
+            )
     tower.eval()
     accuracy = held_out_accuracy(tower, heads, crops, labels, held, config, seed)
     print("tower held-out accuracy: " + ", ".join(f"{a} {v:.3f}" for a, v in accuracy.items()))
@@ -233,9 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.out}/tower.safetensors exists; choose another --out")
     try:
         path = train_tower(
-            Path(args.data), Path(args.out), tower_config(args.config), args.steps,
-            args.batch_size, args.lr, args.pad, seed=args.seed,
-        )  # fmt: skip
+            Path(args.data),
+            Path(args.out),
+            tower_config(args.config),
+            args.steps,
+            args.batch_size,
+            args.lr,
+            args.pad,
+            seed=args.seed,
+        )
     except TowerDataError as exc:
         p.error(str(exc))
     print(f"wrote {path}")

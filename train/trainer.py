@@ -945,8 +945,9 @@ class Trainer:
         if stopped:
             saved = self.save_checkpoint(export=False) if self.step > start_step else None
             self._close_logs()
-            raise TrainingStopped(stopped, self.step, saved or self.last_checkpoint,
-                                  acc.is_main_process)  # fmt: skip
+            raise TrainingStopped(
+                stopped, self.step, saved or self.last_checkpoint, acc.is_main_process
+            )
         # A signal from here on lets the run finish: only the end-of-run work is left.
         self.save_checkpoint(export=False)
         if acc.is_main_process:

@@ -108,8 +108,11 @@ def train_vae(
         sched.step()
         if step % log_every == 0 or step == steps:
             rate = step * batch_size / (time.perf_counter() - started)
-            print(f"vae step {step}/{steps} l1 {rec.item():.4f} kl {kl.item():.1f} "
-                  f"({rate:.1f} img/s)", flush=True)  # fmt: skip
+            print(
+                f"vae step {step}/{steps} l1 {rec.item():.4f} kl {kl.item():.1f} "
+                f"({rate:.1f} img/s)",
+                flush=True,
+            )
     # Latents are scaled to unit variance for the diffusion model, as SD's 0.18215 does.
     vae.eval()
     with torch.no_grad():
@@ -149,9 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     if (Path(args.out) / "vae.safetensors").exists():
         p.error(f"{args.out}/vae.safetensors exists; choose another --out")
     path = train_vae(
-        Path(args.images), Path(args.out), vae_config(args.config), args.steps, args.batch_size,
-        args.lr, args.kl_weight, args.resolution, args.seed,
-    )  # fmt: skip
+        Path(args.images),
+        Path(args.out),
+        vae_config(args.config),
+        args.steps,
+        args.batch_size,
+        args.lr,
+        args.kl_weight,
+        args.resolution,
+        args.seed,
+    )
     print(f"wrote {path}")
     return 0
 

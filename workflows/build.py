@@ -917,8 +917,11 @@ def main(argv: list[str] | None = None) -> int:
         if stale:
             print("out of date (run python workflows/build.py):", *stale, sep="\n  ")
         if problems:
-            print("stale thumbnails (run python workflows/build.py --thumbnails):", *problems,
-                  sep="\n  ")  # fmt: skip
+            print(
+                "stale thumbnails (run python workflows/build.py --thumbnails):",
+                *problems,
+                sep="\n  ",
+            )
         return 1
     if problems:
         print("note: stale thumbnails (run with --thumbnails):", *problems, sep="\n  ")

@@ -135,7 +135,7 @@ _CHECKED_VAE_KEYS = tuple(
         "norm_num_groups",
         "sample_size",
         "scaling_factor",
-    )  # fmt: skip
+    )
 )
 
 

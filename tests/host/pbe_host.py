@@ -155,8 +155,18 @@ def load_host(models_dir: Path, cpu: bool = True) -> Host:
 
 PACK_FOLDER = "paint-by-example"  # the folder name the README's install command gives
 NEWER_LOADER = Path(__file__).resolve().parent / "newer_loader.py"
-BUILT_HERE = {".git", ".venv", ".ci-venv", "out", "runs", "build", "dist", "__pycache__",
-              ".pytest_cache", ".ruff_cache"}  # fmt: skip
+BUILT_HERE = {
+    ".git",
+    ".venv",
+    ".ci-venv",
+    "out",
+    "runs",
+    "build",
+    "dist",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+}
 
 
 def pack_files() -> list[str]:
@@ -216,10 +226,21 @@ def comfyui_command(
     launcher = [str(NEWER_LOADER)] if newer_loader else []
     paths = ["--extra-model-paths-config", str(yaml)] if yaml is not None else []
     return [
-        sys.executable, *launcher, str(Path(COMFYUI_PATH) / "main.py"), "--cpu",
-        "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-        "--disable-api-nodes", "--base-directory", str(base_directory), *paths, *extra,
-    ]  # fmt: skip
+        sys.executable,
+        *launcher,
+        str(Path(COMFYUI_PATH) / "main.py"),
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--disable-auto-launch",
+        "--disable-api-nodes",
+        "--base-directory",
+        str(base_directory),
+        *paths,
+        *extra,
+    ]
 
 
 @dataclass

@@ -26,14 +26,23 @@ TEMPLATES = sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
 VIEWPORT = {"width": 1920, "height": 1080}
 PAGE_ERRORS: list[str] = []  # uncaught exceptions in the page
 CHROMIUM_FLAGS = [  # as root, in a sandbox-less container, with no network beyond loopback
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-sync",
-    "--disable-component-update", "--no-first-run", "--disable-quic",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-sync",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def _chromium() -> str | None:
-    for candidate in (os.environ.get("PBE_CHROMIUM"), shutil.which("chromium"),
-                      shutil.which("chromium-browser"), "/usr/bin/chromium"):  # fmt: skip
+    for candidate in (
+        os.environ.get("PBE_CHROMIUM"),
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+        "/usr/bin/chromium",
+    ):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None

@@ -80,8 +80,13 @@ def test_every_api_twin_runs_as_it_is_and_matches_its_thumbnail(installed, name,
 
     build = pbe_host.workflows_build()
     workflow = next(w for w in build.WORKFLOWS if w.name == name)
-    options = RunOptions(workflow=REPO / "workflows/api" / f"{name}.json",
-                         server=installed.url, out=tmp_path, timeout=600, quiet=True)  # fmt: skip
+    options = RunOptions(
+        workflow=REPO / "workflows/api" / f"{name}.json",
+        server=installed.url,
+        out=tmp_path,
+        timeout=600,
+        quiet=True,
+    )
     saved: dict[str, list[Path]] = {}
     for item in run_outputs(options):  # raises with the server's message unless it succeeded
         saved.setdefault(item.title, []).append(item.path)
@@ -182,9 +187,15 @@ def edit_inputs(tmp_path) -> dict[str, Path]:
 def _options(server, images: dict[str, Path], out: Path, steps: int = 3):
     from exemplar_core.headless import RunOptions
 
-    return RunOptions(workflow=REPO / "workflows/api/basic_exemplar_edit.json",
-                      server=server.url, images=images, steps=steps, out=out, timeout=600,
-                      quiet=True)  # fmt: skip
+    return RunOptions(
+        workflow=REPO / "workflows/api/basic_exemplar_edit.json",
+        server=server.url,
+        images=images,
+        steps=steps,
+        out=out,
+        timeout=600,
+        quiet=True,
+    )
 
 
 def _far_from_mask(path: Path) -> np.ndarray:
@@ -255,9 +266,10 @@ def test_two_runners_with_same_named_inputs_queued_together_each_edit_their_own_
         blocker[node_id]["inputs"]["image"] = name
     blocker["6"]["inputs"]["steps"] = 250
     request = urllib.request.Request(
-        user_install.url + "/prompt", json.dumps({"prompt": blocker}).encode(),
+        user_install.url + "/prompt",
+        json.dumps({"prompt": blocker}).encode(),
         {"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     urllib.request.urlopen(request, timeout=30).read()
     runners = {}
     for name, seed in (("a", 11), ("b", 12)):

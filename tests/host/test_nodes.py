@@ -30,17 +30,23 @@ def _mask(batch: int = 1, box=(16, 40, 20, 44), size: int = SIZE) -> torch.Tenso
 @pytest.fixture(scope="module")
 def conditioning(host, loaded):
     _, _, encoder = loaded
-    return host.run(
-        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(7, size=40)
-    )
+    return host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(7, size=40))
 
 
 def _sample(host, loaded, conditioning, **overrides):
     model, vae, _ = loaded
     positive, negative = conditioning
     inputs = dict(
-        model=model, vae=vae, positive=positive, negative=negative, image=_image(),
-        mask=_mask(), seed=3, steps=2, resolution=SIZE, feather=4,
+        model=model,
+        vae=vae,
+        positive=positive,
+        negative=negative,
+        image=_image(),
+        mask=_mask(),
+        seed=3,
+        steps=2,
+        resolution=SIZE,
+        feather=4,
     )
     inputs.update(overrides)
     return host.run("PaintByExample.InpaintSampler", **inputs)
@@ -204,7 +210,9 @@ def test_exemplar_mask_crops_to_the_object(host, loaded):
     object_mask = torch.zeros(1, 48, 48)
     object_mask[:, 8:40, 8:40] = 1
     (with_mask,), _ = host.run(
-        "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=image,
+        "PaintByExample.ExemplarEncode",
+        encoder=encoder,
+        exemplar=image,
         exemplar_mask=object_mask,
     )
     (cropped,), _ = host.run(
@@ -307,7 +315,10 @@ def test_guidance_scale_overrides_the_stock_ksampler_cfg(host, loaded, condition
 def test_guidance_interval_skips_the_unconditional_pass_outside_it(host, loaded, conditioning):
     model, vae, _ = loaded
     (patched,) = host.run(
-        "PaintByExample.SimilarityGuidance", model=model, similarity=5.0, sigma_low=0.0,
+        "PaintByExample.SimilarityGuidance",
+        model=model,
+        similarity=5.0,
+        sigma_low=0.0,
         sigma_high=3.0,
     )
     batches = []
@@ -329,20 +340,29 @@ def test_guidance_schedule_and_rescale_change_the_result(host, loaded, condition
     model, vae, _ = loaded
     base = _ksample(
         host.run("PaintByExample.SimilarityGuidance", model=model, similarity=8.0)[0],
-        conditioning, vae, cfg=1.0,
+        conditioning,
+        vae,
+        cfg=1.0,
     )
     linear = _ksample(
         host.run(
-            "PaintByExample.SimilarityGuidance", model=model, similarity=8.0,
-            schedule="linear", similarity_end=1.0,
+            "PaintByExample.SimilarityGuidance",
+            model=model,
+            similarity=8.0,
+            schedule="linear",
+            similarity_end=1.0,
         )[0],
-        conditioning, vae, cfg=1.0,
+        conditioning,
+        vae,
+        cfg=1.0,
     )
     rescaled = _ksample(
-        host.run(
-            "PaintByExample.SimilarityGuidance", model=model, similarity=8.0, rescale_phi=0.7
-        )[0],
-        conditioning, vae, cfg=1.0,
+        host.run("PaintByExample.SimilarityGuidance", model=model, similarity=8.0, rescale_phi=0.7)[
+            0
+        ],
+        conditioning,
+        vae,
+        cfg=1.0,
     )
     assert not torch.allclose(base, linear, atol=1e-4)
     assert not torch.allclose(base, rescaled, atol=1e-4)
@@ -380,8 +400,16 @@ def test_bad_inputs_give_clear_messages(host, loaded, conditioning):
     model, vae, encoder = loaded
     positive, negative = conditioning
     sampler = "PaintByExample.InpaintSampler"
-    base = dict(model=model, vae=vae, positive=positive, negative=negative, image=_image(),
-                mask=_mask(), steps=1, resolution=SIZE)
+    base = dict(
+        model=model,
+        vae=vae,
+        positive=positive,
+        negative=negative,
+        image=_image(),
+        mask=_mask(),
+        steps=1,
+        resolution=SIZE,
+    )
 
     assert "mask is 32x32 but the image is 64x64" in _error(
         host, sampler, **{**base, "mask": torch.ones(1, 32, 32)}
@@ -411,7 +439,10 @@ def test_bad_inputs_give_clear_messages(host, loaded, conditioning):
     assert "NaN" in _error(host, encode, encoder=encoder, exemplar=nan_exemplar)
     assert "PBE_ENCODER" in _error(host, encode, encoder=model, exemplar=_image(size=32))
     assert "does not fit" in _error(
-        host, encode, encoder=encoder, exemplar=_image(batch=2, size=32),
+        host,
+        encode,
+        encoder=encoder,
+        exemplar=_image(batch=2, size=32),
         exemplar_mask=torch.ones(3, 32, 32),
     )
 

@@ -34,18 +34,35 @@ def test_sampler_node_matches_the_standalone_editor(host, loaded):
     steps, seed = 10, 7
 
     editor = Editor(pbe_host.tiny_model(), device="cpu", dtype=torch.float32, progress=False)
-    settings = EditSettings(steps=steps, similarity=5.0, seed=seed, scheduler="ddim", size=SIZE,
-                            feather=4, mask_resize="bilinear")
+    settings = EditSettings(
+        steps=steps,
+        similarity=5.0,
+        seed=seed,
+        scheduler="ddim",
+        size=SIZE,
+        feather=4,
+        mask_resize="bilinear",
+    )
     reference = editor.edit(source, edit_mask, exemplar, settings).image
 
     positive, negative = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar.permute(0, 2, 3, 1)
     )
     image, _ = host.run(
-        "PaintByExample.InpaintSampler", model=model, vae=vae, positive=positive,
-        negative=negative, image=source.permute(0, 2, 3, 1), mask=edit_mask[:, 0], seed=seed,
-        steps=steps, similarity=5.0, sampler_name="ddim", scheduler="ddim_uniform",
-        resolution=SIZE, feather=4,
+        "PaintByExample.InpaintSampler",
+        model=model,
+        vae=vae,
+        positive=positive,
+        negative=negative,
+        image=source.permute(0, 2, 3, 1),
+        mask=edit_mask[:, 0],
+        seed=seed,
+        steps=steps,
+        similarity=5.0,
+        sampler_name="ddim",
+        scheduler="ddim_uniform",
+        resolution=SIZE,
+        feather=4,
     )
     native = image.permute(0, 3, 1, 2)
     diff = (native - reference).abs()

@@ -58,10 +58,15 @@ def _options(workflow: Path, server, inputs, out: Path, **changes):
         for name, value in OVERRIDES.get(node["class_type"], {}).items():
             sets.append((f"{node['_meta']['title']}.{name}", value))
     options = RunOptions(
-        workflow=workflow, server=server.url,
-        images={"source": inputs["source"], "mask": inputs["mask"],
-                "exemplar": inputs["exemplar"]},
-        sets=sets, model=pbe_host.TINY_MODEL_NAME, seed=1, out=out, timeout=300, quiet=True,
+        workflow=workflow,
+        server=server.url,
+        images={"source": inputs["source"], "mask": inputs["mask"], "exemplar": inputs["exemplar"]},
+        sets=sets,
+        model=pbe_host.TINY_MODEL_NAME,
+        seed=1,
+        out=out,
+        timeout=300,
+        quiet=True,
     )
     for key, value in changes.items():
         setattr(options, key, value)
@@ -97,8 +102,9 @@ def test_loader_lists_the_tiny_model_from_extra_model_paths(server):
     assert pbe_host.TINY_MODEL_NAME in info["input"]["required"]["model_name"][1]["options"]
 
 
-@pytest.mark.parametrize("name", ["basic_exemplar_edit", "stock_ksampler_edit",
-                                  "similarity_sweep", "bezier_mask_demo"])
+@pytest.mark.parametrize(
+    "name", ["basic_exemplar_edit", "stock_ksampler_edit", "similarity_sweep", "bezier_mask_demo"]
+)
 def test_every_api_workflow_runs_and_saves_images(server, images, tmp_path, name):
     from exemplar_core.headless import run
 
@@ -128,8 +134,12 @@ def test_bad_input_reports_a_clear_error_and_the_server_keeps_working(server, im
         ({"exemplar": images["tiny"]}, "at least 16 px"),
     ]
     for swap, message in cases:
-        chosen = {"source": images["source"], "mask": images["mask"],
-                  "exemplar": images["exemplar"], **swap}
+        chosen = {
+            "source": images["source"],
+            "mask": images["mask"],
+            "exemplar": images["exemplar"],
+            **swap,
+        }
         with pytest.raises(HeadlessError, match=message):
             run(_options(basic, server, images, tmp_path, images=chosen))
     with pytest.raises(HeadlessError, match="paint_by_example"):
@@ -148,12 +158,26 @@ def test_bad_input_reports_a_clear_error_and_the_server_keeps_working(server, im
 
 def test_headless_cli_exits_non_zero_with_the_server_message(server, images, tmp_path):
     command = [
-        sys.executable, "-m", "exemplar_core.headless",
-        str(REPO / "workflows/api/basic_exemplar_edit.json"), "--server", server.url,
-        "--source", str(images["source"]), "--mask", str(images["empty_mask"]),
-        "--exemplar", str(images["exemplar"]), "--model", pbe_host.TINY_MODEL_NAME,
-        "--set", "sampler.steps=1", "--set", f"sampler.resolution={SIZE}",
-        "--out", str(tmp_path),
+        sys.executable,
+        "-m",
+        "exemplar_core.headless",
+        str(REPO / "workflows/api/basic_exemplar_edit.json"),
+        "--server",
+        server.url,
+        "--source",
+        str(images["source"]),
+        "--mask",
+        str(images["empty_mask"]),
+        "--exemplar",
+        str(images["exemplar"]),
+        "--model",
+        pbe_host.TINY_MODEL_NAME,
+        "--set",
+        "sampler.steps=1",
+        "--set",
+        f"sampler.resolution={SIZE}",
+        "--out",
+        str(tmp_path),
     ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1

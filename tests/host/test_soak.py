@@ -15,8 +15,13 @@ import time
 import pbe_host
 
 REPO = pbe_host.REPO_ROOT
-BAD_KINDS = ("missing model", "mask of the wrong size", "NaN similarity", "unknown node class",
-             "IMAGE linked into a MASK input")  # fmt: skip
+BAD_KINDS = (
+    "missing model",
+    "mask of the wrong size",
+    "NaN similarity",
+    "unknown node class",
+    "IMAGE linked into a MASK input",
+)
 
 
 def soak_command(*options: str) -> list[str]:
@@ -39,10 +44,14 @@ def test_soak_counts_every_prompt_once_and_meets_the_target(tmp_path):
     report = tmp_path / "soak.json"
     # 12 prompts: 2, 4, ... 12 bad (every kind, the first again), 3 and 9 interrupted
     proc = subprocess.run(
-        soak_command("--prompts", "12", "--interrupt-every", "3", "--bad-every", "2",
-                     "--json", str(report)),
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        soak_command(
+            "--prompts", "12", "--interrupt-every", "3", "--bad-every", "2", "--json", str(report)
+        ),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout
     counts = {
         name: int(count)
@@ -85,9 +94,12 @@ def soak_servers() -> list[int]:
 def test_ctrl_c_while_comfyui_starts_still_stops_it():
     before = soak_servers()
     proc = subprocess.Popen(
-        soak_command("--prompts", "5"), cwd=REPO, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        soak_command("--prompts", "5"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()
         assert first.startswith("starting ComfyUI"), first
