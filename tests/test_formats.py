@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from exemplar_core import checkpoint
 from exemplar_core.checkpoint import CheckpointError, keymap
 from exemplar_core.checkpoint.container import prepare_tensors
+from exemplar_core.checkpoint.diffusers import clip_vision_config
 from exemplar_core.config import EncoderConfig
 from exemplar_core.model import ModelConfigs, PaintByExampleModel
 
@@ -44,16 +45,7 @@ DDPM_BUFFERS = ("betas", "alphas_cumprod", "posterior_variance", "lvlb_weights")
 def clip_config():
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=1,
-        image_size=32,
-        patch_size=8,
-        projection_dim=32,
-        hidden_act="quick_gelu",
-    )
+    return CLIPVisionConfig(**clip_vision_config(ENCODER))
 
 
 def outputs(model: PaintByExampleModel) -> dict[str, torch.Tensor]:

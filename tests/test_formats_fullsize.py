@@ -16,6 +16,7 @@ import torch
 
 from exemplar_core import checkpoint
 from exemplar_core.checkpoint import arch, keymap
+from exemplar_core.checkpoint.diffusers import clip_vision_config
 from exemplar_core.checkpoint.official import split_official
 from exemplar_core.config import EncoderConfig
 from exemplar_core.encoder import ExemplarEncoder
@@ -37,16 +38,8 @@ def diffusers_parts():
     )
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    clip = CLIPVisionConfig(  # openai/clip-vit-large-patch14 vision tower
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=224,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    # openai/clip-vit-large-patch14 vision tower
+    clip = CLIPVisionConfig(**clip_vision_config(EncoderConfig()))
     with torch.device("meta"):
         return {
             "unet": build_unet(SD1_UNET_CONFIG).state_dict(),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from exemplar_core.checkpoint import arch, keymap
+from exemplar_core.checkpoint.diffusers import clip_vision_config
 from exemplar_core.config import EncoderConfig
 from exemplar_core.encoder import ExemplarEncoder
 from exemplar_core.model import SD1_UNET_CONFIG, SD1_VAE_CONFIG, ModelConfigs, build_unet, build_vae
@@ -196,17 +197,7 @@ def test_clip_tower_matches_transformers_numerically():
     config = EncoderConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2, out_dim=32)
     torch.manual_seed(0)
     ours = ExemplarEncoder(config).eval()
-    hf = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-            hidden_act="quick_gelu",
-        )
-    ).eval()
+    hf = CLIPVisionModel(CLIPVisionConfig(**clip_vision_config(config))).eval()
     tower = {
         k.removeprefix("tower."): v for k, v in ours.state_dict().items() if k.startswith("tower.")
     }
