@@ -7,8 +7,6 @@ parameter counts are the published ones.
 from __future__ import annotations
 
 import math
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -142,15 +140,7 @@ def test_official_key_set_reads_back_as_the_published_model(official):
 
 
 @pytest.mark.host
-def test_comfyui_detects_the_single_file_unet_as_sd15_inpainting(official):
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set")
-    if path not in sys.path:
-        sys.path.append(path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+def test_comfyui_detects_the_single_file_unet_as_sd15_inpainting(official, comfy):
     import comfy.model_detection
 
     unet = {k: v for k, v in official.items() if k.startswith("model.diffusion_model.")}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 
@@ -294,15 +291,8 @@ def test_encoder_config_is_read_from_weights_and_from_clip_config():
 # ------------------------------------------------------------------------------------------
 
 
-def _comfy():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set")
-    if path not in sys.path:
-        sys.path.append(path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+def _ldm_classes(comfy):
+    """ComfyUI's UNet and VAE classes and its plain operations (``comfy``: the fixture)."""
     import comfy.ops
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -314,8 +304,8 @@ def _comfy():
 @pytest.mark.parametrize(
     "config", [TINY.unet, {**ODD_UNET, "transformer_layers_per_block": 1}], ids=["tiny", "odd"]
 )
-def test_comfyui_unet_built_from_ldm_kwargs_matches_diffusers(config):
-    UNetModel, _, ops = _comfy()
+def test_comfyui_unet_built_from_ldm_kwargs_matches_diffusers(config, comfy):
+    UNetModel, _, ops = _ldm_classes(comfy)
     torch.manual_seed(0)
     unet = build_unet(config).eval()
     comfy_unet = UNetModel(**arch.ldm_unet_kwargs(config), operations=ops).eval()
@@ -330,8 +320,8 @@ def test_comfyui_unet_built_from_ldm_kwargs_matches_diffusers(config):
 
 
 @pytest.mark.host
-def test_comfyui_vae_built_from_ddconfig_matches_diffusers():
-    _, AutoencoderKL, _ = _comfy()
+def test_comfyui_vae_built_from_ddconfig_matches_diffusers(comfy):
+    _, AutoencoderKL, _ = _ldm_classes(comfy)
     torch.manual_seed(0)
     vae = build_vae(TINY.vae).eval()
     ddconfig = arch.ldm_vae_ddconfig(TINY.vae)
