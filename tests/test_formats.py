@@ -283,17 +283,14 @@ def test_plain_pickle_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_truncated_safetensors_is_reported(files, tmp_path):
-    data = files["single-file"].read_bytes()
-    path = tmp_path / "cut.safetensors"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        checkpoint.load_checkpoint(path)
-
-
-def test_truncated_ckpt_is_reported(files, tmp_path):
-    data = files["official-ckpt"].read_bytes()
-    path = tmp_path / "cut.ckpt"
+@pytest.mark.parametrize(
+    "layout, suffix",
+    [("single-file", ".safetensors"), ("official-ckpt", ".ckpt")],
+    ids=["safetensors", "ckpt"],
+)
+def test_a_truncated_file_is_reported(files, tmp_path, layout, suffix):
+    data = files[layout].read_bytes()
+    path = tmp_path / f"cut{suffix}"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         checkpoint.load_checkpoint(path)
