@@ -42,11 +42,17 @@ def _require_comfyui() -> None:
         )
 
 
-def load_host(device: torch.device | None = None):
+def _pbe_host():
+    """tests/host/pbe_host.py, the harness that loads ComfyUI and this pack (COMFYUI_PATH set)."""
     _require_comfyui()
     sys.path.insert(0, str(HOST_DIR))
     import pbe_host
 
+    return pbe_host
+
+
+def load_host(device: torch.device | None = None):
+    pbe_host = _pbe_host()
     models = Path(tempfile.mkdtemp(prefix="pbe-bench-models-"))
     cpu = device is None or device.type == "cpu"
     return pbe_host, pbe_host.load_host(models, cpu=cpu)
@@ -233,10 +239,7 @@ def _timed_prompt(client, prompt: dict) -> dict:
 def cmd_repeat(args) -> dict:
     from exemplar_core import headless
 
-    _require_comfyui()
-    sys.path.insert(0, str(HOST_DIR))
-    import pbe_host
-
+    pbe_host = _pbe_host()
     base = Path(tempfile.mkdtemp(prefix="pbe-bench-server-"))
     models = base / "models"
     pbe_host.save_tiny_checkpoint(models / pbe_host.TINY_MODEL_NAME)
