@@ -85,22 +85,14 @@ def diffusers_edit(args):
     )
     from transformers import CLIPImageProcessor, CLIPVisionConfig
 
+    from exemplar_core.checkpoint.diffusers import clip_vision_config
     from exemplar_core.checkpoint.keymap import encoder_to_diffusers
     from exemplar_core.editor import make_scheduler
 
     device = pick_device(args.device)
     dtype = dtype_named(args.dtype, device)
     model = build_model()
-    clip = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=224,
-        patch_size=14,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    )
+    clip = CLIPVisionConfig(**clip_vision_config(model.configs.encoder))
     # Built for real, not on meta: transformers keeps non-persistent buffers (position_ids) that
     # no state dict restores, and to_empty() would leave them as garbage indices.
     image_encoder = PaintByExampleImageEncoder(clip)

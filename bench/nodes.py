@@ -42,11 +42,17 @@ def _require_comfyui() -> None:
         )
 
 
-def load_host(device: torch.device | None = None):
+def _pbe_host():
+    """tests/host/pbe_host.py, the harness that loads ComfyUI and this pack (COMFYUI_PATH set)."""
     _require_comfyui()
     sys.path.insert(0, str(HOST_DIR))
     import pbe_host
 
+    return pbe_host
+
+
+def load_host(device: torch.device | None = None):
+    pbe_host = _pbe_host()
     models = Path(tempfile.mkdtemp(prefix="pbe-bench-models-"))
     cpu = device is None or device.type == "cpu"
     return pbe_host, pbe_host.load_host(models, cpu=cpu)
@@ -73,6 +79,28 @@ def _inputs(width: int, height: int, box):
     return source.permute(0, 2, 3, 1), mask[:, 0], exemplar.permute(0, 2, 3, 1)
 
 
+def _sample(host, args, model, vae, conditioning, image, mask):
+    """The Inpaint Sampler node at seed 0, similarity 5 with the benchmark's steps, sampler,
+    scheduler and size; returns the IMAGE."""
+    positive, negative = conditioning
+    result, _ = host.run(
+        node_ids.INPAINT_SAMPLER,
+        model=model,
+        vae=vae,
+        positive=positive,
+        negative=negative,
+        image=image,
+        mask=mask,
+        seed=0,
+        steps=args.steps,
+        similarity=5.0,
+        sampler_name=args.sampler,
+        scheduler=args.scheduler,
+        resolution=args.size,
+    )
+    return result
+
+
 def node_edit(args):
     """Exemplar Encode + Inpaint Sampler nodes in ComfyUI on the worker's inputs: (edit(), the
     UNet's dtype); edit() returns the IMAGE."""
@@ -87,23 +115,8 @@ def node_edit(args):
     image, mask, exemplar = _inputs(args.width, args.height, tuple(args.box))
 
     def edit():
-        positive, negative = host.run(node_ids.EXEMPLAR_ENCODE, encoder=encoder, exemplar=exemplar)
-        result, _ = host.run(
-            node_ids.INPAINT_SAMPLER,
-            model=unet,
-            vae=vae,
-            positive=positive,
-            negative=negative,
-            image=image,
-            mask=mask,
-            seed=0,
-            steps=args.steps,
-            similarity=5.0,
-            sampler_name=args.sampler,
-            scheduler=args.scheduler,
-            resolution=args.size,
-        )
-        return result
+        conditioning = host.run(node_ids.EXEMPLAR_ENCODE, encoder=encoder, exemplar=exemplar)
+        return _sample(host, args, unet, vae, conditioning, image, mask)
 
     return edit, str(unet.model.get_dtype()).removeprefix("torch.")
 
@@ -132,7 +145,7 @@ def cmd_interval(args) -> dict:
     size = args.size
     box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
     image, mask, exemplar = _inputs(size, size, box)
-    positive, negative = host.run(node_ids.EXEMPLAR_ENCODE, encoder=encoder, exemplar=exemplar)
+    conditioning = host.run(node_ids.EXEMPLAR_ENCODE, encoder=encoder, exemplar=exemplar)
     sampling = unet.get_model_object("model_sampling")
     sigmas = comfy.samplers.calculate_sigmas(sampling, args.scheduler, args.steps)
     step_sigmas = sorted(float(s) for s in sigmas[:-1])
@@ -156,21 +169,7 @@ def cmd_interval(args) -> dict:
 
             spy.set_model_unet_function_wrapper(count)
             start = time.perf_counter()
-            host.run(
-                node_ids.INPAINT_SAMPLER,
-                model=spy,
-                vae=vae,
-                positive=positive,
-                negative=negative,
-                image=image,
-                mask=mask,
-                seed=0,
-                steps=args.steps,
-                similarity=5.0,
-                sampler_name=args.sampler,
-                scheduler=args.scheduler,
-                resolution=size,
-            )
+            _sample(host, args, spy, vae, conditioning, image, mask)
             seconds = time.perf_counter() - start
             runs[name].append(
                 {
@@ -240,10 +239,7 @@ def _timed_prompt(client, prompt: dict) -> dict:
 def cmd_repeat(args) -> dict:
     from exemplar_core import headless
 
-    _require_comfyui()
-    sys.path.insert(0, str(HOST_DIR))
-    import pbe_host
-
+    pbe_host = _pbe_host()
     base = Path(tempfile.mkdtemp(prefix="pbe-bench-server-"))
     models = base / "models"
     pbe_host.save_tiny_checkpoint(models / pbe_host.TINY_MODEL_NAME)

@@ -14,7 +14,6 @@ import torch
 from comfy_api.latest import io
 
 from ..exemplar_core import node_ids
-from ..exemplar_core.checks import SIMILARITY_MAX
 from ..exemplar_core.guidance import (
     DEFAULT_SIMILARITY,
     GuidanceError,
@@ -23,7 +22,7 @@ from ..exemplar_core.guidance import (
 )
 from .checks import PaintByExampleInputError, check_widgets
 from .model_builder import is_pbe_model
-from .types import CATEGORY
+from .types import CATEGORY, similarity_input
 
 SIGMA_CEILING = 1000.0  # above any SD1 sigma (sigma_max is about 14.6): "no upper bound"
 GUIDANCE_KEY = "paint_by_example_guidance"  # model_options entry naming the active settings
@@ -99,13 +98,9 @@ class SimilarityGuidance(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="A Paint-by-Example MODEL from the Loader."),
-                io.Float.Input(
+                similarity_input(
                     "similarity",
-                    default=DEFAULT_SIMILARITY,
-                    min=0.0,
-                    max=SIMILARITY_MAX,
-                    step=0.1,
-                    tooltip="Similarity scale s (the paper's default is 5): higher follows the "
+                    "Similarity scale s (the paper's default is 5): higher follows the "
                     "exemplar more closely. Overrides the sampler's cfg.",
                 ),
                 io.Combo.Input(
@@ -115,14 +110,9 @@ class SimilarityGuidance(io.ComfyNode):
                     tooltip="constant: s at every step; linear: from 'similarity' at the first "
                     "step to 'similarity_end' at the last.",
                 ),
-                io.Float.Input(
+                similarity_input(
                     "similarity_end",
-                    default=DEFAULT_SIMILARITY,
-                    min=0.0,
-                    max=SIMILARITY_MAX,
-                    step=0.1,
-                    tooltip="Scale at the last step when the schedule is linear (ignored when "
-                    "constant).",
+                    "Scale at the last step when the schedule is linear (ignored when constant).",
                 ),
                 io.Float.Input(
                     "sigma_low",

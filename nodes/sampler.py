@@ -27,7 +27,6 @@ from ..exemplar_core.checks import (
     FEATHER_MAX,
     RESOLUTION_MAX,
     SEED_MAX,
-    SIMILARITY_MAX,
 )
 from ..exemplar_core.color import match_color
 from ..exemplar_core.guidance import DEFAULT_SIMILARITY
@@ -49,7 +48,7 @@ from .model_builder import (
     size_multiple,
     vae_source,
 )
-from .types import CATEGORY, seed_input
+from .types import CATEGORY, seed_input, similarity_input
 
 
 def _condition_batch(conditioning: object, what: str, context_dim: int | None) -> int:
@@ -139,15 +138,11 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     max=10000,
                     tooltip="Sampling steps (the paper used 50 PLMS steps).",
                 ),
-                io.Float.Input(
+                similarity_input(
                     "similarity",
-                    default=DEFAULT_SIMILARITY,
-                    min=0.0,
-                    max=SIMILARITY_MAX,
-                    step=0.1,
-                    round=0.01,
-                    tooltip="Guidance scale s: higher follows the exemplar more closely (paper: "
+                    "Guidance scale s: higher follows the exemplar more closely (paper: "
                     "5). A Similarity Guidance patch on the model takes precedence.",
+                    round=0.01,
                 ),
                 io.Combo.Input(
                     "sampler_name",

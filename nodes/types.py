@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 from comfy_api.latest import io
 
-from ..exemplar_core.checks import SEED_MAX
+from ..exemplar_core.checks import SEED_MAX, SIMILARITY_MAX
 from ..exemplar_core.config import EncoderConfig
+from ..exemplar_core.guidance import DEFAULT_SIMILARITY
 
 # The socket type of the exemplar encoder. The id is stable: saved workflows refer to it.
 PbEEncoder = io.Custom("PBE_ENCODER")
@@ -21,6 +22,20 @@ def seed_input(tooltip: str) -> io.Int.Input:
     the widget's control-after-generate menu (fixed / increment / randomize)."""
     return io.Int.Input(
         "seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=tooltip
+    )
+
+
+def similarity_input(name: str, tooltip: str, **extra) -> io.Float.Input:
+    """A similarity-scale input (``similarity``, ``similarity_end``): the paper's default 5, the
+    range the core accepts (0..SIMILARITY_MAX) in steps of 0.1."""
+    return io.Float.Input(
+        name,
+        default=DEFAULT_SIMILARITY,
+        min=0.0,
+        max=SIMILARITY_MAX,
+        step=0.1,
+        tooltip=tooltip,
+        **extra,
     )
 
 

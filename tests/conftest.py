@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -43,6 +44,21 @@ def data(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("data")
     return write_jsonl(folder / "ann.jsonl", make_images(folder, 7))
+
+
+@pytest.fixture()
+def comfy():
+    """ComfyUI's ``comfy`` package from the checkout COMFYUI_PATH names, set to run on the CPU;
+    the test is skipped where COMFYUI_PATH is not set."""
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.skip("COMFYUI_PATH is not set")
+    if path not in sys.path:
+        sys.path.append(path)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    return comfy
 
 
 # On CI (CI=true; .ci/run gives it ComfyUI and Chromium) a skipped host or browser test is a

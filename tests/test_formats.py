@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from exemplar_core import checkpoint
 from exemplar_core.checkpoint import CheckpointError, keymap
 from exemplar_core.checkpoint.container import prepare_tensors
+from exemplar_core.checkpoint.diffusers import clip_vision_config
 from exemplar_core.config import EncoderConfig
 from exemplar_core.model import ModelConfigs, PaintByExampleModel
 
@@ -44,16 +45,7 @@ DDPM_BUFFERS = ("betas", "alphas_cumprod", "posterior_variance", "lvlb_weights")
 def clip_config():
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=1,
-        image_size=32,
-        patch_size=8,
-        projection_dim=32,
-        hidden_act="quick_gelu",
-    )
+    return CLIPVisionConfig(**clip_vision_config(ENCODER))
 
 
 def outputs(model: PaintByExampleModel) -> dict[str, torch.Tensor]:
@@ -291,17 +283,14 @@ def test_plain_pickle_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_truncated_safetensors_is_reported(files, tmp_path):
-    data = files["single-file"].read_bytes()
-    path = tmp_path / "cut.safetensors"
-    path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        checkpoint.load_checkpoint(path)
-
-
-def test_truncated_ckpt_is_reported(files, tmp_path):
-    data = files["official-ckpt"].read_bytes()
-    path = tmp_path / "cut.ckpt"
+@pytest.mark.parametrize(
+    "layout, suffix",
+    [("single-file", ".safetensors"), ("official-ckpt", ".ckpt")],
+    ids=["safetensors", "ckpt"],
+)
+def test_a_truncated_file_is_reported(files, tmp_path, layout, suffix):
+    data = files[layout].read_bytes()
+    path = tmp_path / f"cut{suffix}"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         checkpoint.load_checkpoint(path)

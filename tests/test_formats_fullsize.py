@@ -7,8 +7,6 @@ parameter counts are the published ones.
 from __future__ import annotations
 
 import math
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 
 from exemplar_core import checkpoint
 from exemplar_core.checkpoint import arch, keymap
+from exemplar_core.checkpoint.diffusers import clip_vision_config
 from exemplar_core.checkpoint.official import split_official
 from exemplar_core.config import EncoderConfig
 from exemplar_core.encoder import ExemplarEncoder
@@ -37,16 +36,8 @@ def diffusers_parts():
     )
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    clip = CLIPVisionConfig(  # openai/clip-vit-large-patch14 vision tower
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=224,
-        patch_size=14,
-        projection_dim=768,
-        hidden_act="quick_gelu",
-    )
+    # openai/clip-vit-large-patch14 vision tower
+    clip = CLIPVisionConfig(**clip_vision_config(EncoderConfig()))
     with torch.device("meta"):
         return {
             "unet": build_unet(SD1_UNET_CONFIG).state_dict(),
@@ -149,15 +140,7 @@ def test_official_key_set_reads_back_as_the_published_model(official):
 
 
 @pytest.mark.host
-def test_comfyui_detects_the_single_file_unet_as_sd15_inpainting(official):
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set")
-    if path not in sys.path:
-        sys.path.append(path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+def test_comfyui_detects_the_single_file_unet_as_sd15_inpainting(official, comfy):
     import comfy.model_detection
 
     unet = {k: v for k, v in official.items() if k.startswith("model.diffusion_model.")}

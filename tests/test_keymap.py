@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 
 from exemplar_core.checkpoint import arch, keymap
+from exemplar_core.checkpoint.diffusers import clip_vision_config
 from exemplar_core.config import EncoderConfig
 from exemplar_core.encoder import ExemplarEncoder
 from exemplar_core.model import SD1_UNET_CONFIG, SD1_VAE_CONFIG, ModelConfigs, build_unet, build_vae
@@ -196,17 +194,7 @@ def test_clip_tower_matches_transformers_numerically():
     config = EncoderConfig(image_size=32, patch_size=8, width=64, layers=2, heads=2, out_dim=32)
     torch.manual_seed(0)
     ours = ExemplarEncoder(config).eval()
-    hf = CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-            hidden_act="quick_gelu",
-        )
-    ).eval()
+    hf = CLIPVisionModel(CLIPVisionConfig(**clip_vision_config(config))).eval()
     tower = {
         k.removeprefix("tower."): v for k, v in ours.state_dict().items() if k.startswith("tower.")
     }
@@ -303,15 +291,8 @@ def test_encoder_config_is_read_from_weights_and_from_clip_config():
 # ------------------------------------------------------------------------------------------
 
 
-def _comfy():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set")
-    if path not in sys.path:
-        sys.path.append(path)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
+def _ldm_classes(comfy):
+    """ComfyUI's UNet and VAE classes and its plain operations (``comfy``: the fixture)."""
     import comfy.ops
     from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
@@ -323,8 +304,8 @@ def _comfy():
 @pytest.mark.parametrize(
     "config", [TINY.unet, {**ODD_UNET, "transformer_layers_per_block": 1}], ids=["tiny", "odd"]
 )
-def test_comfyui_unet_built_from_ldm_kwargs_matches_diffusers(config):
-    UNetModel, _, ops = _comfy()
+def test_comfyui_unet_built_from_ldm_kwargs_matches_diffusers(config, comfy):
+    UNetModel, _, ops = _ldm_classes(comfy)
     torch.manual_seed(0)
     unet = build_unet(config).eval()
     comfy_unet = UNetModel(**arch.ldm_unet_kwargs(config), operations=ops).eval()
@@ -339,8 +320,8 @@ def test_comfyui_unet_built_from_ldm_kwargs_matches_diffusers(config):
 
 
 @pytest.mark.host
-def test_comfyui_vae_built_from_ddconfig_matches_diffusers():
-    _, AutoencoderKL, _ = _comfy()
+def test_comfyui_vae_built_from_ddconfig_matches_diffusers(comfy):
+    _, AutoencoderKL, _ = _ldm_classes(comfy)
     torch.manual_seed(0)
     vae = build_vae(TINY.vae).eval()
     ddconfig = arch.ldm_vae_ddconfig(TINY.vae)

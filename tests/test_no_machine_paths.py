@@ -4,10 +4,14 @@ home folder or scratch disk): examples name a placeholder such as ``/path/to/Com
 from __future__ import annotations
 
 import re
-import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+HOST_DIR = REPO / "tests" / "host"
+if str(HOST_DIR) not in sys.path:
+    sys.path.append(str(HOST_DIR))
+from pbe_host import pack_files  # noqa: E402 (tests/host/pbe_host.py: the pack's file list)
 
 # An absolute path under a folder that holds one machine's or one person's files, not inside a
 # longer path or a URL (``/path/to/ComfyUI`` and ``https://host/work/x`` are fine).
@@ -18,18 +22,8 @@ MACHINE_PATH = re.compile(
 
 
 def tracked_text_files() -> list[Path]:
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    files = []
-    for name in listed.split("\0"):
-        path = REPO / name
-        if name and path.is_file() and b"\0" not in path.read_bytes()[:8192]:
-            files.append(path)
-    return files
+    paths = (REPO / name for name in pack_files())
+    return [path for path in paths if b"\0" not in path.read_bytes()[:8192]]
 
 
 def test_no_file_names_a_path_of_one_machine():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,34 +17,17 @@ from diffusers.pipelines.deprecated.paint_by_example.image_encoder import (  # n
 )
 from transformers import CLIPImageProcessor, CLIPVisionConfig  # noqa: E402
 
+from exemplar_core.checkpoint.diffusers import clip_vision_config  # noqa: E402
 from exemplar_core.checkpoint.keymap import encoder_from_diffusers, encoder_to_diffusers  # noqa: E402
-from exemplar_core.config import EncoderConfig  # noqa: E402
 from exemplar_core.editor import Editor, EditSettings, make_scheduler  # noqa: E402
 from exemplar_core.encoder import ExemplarEncoder  # noqa: E402
 from exemplar_core.model import ModelConfigs, PaintByExampleModel  # noqa: E402
 from exemplar_core.preprocess import preprocess_exemplar  # noqa: E402
 
-# diffusers' mapper has (num_hidden_layers + 1) // 5 blocks: 4 tower layers give 1 mapper block.
-CLIP_CFG = CLIPVisionConfig(
-    hidden_size=32,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=2,
-    image_size=32,
-    patch_size=8,
-    hidden_act="quick_gelu",
-    projection_dim=32,
-)
-OUR_CFG = EncoderConfig(
-    backbone="tiny-vit",
-    image_size=32,
-    patch_size=8,
-    width=32,
-    layers=4,
-    heads=2,
-    mapper_layers=1,
-    out_dim=32,
-)
+# The tiny encoder with 4 tower layers: diffusers' mapper has (num_hidden_layers + 1) // 5
+# blocks, so 4 layers give 1 mapper block.
+OUR_CFG = dataclasses.replace(ModelConfigs.tiny().encoder, layers=4, mapper_layers=1)
+CLIP_CFG = CLIPVisionConfig(**clip_vision_config(OUR_CFG))
 
 
 def _random_diffusers_encoder(seed: int = 0) -> PaintByExampleImageEncoder:

@@ -21,9 +21,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _launch(tmp_path, config, *args: str) -> dict:
-    """Run ``python -m train ARGS`` on 2 CPU processes (gloo); return summary.json. The output
-    of both ranks and the launcher is in ``tmp_path / "launch.log"``."""
+def _start(tmp_path, config, *args: str) -> subprocess.Popen:
+    """Start ``python -m train ARGS`` on 2 CPU processes (gloo) in a process group of its own (a
+    stuck run is killed with all its workers). The output of both ranks and the launcher goes
+    to ``tmp_path / "launch.log"``."""
     config_file = tmp_path / "config.toml"
     config_file.write_text(to_toml(config))
     # Loopback only: gloo otherwise binds the interface the host name resolves to.
@@ -49,10 +50,8 @@ def _launch(tmp_path, config, *args: str) -> dict:
         str(config_file),
         *args,
     ]
-    log = tmp_path / "launch.log"
-    with log.open("w") as handle:
-        # Own process group, so a stuck run is killed with all its workers.
-        process = subprocess.Popen(
+    with (tmp_path / "launch.log").open("w") as handle:
+        return subprocess.Popen(
             command,
             cwd=REPO,
             env=env,
@@ -60,22 +59,31 @@ def _launch(tmp_path, config, *args: str) -> dict:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            process.wait(timeout=240)
-        except subprocess.TimeoutExpired:
-            stuck = subprocess.run(
-                ["ps", "-o", "pid,ppid,stat,wchan:20,args", "-g", str(process.pid)],
-                capture_output=True,
-                text=True,
-            ).stdout
-            os.killpg(process.pid, signal.SIGKILL)
-            (tmp_path / "stuck.txt").write_text(stuck)
-            process.wait()
-            pytest.fail(
-                f"the 2-process run did not finish in 240 s:\n{stuck}\n{log.read_text()[-3000:]}"
-            )
+
+
+def _launch(tmp_path, config, *args: str, returncode: int = 0) -> dict:
+    """Run ``python -m train ARGS`` on 2 CPU processes (``_start``) and wait; return
+    summary.json ({} when the run is expected to fail with ``returncode``)."""
+    process = _start(tmp_path, config, *args)
+    log = tmp_path / "launch.log"
+    try:
+        process.wait(timeout=240)
+    except subprocess.TimeoutExpired:
+        stuck = subprocess.run(
+            ["ps", "-o", "pid,ppid,stat,wchan:20,args", "-g", str(process.pid)],
+            capture_output=True,
+            text=True,
+        ).stdout
+        os.killpg(process.pid, signal.SIGKILL)
+        (tmp_path / "stuck.txt").write_text(stuck)
+        process.wait()
+        pytest.fail(
+            f"the 2-process run did not finish in 240 s:\n{stuck}\n{log.read_text()[-3000:]}"
+        )
     output = log.read_text()
-    assert process.returncode == 0, output[-3000:]
+    assert process.returncode == returncode, output[-3000:]
+    if returncode:
+        return {}
     return json.loads((Path(config.out_dir) / "summary.json").read_text())
 
 
@@ -93,6 +101,16 @@ def test_two_processes_end_with_identical_weights(tmp_path):
     data_a, data_b = summary["rank_data_checksums"]
     assert data_a != data_b  # each rank trained on its own shard
     assert summary["samples"] == 2 * 2 * 2  # steps x batch x processes
+
+
+def test_a_resume_error_is_printed_once_not_by_every_rank(tmp_path):
+    data = write_jsonl(tmp_path / "ann.jsonl", make_images(tmp_path, 9))
+    config = tiny_config(tmp_path / "run", data, train={"max_steps": 2, "validate_every": 0})
+    (tmp_path / "run" / "checkpoints" / "step-00000001").mkdir(parents=True)  # not complete
+    _launch(tmp_path, config, "--resume", returncode=1)  # torchrun's code for failed workers
+    output = (tmp_path / "launch.log").read_text()
+    assert re.search(r"exitcode\s*:\s*2", output)  # the workers' own: a usage error
+    assert output.count("error: --resume: no complete checkpoint in") == 1, output[-3000:]
 
 
 def test_two_processes_share_prior_generation_in_subject_mode(tmp_path):
@@ -151,50 +169,23 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step_with_a_checkpoint(tm
     data = write_jsonl(tmp_path / "ann.jsonl", make_images(tmp_path, 9))
     out = tmp_path / "run"
     options = {"max_steps": 200, "checkpoint_every": 1000, "validate_every": 0}
-    config_file = tmp_path / "config.toml"
-    config_file.write_text(to_toml(tiny_config(out, data, train=options)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    env["GLOO_SOCKET_IFNAME"] = "lo"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        "-m",
-        "train",
-        "--config",
-        str(config_file),
-    ]
+    process = _start(tmp_path, tiny_config(out, data, train=options))
     log = tmp_path / "launch.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and process.poll() is None:
-                text = (out / "train.log").read_text() if (out / "train.log").is_file() else ""
-                if "step 2 loss" in text:
-                    break
-                time.sleep(0.05)
-            workers = {_rank_of(pid): pid for pid in _children(process.pid)}
-            assert set(workers) == {0, 1}, (workers, log.read_text()[-3000:])
-            os.kill(workers[1], signal.SIGTERM)
-            process.wait(timeout=180)
-        except BaseException:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            text = (out / "train.log").read_text() if (out / "train.log").is_file() else ""
+            if "step 2 loss" in text:
+                break
+            time.sleep(0.05)
+        workers = {_rank_of(pid): pid for pid in _children(process.pid)}
+        assert set(workers) == {0, 1}, (workers, log.read_text()[-3000:])
+        os.kill(workers[1], signal.SIGTERM)
+        process.wait(timeout=180)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
     output = log.read_text()
     assert process.returncode != 0, output[-3000:]
     stopped = re.search(

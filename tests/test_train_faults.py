@@ -66,6 +66,19 @@ def _env(**extra) -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads, **extra}
 
 
+def _python(*args, env: dict | None = None, timeout: float = 240, **options):
+    """``python *args`` run from the repository root with ``_env()``; output captured as text."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        env=_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **options,
+    )
+
+
 def _config_file(folder: Path, config) -> Path:
     path = folder / "config.toml"
     path.write_text(to_toml(config))
@@ -151,24 +164,10 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_weights(tmp_path, da
     ]
     for number, kill in enumerate(kills):
         args = ["--config", str(config)] + (["--resume"] if number else [])
-        result = subprocess.run(
-            [sys.executable, str(driver), *args],
-            cwd=REPO,
-            env=_env(KILL_AT=kill),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        result = _python(str(driver), *args, env=_env(KILL_AT=kill))
         assert result.returncode == -signal.SIGKILL, (kill, result.stderr[-2000:])
         _assert_latest_is_complete(out)
-    done = subprocess.run(
-        [sys.executable, "-m", "train", "--config", str(config), "--resume"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = _python("-m", "train", "--config", str(config), "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     assert checkpoints.read_latest(out / "checkpoints") == "step-00000008"
     _assert_same_weights(_weights(out, 8), _weights(reference, 8))
@@ -298,14 +297,7 @@ def test_sigint_saves_says_how_to_resume_and_exits_130(tmp_path, data):
     _assert_latest_is_complete(out)
     resume = f"python -m train --config {config} --resume"
     assert resume in stderr
-    again = subprocess.run(
-        [sys.executable, *resume.split()[1:]],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    again = _python(*resume.split()[1:])
     assert again.returncode == 0, again.stderr[-2000:]
     assert (
         f"resumed from {out / 'checkpoints' / stopped.group(1)}" in (out / "train.log").read_text()
@@ -329,14 +321,7 @@ with StopSignals(grace=float(sys.argv[1])) as stop:
 
 @pytest.mark.parametrize("grace", [0.0, 30.0])
 def test_a_second_signal_stops_at_once_unless_it_repeats_the_first(tmp_path, grace):
-    result = subprocess.run(
-        [sys.executable, "-c", SIGNALS, str(grace)],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _python("-c", SIGNALS, str(grace), timeout=60)
     assert "SIGTERM received: finishing the current step" in result.stderr
     if grace == 0.0:  # a real second signal: the default action, at once
         assert result.returncode == -signal.SIGTERM and "still running" not in result.stdout
@@ -361,15 +346,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_as_latest(tmp_path
         limit = (trainable + optimizer) // 2
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run(
-        [sys.executable, "-m", "train", "--config", str(config), "--resume"],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-        preexec_fn=limit_file_size,
-    )
+    result = _python("-m", "train", "--config", str(config), "--resume", preexec_fn=limit_file_size)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "could not write checkpoint step-00000002 at step 2" in result.stderr
@@ -420,13 +397,19 @@ def test_a_corrupt_checkpoint_is_detected_on_resume_and_the_previous_one_used(
     _assert_same_weights(_weights(out, 3), _weights(reference, 3))
 
 
-def test_resume_with_only_corrupt_checkpoints_fails_instead_of_starting_over(tmp_path, data):
+def test_resume_with_only_corrupt_checkpoints_fails_instead_of_starting_over(
+    tmp_path, data, capsys
+):
     config = tiny_config(tmp_path, data, train={"max_steps": 2, "checkpoint_every": 2})
     train(config)
     (tmp_path / "checkpoints" / "step-00000002" / "optimizer.pt").write_bytes(b"")
     with pytest.raises(ResumeError, match=r"no complete checkpoint.*optimizer.pt has 0 bytes"):
         train(config, resume=True)
     assert not (tmp_path / "checkpoints" / "step-00000001").exists()
+    capsys.readouterr()
+    # the command line says it once (one process is the main one; see test_train_ddp for two)
+    assert train_main(["--config", str(_config_file(tmp_path, config)), "--resume"]) == 2
+    assert capsys.readouterr().err.count("error: --resume: no complete checkpoint in") == 1
 
 
 def test_files_follow_the_umask(tmp_path, data, umask):
@@ -448,15 +431,7 @@ def test_a_read_only_out_dir_is_reported_before_any_work(tmp_path, data):
     config = _config_file(tmp_path, tiny_config(read_only / "run", data))
     os.chmod(read_only, 0o555)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "train", "--config", str(config)],
-            cwd=REPO,
-            env=_env(),
-            capture_output=True,
-            text=True,
-            timeout=240,
-            preexec_fn=bound_by_permissions(),
-        )
+        result = _python("-m", "train", "--config", str(config), preexec_fn=bound_by_permissions())
     finally:
         os.chmod(read_only, 0o755)
     assert result.returncode == 2, result.stderr[-2000:]
@@ -494,14 +469,7 @@ def test_a_missing_training_extra_is_named_before_any_work(tmp_path, data, comma
     out = tmp_path / "out"
     config = _config_file(tmp_path, tiny_config(out, data))
     args = [a.format(config=config, out=out) for a in command]
-    result = subprocess.run(
-        [sys.executable, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_env(PYTHONPATH=f"{shim}{os.pathsep}{REPO}"),
-    )
+    result = _python(*args, timeout=120, env=_env(PYTHONPATH=f"{shim}{os.pathsep}{REPO}"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "accelerate" in result.stderr and 'pip install -e ".[train]"' in result.stderr

@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return exit_code(stop.signum)
         except ResumeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            if exc.main_process:  # every rank raises it; the user reads it once
+                print(f"error: {exc}", file=sys.stderr)
             return 2
         except TrainingError as exc:
             print(f"error: {exc}", file=sys.stderr)

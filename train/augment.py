@@ -277,15 +277,9 @@ def square_window(
         free = min(ey0, ex0 - left, left + height - ex1, height - ey1)
         zoom = rng.randint(0, int(zoom_share * max(free, 0)))
         return left + zoom, zoom, left + height - zoom, height - zoom
-    if height > width:
-        lo = max(ey1 - width, 0)
-        hi = min(ey0 + width, height) - width
-        if hi <= lo:
-            return 0, 0, width, height
-        top = rng.randint(lo, hi)
-        free = min(ex0, ey0 - top, top + width - ey1, width - ex1)
-        zoom = rng.randint(0, int(zoom_share * max(free, 0)))
-        return zoom, top + zoom, width - zoom, top + width - zoom
+    if height > width:  # the landscape case on the transposed image, the same draws
+        y0, x0, y1, x1 = square_window((ey0, ex0, ey1, ex1), height, width, rng, zoom_share)
+        return x0, y0, x1, y1
     return 0, 0, width, height
 
 

@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from exemplar_core.files import atomic_write_text
+from exemplar_core.image_io import save_image
+from exemplar_core.masks import mask_box
+
 from . import metrics, synthetic
 
 DEFAULT_SCALES = (0.0, 1.0, 3.0, 5.0, 7.0)
@@ -324,7 +328,7 @@ def draw_chart(report: dict, path: Path) -> None:
         col = scales.index(scale)
         tile = Image.fromarray(array).resize((thumb, thumb))
         image.paste(tile, (col * thumb, height + 20 + rows.index(i) * thumb))
-    image.save(path)
+    save_image(image, Path(path), overwrite=True)
 
 
 def _cmd_synthetic(args: argparse.Namespace) -> int:
@@ -352,7 +356,7 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
     )
     draw_chart(report, out / "chart.png")
     report.pop("_samples")
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     print(f"{report['cases']} held-out cases (world seed {report['world_seed']})")
     _print_results(report)
     print(f"wrote {out / 'report.json'} and {out / 'chart.png'} ({report['seconds']} s)")
@@ -413,8 +417,7 @@ def _cmd_pool(args: argparse.Namespace) -> int:
         print(f"  world {world}: colour error {row}")
     _print_results(report)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
+        atomic_write_text(out, json.dumps(report, indent=2))
         print(f"wrote {out}")
     return _exit_code(report, args.strict)
 
@@ -450,10 +453,11 @@ def _cmd_folder(args: argparse.Namespace) -> int:
 
         boxes, exemplars = [], []
         for key in ids:
-            ys, xs = np.nonzero(masks[key][..., 0] > 127)
-            if ys.size == 0:
+            box = mask_box(torch.from_numpy(masks[key][..., 0] / 255.0))  # >= 0.5: > 127 of 255
+            if box is None:
                 continue
-            crop = results[key][ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+            x0, y0, x1, y1 = box
+            crop = results[key][y0:y1, x0:x1]
             boxes.append(preprocess(Image.fromarray(crop)))
             exemplars.append(preprocess(Image.fromarray(refs[key])))
         report["clip_score"] = metrics.clip_score(model.encode_image, boxes, exemplars)
@@ -484,7 +488,7 @@ def _cmd_folder(args: argparse.Namespace) -> int:
         report["fid"] = metrics.fid(net, batches([results[k] for k in ids]), batches(ref_images))
     print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        atomic_write_text(args.out, json.dumps(report, indent=2))
     return 0
 
 

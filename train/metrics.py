@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from exemplar_core.masks import mask_box
+
 EXEMPLAR_BACKGROUND = (235, 235, 235)
 
 
@@ -61,11 +63,12 @@ def generated_object(
 
 
 def _silhouette(mask: np.ndarray, size: int = 32) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+    level = torch.from_numpy(mask.astype(np.float32))
+    box = mask_box(level)
+    if box is None:
         return np.zeros((size, size), dtype=bool)
-    crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].astype(np.float32)
-    t = torch.from_numpy(crop)[None, None]
+    x0, y0, x1, y1 = box
+    t = level[y0:y1, x0:x1].contiguous()[None, None]
     return (
         F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
         > 0.5

@@ -215,13 +215,17 @@ def image_size(path: Path) -> tuple[int, int]:
 def mask_box_from_file(path: Path) -> Box | None:
     """Bounding box of the pixels >= 50% in a mask image (white = object), or None if empty."""
     import numpy as np
+    import torch
+
+    from exemplar_core.masks import mask_box
 
     with Image.open(path) as image:
-        mask = np.asarray(image.convert("L")) >= 128
-    ys, xs = np.nonzero(mask)
-    if ys.size == 0:
+        level = np.asarray(image.convert("L")) / 255.0  # >= 0.5 is >= 128 of 255
+    box = mask_box(torch.from_numpy(level))
+    if box is None:
         return None
-    return float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+    x0, y0, x1, y1 = box
+    return float(x0), float(y0), float(x1), float(y1)
 
 
 def read_jsonl(

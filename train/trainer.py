@@ -60,7 +60,12 @@ class TrainingError(RuntimeError):
 
 
 class ResumeError(TrainingError):
-    """``--resume`` found checkpoints but none it can continue from."""
+    """``--resume`` found checkpoints but none it can continue from. Every rank raises it;
+    ``main_process`` says whether this one should tell the user (once per run)."""
+
+    def __init__(self, message: str, main_process: bool = True):
+        super().__init__(message)
+        self.main_process = main_process
 
 
 class TrainingStopped(Exception):
@@ -688,7 +693,7 @@ class Trainer:
             broadcast_object_list(message)
         name, error, passed_over = message
         if error:
-            raise ResumeError(error)
+            raise ResumeError(error, acc.is_main_process)
         # The main process alone logs: elsewhere Python's last-resort handler would print these.
         if acc.is_main_process:
             for note in passed_over:
@@ -710,7 +715,8 @@ class Trainer:
         if state["world_size"] != acc.num_processes:
             raise ResumeError(
                 f"{path} was written by {state['world_size']} process(es) but this run has "
-                f"{acc.num_processes}; an exact resume needs the same number of processes"
+                f"{acc.num_processes}; an exact resume needs the same number of processes",
+                acc.is_main_process,
             )
         trained = load_file(str(path / "trainable.safetensors"))
         params = dict(self.model.named_parameters())

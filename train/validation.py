@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from exemplar_core.editor import Editor, EditSettings
-from exemplar_core.files import atomic_write
+from exemplar_core.image_io import save_rgb
 from exemplar_core.model import PaintByExampleModel
 
 from .augment import PairSpec, ReferenceAugment
@@ -98,8 +98,5 @@ def render_validation(
 
 
 def save_grid(grid: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+    """grid: [3, H, W] float 0..1 -> an 8-bit PNG at ``path``, replaced atomically."""
+    save_rgb(grid, path, overwrite=True)

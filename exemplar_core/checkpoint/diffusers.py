@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import CLIP_MEAN, CLIP_STD, ConfigError, EncoderConfig
 from ..files import atomic_write, atomic_write_text
-from ..model import ModelConfigs
+from ..model import SD1_UNET_CONFIG, SD1_VAE_CONFIG, ModelConfigs
 from . import arch, keymap
 from .container import CheckpointError, PbECheckpoint, StateDict, prepare_tensors
 from .safe_read import read_weights_file
@@ -63,31 +63,10 @@ def _diffusers_weights(folder: Path, lazy: bool) -> StateDict:
     )
 
 
-# Keys every stored UNet / VAE config keeps even at their diffusers default values.
-_CORE_UNET_KEYS = (
-    "sample_size",
-    "in_channels",
-    "out_channels",
-    "down_block_types",
-    "up_block_types",
-    "block_out_channels",
-    "layers_per_block",
-    "cross_attention_dim",
-    "attention_head_dim",
-    "norm_num_groups",
-)
-_CORE_VAE_KEYS = (
-    "in_channels",
-    "out_channels",
-    "down_block_types",
-    "up_block_types",
-    "block_out_channels",
-    "layers_per_block",
-    "latent_channels",
-    "norm_num_groups",
-    "sample_size",
-    "scaling_factor",
-)
+# Keys every stored UNet / VAE config keeps even at their diffusers default values: the keys our
+# configs name (the published ones; tiny and mini name the same).
+_CORE_UNET_KEYS = tuple(SD1_UNET_CONFIG)
+_CORE_VAE_KEYS = tuple(SD1_VAE_CONFIG)
 
 
 @cache

@@ -33,7 +33,9 @@ def conditioning(host, loaded):
     return host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(7, size=40))
 
 
-def _sample(host, loaded, conditioning, **overrides):
+def _sampler_inputs(loaded, conditioning, **overrides) -> dict:
+    """The Inpaint Sampler's inputs on the tiny model, the test image and mask; ``overrides``
+    replace any of them."""
     model, vae, _ = loaded
     positive, negative = conditioning
     inputs = dict(
@@ -48,7 +50,11 @@ def _sample(host, loaded, conditioning, **overrides):
         resolution=SIZE,
         feather=4,
     )
-    inputs.update(overrides)
+    return {**inputs, **overrides}
+
+
+def _sample(host, loaded, conditioning, **overrides):
+    inputs = _sampler_inputs(loaded, conditioning, **overrides)
     return host.run("PaintByExample.InpaintSampler", **inputs)
 
 
@@ -397,19 +403,9 @@ def _error(host, node_id, **inputs) -> str:
 
 
 def test_bad_inputs_give_clear_messages(host, loaded, conditioning):
-    model, vae, encoder = loaded
-    positive, negative = conditioning
+    model, _, encoder = loaded
     sampler = "PaintByExample.InpaintSampler"
-    base = dict(
-        model=model,
-        vae=vae,
-        positive=positive,
-        negative=negative,
-        image=_image(),
-        mask=_mask(),
-        steps=1,
-        resolution=SIZE,
-    )
+    base = _sampler_inputs(loaded, conditioning, steps=1)
 
     assert "mask is 32x32 but the image is 64x64" in _error(
         host, sampler, **{**base, "mask": torch.ones(1, 32, 32)}
