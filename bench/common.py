@@ -21,6 +21,17 @@ from exemplar_core.dtypes import DTYPES
 from exemplar_core.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
+HOST_DIR = REPO / "tests" / "host"
+
+
+def host_harness():
+    """tests/host/pbe_host.py: the host tests' launcher (ComfyUI with this pack, as a user's
+    install has it), which the ComfyUI benchmarks reuse."""
+    if str(HOST_DIR) not in sys.path:
+        sys.path.insert(0, str(HOST_DIR))
+    import pbe_host
+
+    return pbe_host
 
 
 def reset_peak_rss() -> bool:
@@ -239,9 +250,8 @@ def print_table(summary: dict[str, dict], keys: Sequence[str], baseline: str | N
 
 def write_report(path: str | os.PathLike[str], report: dict, *, replace: bool = True) -> Path:
     """``report`` as JSON after the machine and the time, its folder created if missing;
-    ``replace=False``: an existing file is never replaced (FileExistsError)."""
+    ``replace=False``: an existing file is never replaced (DestinationError)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {"machine": machine(), "written": time.strftime("%Y-%m-%d %H:%M:%S"), **report}
     atomic_write_text(out, json.dumps(report, indent=2), overwrite=replace)
     print(f"wrote {out}")

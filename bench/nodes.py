@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,16 @@ import torch
 
 from exemplar_core import node_ids
 
-from .common import REPO, add_warmup_option, dtype_named, pick_device, timed, write_report
+from .common import (
+    REPO,
+    add_warmup_option,
+    dtype_named,
+    host_harness,
+    pick_device,
+    timed,
+    write_report,
+)
 
-HOST_DIR = REPO / "tests" / "host"
 NODE_SAMPLER = ("ddim", "ddim_uniform")  # the node benchmarks' sampler and scheduler defaults
 
 
@@ -45,10 +51,7 @@ def _require_comfyui() -> None:
 def _pbe_host():
     """tests/host/pbe_host.py, the harness that loads ComfyUI and this pack (COMFYUI_PATH set)."""
     _require_comfyui()
-    sys.path.insert(0, str(HOST_DIR))
-    import pbe_host
-
-    return pbe_host
+    return host_harness()
 
 
 def load_host(device: torch.device | None = None):

@@ -54,9 +54,8 @@ from exemplar_core.headless import (
     wait_history,
 )
 
-from .common import REPO, write_report
+from .common import REPO, host_harness, write_report
 
-HOST_DIR = REPO / "tests" / "host"
 API_DIR = REPO / "workflows" / "api"
 TEMPLATES = ("basic_exemplar_edit", "bezier_mask_demo", "similarity_sweep", "stock_ksampler_edit")
 BAD_TEMPLATE = "basic_exemplar_edit"  # its Inpaint Sampler checks the mask's size
@@ -533,8 +532,7 @@ def run(args: argparse.Namespace, options: SoakOptions) -> Soak:
         try:
             if args.server is None:
                 # the host tests' launcher: the pack copied into custom_nodes/, 127.0.0.1 only
-                sys.path.insert(0, str(HOST_DIR))
-                import pbe_host
+                pbe_host = host_harness()
 
                 with signals_deferred():
                     print("starting ComfyUI as a user's install (127.0.0.1 only)", flush=True)

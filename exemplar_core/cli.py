@@ -17,7 +17,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _dtype(name: str):
-    from .dtypes import DTYPES  # torch: only once a command needs it (headless imports this module)
+    from .dtypes import DTYPES
 
     return None if name == "auto" else DTYPES[name]
 

@@ -159,7 +159,11 @@ class Window:
     region: Region
     image: torch.Tensor  # [B, 3, height, width] 0..1, the source's window
     edit_mask: torch.Tensor  # [B, 1, height, width] exactly 0 or 1, 1 = repaint
-    keep_mask: torch.Tensor  # [B, 1, height, width] 1 - edit_mask
+
+    @property
+    def keep_mask(self) -> torch.Tensor:
+        """[B, 1, height, width]: 1 - edit_mask."""
+        return keep_from_edit(self.edit_mask)
 
     @property
     def masked_image(self) -> torch.Tensor:
@@ -171,7 +175,7 @@ class Window:
 def prepare_window(
     source: torch.Tensor,
     edit_mask: torch.Tensor,
-    margin: float,
+    context_margin: float,
     resolution: int,
     feather: int,
     multiple: int,
@@ -187,6 +191,6 @@ def prepare_window(
     if whole_image:
         region = whole_image_region(width, height, resolution, multiple)
     else:
-        region = plan_region(edit_mask[0, 0], margin, resolution, feather, multiple)
+        region = plan_region(edit_mask[0, 0], context_margin, resolution, feather, multiple)
     window_edit = binarize_edit_mask(crop_mask(edit_mask, region))
-    return Window(region, crop_image(source, region), window_edit, keep_from_edit(window_edit))
+    return Window(region, crop_image(source, region), window_edit)

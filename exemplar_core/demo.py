@@ -103,12 +103,13 @@ def contact_sheet(tiles: list[tuple[str, torch.Tensor]], tile: int = TILE):
     """[(label, image [1, 3, H, W] 0..1)] -> one PIL image, tiles side by side with labels."""
     from PIL import Image, ImageDraw
 
+    from .image_io import to_uint8
+
     label_h = 18
     sheet = Image.new("RGB", (tile * len(tiles), tile + label_h), "white")
     draw = ImageDraw.Draw(sheet)
     for i, (label, image) in enumerate(tiles):
-        array = (image[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-        picture = Image.fromarray(array)
+        picture = Image.fromarray(to_uint8(image))
         scale = tile / max(picture.size)
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
         picture = picture.resize(size, Image.NEAREST if scale >= 2 else Image.BICUBIC)

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import get_args
 
 import torch
 
@@ -114,8 +115,8 @@ class EditSettings:
                 raise EditSettingError(err.name, err.problem) from None
         choices = {
             "scheduler": SCHEDULERS,
-            "mask_resize": ("bilinear", "nearest"),
-            "exemplar_resize": ("squash", "center_crop"),
+            "mask_resize": get_args(masks.MaskResize),
+            "exemplar_resize": get_args(ResizeMode),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

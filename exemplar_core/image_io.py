@@ -88,11 +88,15 @@ def save_rgb(image: torch.Tensor, path: str | os.PathLike[str], overwrite: bool 
     Refuses to replace an existing file unless ``overwrite``; writes atomically (files.py).
     """
     p = Path(path)
-    image_format = _format_for(p)
+    return save_image(Image.fromarray(to_uint8(image)), p, _format_for(p), overwrite)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """image: [1, C, H, W] or [C, H, W] float 0..1 -> [H, W, C] uint8 (rounded, clamped)."""
     if image.ndim == 4:
         image = image[0]
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round()
-    return save_image(Image.fromarray(array.astype(np.uint8)), p, image_format, overwrite)
+    return array.astype(np.uint8)
 
 
 def save_image(

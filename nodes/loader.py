@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..exemplar_core import node_ids
 from ..exemplar_core.dtypes import DTYPES
 from . import folders, model_builder
-from .checks import PaintByExampleInputError
+from .checks import PaintByExampleInputError, check_widgets
 from .types import CATEGORY, PbEEncoder
 
 DTYPE_CHOICES = ["default", *DTYPES]
@@ -73,10 +73,7 @@ class Loader(io.ComfyNode):
     def execute(cls, model_name: str, weight_dtype: str = "default") -> io.NodeOutput:
         from ..exemplar_core.checkpoint import CheckpointError, load_checkpoint
 
-        if weight_dtype not in DTYPE_CHOICES:
-            raise PaintByExampleInputError(
-                f"weight_dtype {weight_dtype!r} is not one of: {', '.join(DTYPE_CHOICES)}"
-            )
+        check_widgets(cls, {"weight_dtype": weight_dtype})  # model_name: folders.resolve
 
         path = folders.resolve(model_name)
         try:

@@ -11,6 +11,7 @@ import pytest
 from ports import closed_port
 
 from bench import soak
+from bench.common import host_harness
 
 
 def test_default_plan_has_interrupts_and_every_kind_of_bad_prompt():
@@ -159,9 +160,7 @@ def test_a_comfyui_that_does_not_start_is_one_line_naming_why(tmp_path, monkeypa
         "sys.exit(\"ModuleNotFoundError: No module named 'aiohttp'\")\n"
     )
     monkeypatch.setenv("COMFYUI_PATH", str(comfy))
-    monkeypatch.syspath_prepend(str(soak.HOST_DIR))
-    import pbe_host
-
+    pbe_host = host_harness()
     monkeypatch.setattr(pbe_host, "COMFYUI_PATH", str(comfy))
     assert soak.main(["--prompts", "1"]) == 1
     err = capsys.readouterr().err

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hostile import write_huge_header
 from permissions import bound_by_permissions
 from PIL import Image
 from ports import closed_port
@@ -357,7 +358,7 @@ def _write_case_files(t: Path) -> None:
     (t / "cut.safetensors").write_bytes(data[: len(data) // 2])
     (t / "text.safetensors").write_text("this is a text file, not a model\n" * 20)
     # 8 bytes that claim an 8 GB header, then a few bytes: must be refused without allocating.
-    (t / "huge_header.safetensors").write_bytes((8_000_000_000).to_bytes(8, "little") + b"{}")
+    write_huge_header(t / "huge_header.safetensors")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)).save(t / "src.png")
     mask = np.zeros((72, 100), np.uint8)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hostile import RunsCode
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -248,16 +249,6 @@ def test_detect_format_names_each_layout(files):
 # ------------------------------------------------------------------------------------------
 
 MARKER = "pbe_pickle_side_effect"
-
-
-class RunsCode:
-    """Unpickling this calls os.mkdir(marker): a stand-in for arbitrary code in a checkpoint."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
 
 
 def test_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path):

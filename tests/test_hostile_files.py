@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hostile import write_huge_header
 
 from exemplar_core import checkpoint
 from exemplar_core.checkpoint import CheckpointError
@@ -57,7 +58,7 @@ def test_safetensors_weights_file_in_a_diffusers_folder_is_checked_too(tmp_path)
         (tmp_path / part).mkdir()
         (tmp_path / part / "config.json").write_text("{}")
     weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
-    weights.write_bytes((8_000_000_000).to_bytes(8, "little") + b"{}")
+    write_huge_header(weights)
     with pytest.raises(CheckpointError, match="8,000,000,000-byte header"):
         read_weights_file(weights, lazy=False)
 

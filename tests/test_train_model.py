@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
+from hostile import RunsCode, write_huge_header
 
 from exemplar_core.checkpoint import CheckpointError, keymap, load_checkpoint
 from exemplar_core.model import ModelConfigs, build_unet, build_vae
@@ -72,27 +71,15 @@ def _section(path, clip, init: str) -> ModelSection:
     )
 
 
-class _RunsCodeWhenLoaded:
-    """Pickles as a call of os.mkdir: unpickling it would run code from the file."""
-
-    def __init__(self, marker) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (str(self.marker),))
-
-
 def _pickle_running_code(tmp_path):
     path = tmp_path / "sd.ckpt"
     state = {"model.diffusion_model.out.2.weight": torch.zeros(1)}
-    torch.save({"state_dict": state, "x": _RunsCodeWhenLoaded(tmp_path / "ran")}, path)
+    torch.save({"state_dict": state, "x": RunsCode(tmp_path / "ran")}, path)
     return path
 
 
 def _header_claiming_gigabytes(tmp_path):
-    path = tmp_path / "sd.safetensors"
-    path.write_bytes((8_000_000_000).to_bytes(8, "little") + b"{}")
-    return path
+    return write_huge_header(tmp_path / "sd.safetensors")
 
 
 @pytest.mark.parametrize(

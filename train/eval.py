@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from exemplar_core.files import atomic_write_text
-from exemplar_core.image_io import save_image
+from exemplar_core.image_io import save_image, to_uint8
 from exemplar_core.masks import mask_box
 
 from . import metrics, synthetic
@@ -40,10 +40,6 @@ DEFAULT_CASES = 96
 def _to_tensor(image) -> torch.Tensor:
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1)[None]
-
-
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
 
 def run_synthetic(
@@ -83,7 +79,7 @@ def run_synthetic(
                 steps=steps, similarity=scale, seed=seed + i, scheduler=scheduler, feather=feather
             )
             result = editor.edit(source, edit_mask, exemplar, settings).image
-            res8, src8 = _to_uint8(result), _to_uint8(source)
+            res8, src8 = to_uint8(result), to_uint8(source)
             fid = metrics.synthetic_fidelity(
                 res8,
                 np.asarray(case["exemplar"]),
@@ -453,7 +449,7 @@ def _cmd_folder(args: argparse.Namespace) -> int:
 
         boxes, exemplars = [], []
         for key in ids:
-            box = mask_box(torch.from_numpy(masks[key][..., 0] / 255.0))  # >= 0.5: > 127 of 255
+            box = mask_box(torch.from_numpy(masks[key][..., 0]), threshold=128)  # > 127 of 255
             if box is None:
                 continue
             x0, y0, x1, y1 = box

@@ -220,8 +220,8 @@ def mask_box_from_file(path: Path) -> Box | None:
     from exemplar_core.masks import mask_box
 
     with Image.open(path) as image:
-        level = np.asarray(image.convert("L")) / 255.0  # >= 0.5 is >= 128 of 255
-    box = mask_box(torch.from_numpy(level))
+        level = np.asarray(image.convert("L"))
+    box = mask_box(torch.from_numpy(level), threshold=128)  # 50% of 255, rounded up
     if box is None:
         return None
     x0, y0, x1, y1 = box

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from exemplar_core.editor import Editor, EditSettings
-from exemplar_core.image_io import save_image
+from exemplar_core.image_io import save_image, to_uint8
 from exemplar_core.model import PaintByExampleModel
 from exemplar_core.preprocess import normalize
 
@@ -69,7 +69,7 @@ class ExemplarSource:
 def _save_png(image: torch.Tensor, path: Path) -> None:
     """image: [C, H, W] 0..1 (C = 1 or 3). Written atomically, so a sample the manifest lists is
     complete; a sample regenerated on resume replaces what an interrupted run left."""
-    array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    array = to_uint8(image)
     pixels = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     save_image(pixels, path, "PNG", overwrite=True)
 

@@ -767,7 +767,9 @@ class Trainer:
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
-        from .validation import render_validation, save_grid, validation_pairs
+        from exemplar_core.image_io import save_rgb
+
+        from .validation import render_validation, validation_pairs
 
         t = self.config.train
         if not self.accelerator.is_main_process:
@@ -792,7 +794,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.swap_out()
             freeze_for_training(self.model)
-        save_grid(grid, self.out_dir / "validation" / f"step-{self.step:08d}.png")
+        save_rgb(grid, self.out_dir / "validation" / f"step-{self.step:08d}.png", overwrite=True)
         if self.writer is not None:
             self.writer.add_image("validation", grid, self.step)
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from exemplar_core.editor import Editor, EditSettings
-from exemplar_core.image_io import save_rgb
 from exemplar_core.model import PaintByExampleModel
 
 from .augment import PairSpec, ReferenceAugment
@@ -95,8 +93,3 @@ def render_validation(
         tiles = [pair.source, masked, exemplar, result.cpu()[:, :, :size, :size]]
         rows.append(torch.cat([t.float().cpu() for t in tiles], dim=-1))
     return torch.cat(rows, dim=-2)[0]
-
-
-def save_grid(grid: torch.Tensor, path: Path) -> None:
-    """grid: [3, H, W] float 0..1 -> an 8-bit PNG at ``path``, replaced atomically."""
-    save_rgb(grid, path, overwrite=True)

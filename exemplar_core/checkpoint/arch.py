@@ -117,8 +117,7 @@ def ldm_unet_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """Constructor arguments of the LDM / ComfyUI ``UNetModel`` for a diffusers UNet config.
 
     Depths are given per block as ComfyUI's ``UNetModel`` takes them (``transformer_depth`` per
-    input res block, ``transformer_depth_output`` per output block, in ComfyUI's order); the
-    official yaml form with ``attention_resolutions`` is ``ldm_unet_params``.
+    input res block, ``transformer_depth_output`` per output block, in ComfyUI's order).
     """
     check_unet_config_supported(config)
     channels = list(config["block_out_channels"])

@@ -9,6 +9,7 @@ from typing import Any
 
 from .container import FORMAT_NAME, UNET_PREFIX, CheckpointError, Format, Tensor
 from .diffusers import DIFFUSERS_PARTS
+from .keymap import describe_keys
 from .safe_read import safetensors_header
 
 
@@ -42,12 +43,6 @@ def detect_with_header(path: Path) -> tuple[Format, dict[str, Any] | None]:
         f"{path} has the extension {path.suffix!r}; expected .safetensors, .ckpt (.pt/.pth/.bin) "
         f"or a diffusers folder"
     )
-
-
-def _top_prefixes(keys: list[str], limit: int = 8) -> str:
-    prefixes = sorted({".".join(k.split(".")[:2]) for k in keys})
-    more = f" and {len(prefixes) - limit} more" if len(prefixes) > limit else ""
-    return ", ".join(prefixes[:limit]) + more
 
 
 def describe_foreign_checkpoint(state_dict: Mapping[str, Tensor]) -> str | None:
@@ -85,7 +80,7 @@ def describe_foreign_checkpoint(state_dict: Mapping[str, Tensor]) -> str | None:
     if in_channels is None:
         if "conv_in.weight" in state_dict or "time_embedding.linear_1.weight" in state_dict:
             return "a diffusers-layout UNet file (conv_in.*), not a full LDM checkpoint"
-        found = _top_prefixes(keys)
+        found = describe_keys({".".join(k.split(".")[:2]) for k in keys})
         return f"no LDM UNet (model.diffusion_model.input_blocks.*); top-level keys: {found}"
     encoder = "a CLIP text encoder" if text_encoder else "no exemplar encoder"
     if in_channels == 9:

@@ -323,6 +323,7 @@ def read_pickle(path: Path) -> Any:
         _check_zip_checkpoint(path)
     else:
         _check_legacy_checkpoint(path)
+    found: list[str] | None = None  # the file's globals, once scanned
     try:
         try:
             return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
@@ -335,7 +336,9 @@ def read_pickle(path: Path) -> Any:
             with torch.serialization.safe_globals(stubs):
                 return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        found = [name for name in _unsafe_globals(path) if not _is_metadata_global(name)]
+        if found is None:
+            found = _unsafe_globals(path)
+        found = [name for name in found if not _is_metadata_global(name)]
         named = f" ({', '.join(found[:6])})" if found else ""
         raise CheckpointError(
             f"{path} contains pickled Python objects besides weights{named}; it was not loaded, "

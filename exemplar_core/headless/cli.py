@@ -127,7 +127,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         sets.append((target, parse_value(value)))
     return RunOptions(
         workflow=args.workflow,
-        server=args.server.rstrip("/"),
+        server=args.server,  # server_url has normalised it
         images=images,
         sets=sets,
         model=args.model,

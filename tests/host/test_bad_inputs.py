@@ -22,6 +22,7 @@ import numpy as np
 import pbe_host
 import pytest
 import torch
+from hostile import RunsCode, write_huge_header
 from PIL import Image
 
 from exemplar_core.headless import Client, wait_history
@@ -58,18 +59,6 @@ def _square(shape: tuple[int, int], start: int, stop: int) -> np.ndarray:
     return mask
 
 
-class RunsCode:
-    """Pickled as a call of ``os.makedirs(MARKER path)``: loading it must never run that."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        import os
-
-        return (os.makedirs, (self.path,))
-
-
 def _write_models(folder: Path, marker: Path) -> None:
     """The broken model files a user may have in models/paint_by_example."""
     from exemplar_core.checkpoint import load_checkpoint, save_single_file
@@ -80,7 +69,7 @@ def _write_models(folder: Path, marker: Path) -> None:
     (folder / "empty.safetensors").write_bytes(b"")
     data = mini.read_bytes()
     (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
-    (folder / "huge-header.safetensors").write_bytes((2**50).to_bytes(8, "little") + b"{}")
+    write_huge_header(folder / "huge-header.safetensors", 2**50)
     with open(folder / "evil.ckpt", "wb") as f:
         pickle.dump({"state_dict": RunsCode(str(marker))}, f)
     for part in ("encoder", "unet", "vae"):
