@@ -449,7 +449,7 @@ def _cmd_folder(args: argparse.Namespace) -> int:
 
         boxes, exemplars = [], []
         for key in ids:
-            box = mask_box(torch.from_numpy(masks[key][..., 0]), threshold=128)  # > 127 of 255
+            box = mask_box(torch.tensor(masks[key][..., 0]), threshold=128)  # > 127 of 255
             if box is None:
                 continue
             x0, y0, x1, y1 = box

@@ -221,7 +221,7 @@ def mask_box_from_file(path: Path) -> Box | None:
 
     with Image.open(path) as image:
         level = np.asarray(image.convert("L"))
-    box = mask_box(torch.from_numpy(level), threshold=128)  # 50% of 255, rounded up
+    box = mask_box(torch.tensor(level), threshold=128)  # 50% of 255, rounded up
     if box is None:
         return None
     x0, y0, x1, y1 = box
