@@ -138,17 +138,13 @@ def standard_error(values) -> float:
 
 
 def load_editor(checkpoint: str, loras: list[str]):
-    """An editor on the CPU (fp32) for ``checkpoint`` with each LoRA file merged at strength 1."""
-    from exemplar_core.checkpoint import load_model
+    """An editor on the CPU (fp32) for ``checkpoint`` with each LoRA file merged at strength 1
+    (``Editor.apply_lora``, as ``edit --lora`` does)."""
     from exemplar_core.editor import Editor
 
-    model = load_model(checkpoint).float()
-    if loras:
-        from exemplar_core.lora import apply_lora, read_lora
-
-        for path in loras:
-            apply_lora(model, read_lora(path), 1.0)
-    editor = Editor(model, device="cpu", dtype=torch.float32, source=checkpoint)
+    editor = Editor.from_file(checkpoint, device="cpu", dtype=torch.float32)
+    for path in loras:
+        editor.apply_lora(path)
     editor.progress = False
     return editor
 
