@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,7 @@ from .checkpoint.container import CheckpointError
 from .checks import LORA_STRENGTH_MAX, SettingError, check_number
 
 if TYPE_CHECKING:
+    from .checkpoint.container import PbECheckpoint
     from .model import PaintByExampleModel
 
 log = logging.getLogger(__name__)
@@ -710,6 +711,49 @@ def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0
                 _patch(bias, strength, entries["diff_b"].to(bias.device, torch.float32))
 
 
+def parse_lora_argument(text: str, what: str = "--lora") -> tuple[Path, float]:
+    """``FILE[:STRENGTH]`` -> ``(file, strength)``; strength 1 when none is given.
+
+    The text after the last ``:`` is a strength only when the whole argument is not an existing
+    file (so ``C:\\loras\\a.safetensors`` and names with colons work). ``what`` names the option
+    in messages. The file itself is checked by ``read_lora``.
+    """
+    if ":" not in text or Path(text).exists():
+        return Path(text), 1.0
+    head, _, tail = text.rpartition(":")
+    try:
+        value = float(tail)
+    except ValueError:
+        if Path(head).exists():
+            raise LoraError(
+                f"{what} {text}: the strength {tail!r} after the last ':' is not a number; "
+                f"expected FILE or FILE:STRENGTH, e.g. {head}:0.8"
+            ) from None
+        return Path(text), 1.0  # no file by either reading: read_lora names the whole argument
+    return Path(head), check_strength(value, f"{what} {text}: the strength")
+
+
+def merge_loras(ckpt: PbECheckpoint, loras: Sequence[tuple[LoraFile, float]]) -> PbECheckpoint:
+    """``ckpt`` with each ``(lora, strength)`` merged in order (fp32 arithmetic); the metadata
+    ``merged_loras`` (a JSON list) records each file's name, strength and base model."""
+    from .checkpoint.load import checkpoint_from_model, model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt, dtype=torch.float32)
+    for lora, strength in loras:
+        apply_lora(model, lora, strength)
+    merged = _json(ckpt.metadata.get("merged_loras"))
+    merged = merged if isinstance(merged, list) else []
+    for lora, strength in loras:
+        record = {"file": lora.name, "strength": strength, "rank": lora.rank}
+        record.update(
+            {k: lora.metadata[k] for k in ("base_model", "training_step") if k in lora.metadata}
+        )
+        merged.append(record)
+    out = checkpoint_from_model(model, {**ckpt.metadata, "merged_loras": json.dumps(merged)})
+    out.source = ckpt.source  # save_single_file refuses to write over the base
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Describing a file (``python -m exemplar_core info``)
 # ---------------------------------------------------------------------------------------------
@@ -825,6 +869,8 @@ __all__ = [
     "check_strength",
     "is_lora_keys",
     "lora_delta",
+    "merge_loras",
+    "parse_lora_argument",
     "read_lora",
     "unet_stem_table",
     "EXEMPLAR_HEAD",
