@@ -658,20 +658,23 @@ def _entry_problem(
 # ---------------------------------------------------------------------------------------------
 
 
-def lora_delta(entries: Mapping[str, Tensor], shape: torch.Size, device: torch.device) -> Tensor:
-    """One layer's weight update at strength 1 in fp32, ``(alpha / rank) * up @ down`` (a
-    convolution's weights flattened and the product reshaped), the arithmetic of ComfyUI's
-    ``comfy/weight_adapter/lora.py``; a missing alpha means alpha = rank (scale 1)."""
+def lora_delta(
+    entries: Mapping[str, Tensor], shape: torch.Size, device: torch.device, strength: float = 1.0
+) -> Tensor:
+    """One layer's weight update in fp32, ``(strength * alpha / rank) * up @ down`` (a
+    convolution's weights flattened, the product reshaped), with the operations in the order of
+    ComfyUI's ``comfy/weight_adapter/lora.py`` so both give the same bits; a missing alpha means
+    alpha = rank (scale 1)."""
     down = entries["lora_down.weight"].to(device, torch.float32)
     up = entries["lora_up.weight"].to(device, torch.float32)
     scale = float(entries["alpha"]) / down.shape[0] if "alpha" in entries else 1.0
-    return scale * torch.mm(up.flatten(start_dim=1), down.flatten(start_dim=1)).reshape(shape)
+    product = torch.mm(up.flatten(start_dim=1), down.flatten(start_dim=1)).reshape(shape)
+    return (strength * scale) * product
 
 
-def _patch(param: Tensor, strength: float, delta: Tensor) -> None:
-    """``param += strength * delta`` (delta fp32) in fp32, cast back to the parameter's dtype."""
-    merged = param.detach().to(torch.float32) + strength * delta
-    param.data.copy_(merged.to(param.dtype))
+def _patch(param: Tensor, delta: Tensor) -> None:
+    """``param += delta`` (delta fp32) in fp32, cast back to the parameter's dtype."""
+    param.data.copy_((param.detach().to(torch.float32) + delta).to(param.dtype))
 
 
 def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0) -> None:
@@ -703,12 +706,12 @@ def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0
                 key, params = _exemplar_parameter(stem), encoder
             weight = params[key]
             if "lora_down.weight" in entries:
-                _patch(weight, strength, lora_delta(entries, weight.shape, weight.device))
+                _patch(weight, lora_delta(entries, weight.shape, weight.device, strength))
             if "diff" in entries:
-                _patch(weight, strength, entries["diff"].to(weight.device, torch.float32))
+                _patch(weight, strength * entries["diff"].to(weight.device, torch.float32))
             if "diff_b" in entries:
                 bias = params[_bias_key(key)]
-                _patch(bias, strength, entries["diff_b"].to(bias.device, torch.float32))
+                _patch(bias, strength * entries["diff_b"].to(bias.device, torch.float32))
 
 
 def parse_lora_argument(text: str, what: str = "--lora") -> tuple[Path, float]:
