@@ -302,8 +302,6 @@ def read_lora(path: str | os.PathLike[str]) -> LoraFile:
 
     try:
         tensors, metadata = read_safetensors(p, lazy=False)
-    except LoraError:
-        raise
     except CheckpointError as err:
         raise LoraError(f"LoRA file {err}") from err
     _refuse_non_lora(p, tensors, metadata)
@@ -581,6 +579,16 @@ def check_lora(
     messages. Messages name what was found (keys, shapes, the file's base model) and what the
     target expects.
     """
+    _checked_targets(lora, unet_shapes, encoder_shapes, target)
+
+
+def _checked_targets(
+    lora: LoraFile,
+    unet_shapes: Mapping[str, tuple[int, ...]],
+    encoder_shapes: Mapping[str, tuple[int, ...]],
+    target: str,
+) -> dict[str, str]:
+    """``check_lora``, returning each stem's state-dict key (in the UNet or the encoder)."""
     from .checkpoint.keymap import describe_keys
 
     check_layout(lora)
@@ -610,11 +618,13 @@ def check_lora(
             f"{target} ({_made_for(lora)}); expected {EXEMPLAR_PREFIX}<module path of "
             f"ExemplarEncoder>, e.g. {EXEMPLAR_PREFIX}mapper.resblocks.0.attn.c_qkv"
         )
+    targets = {}
     for stem, entries in layers.items():
         if stem.startswith(UNET_PREFIX):
             key, shapes, part = table[stem], unet_shapes, "UNet"
         else:
             key, shapes, part = _exemplar_parameter(stem), encoder_shapes, "exemplar encoder"
+        targets[stem] = key
         shape = tuple(int(n) for n in shapes[key])
         problem = _entry_problem(entries, key, shape, shapes)
         if problem:
@@ -622,6 +632,7 @@ def check_lora(
                 f"{where}: {stem} does not fit {target}'s {part} layer {key}: {problem}. The LoRA "
                 f"says {_made_for(lora)}; expected a LoRA trained on this model."
             )
+    return targets
 
 
 def _entry_problem(
@@ -687,7 +698,7 @@ def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0
     unet_shapes = {k: tuple(v.shape) for k, v in model.unet.state_dict().items()}
     encoder_shapes = {k: tuple(v.shape) for k, v in model.encoder.state_dict().items()}
     target = f"this Paint-by-Example model ({_unet_summary(model.configs.unet)})"
-    check_lora(lora, unet_shapes, encoder_shapes, target)
+    targets = _checked_targets(lora, unet_shapes, encoder_shapes, target)
     if lora.metadata.get("format") != FORMAT:
         log.warning(
             "%s has no %s metadata: applied because its shapes fit (%s)",
@@ -697,13 +708,10 @@ def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0
         )
     if strength == 0.0:
         return
-    table = unet_stem_table(unet_shapes)
     with torch.no_grad():
         for stem, entries in lora.layers().items():
-            if stem.startswith(UNET_PREFIX):
-                key, params = table[stem], unet
-            else:
-                key, params = _exemplar_parameter(stem), encoder
+            key = targets[stem]
+            params = unet if stem.startswith(UNET_PREFIX) else encoder
             weight = params[key]
             if "lora_down.weight" in entries:
                 _patch(weight, lora_delta(entries, weight.shape, weight.device, strength))
@@ -807,6 +815,7 @@ def _describe_lines(lora: LoraFile) -> list[str]:
     size = lora.path.stat().st_size if lora.path.exists() else 0
     ours = meta.get("format") == FORMAT
     groups = _group_counts(lora.unet_stems())
+    layers = lora.layers()
     dtypes = sorted(
         {
             str(t.dtype).removeprefix("torch.")
@@ -816,11 +825,11 @@ def _describe_lines(lora: LoraFile) -> list[str]:
     )
     said_groups = _json(meta.get("unet_modules"))
     targets = lora.exemplar_targets()
-    mapper = [s for s in targets if lora.layers()[s].get("lora_down.weight") is not None]
+    mapper = [s for s in targets if "lora_down.weight" in layers[s]]
     whole = sorted({t.removesuffix(".weight") for s, t in targets.items() if s not in mapper})
     exemplar = lora.exemplar_mode
     if mapper:
-        exemplar += f": LoRA on {len(mapper)} mapper layers"
+        exemplar += f": LoRA on {len(mapper)} mapper layer{'s' if len(mapper) > 1 else ''}"
     if whole:
         exemplar += f"{';' if mapper else ':'} stored whole as differences: {', '.join(whole[:6])}"
         exemplar += f" and {len(whole) - 6} more" if len(whole) > 6 else ""

@@ -191,7 +191,7 @@ def test_describe_names_rank_groups_mode_and_provenance(tmp_path, tiny_model):
     ).describe()
     assert "rank:     4, alpha 2 (scale alpha/rank = 0.5)" in text
     assert "unet:     2 layers (attention 1, conv 1)" in text
-    assert "exemplar: lora: LoRA on 1 mapper layers" in text
+    assert "exemplar: lora: LoRA on 1 mapper layer;" in text
     assert "base:     tiny test model" in text and "trained:  120 steps" in text
     assert "train.method=lora" in text and "train.lr=0.0001" in text
 
