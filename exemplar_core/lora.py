@@ -857,7 +857,8 @@ def _describe_lines(lora: LoraFile) -> list[str]:
     if isinstance(arch, dict) and isinstance(arch.get("unet"), dict):
         lines.append(f"arch:     {_unet_summary(arch['unet'])}")
     if meta.get("training_step"):
-        lines.append(f"trained:  {meta['training_step']} steps")
+        ema = " (the EMA of the weights)" if meta.get("ema") == "True" else ""
+        lines.append(f"trained:  {meta['training_step']} steps{ema}")
     summary = _config_summary(meta.get("training_config"))
     if summary:
         lines.append(f"config:   {summary}")
