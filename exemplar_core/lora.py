@@ -171,7 +171,10 @@ _UNSUPPORTED_ADAPTERS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\.(w_norm|b_norm)$"), "LyCORIS norm layers (w_norm, b_norm)"),
     (re.compile(r"\.(oft_blocks|oft_diag|rescale)$"), "OFT / BOFT (oft_blocks)"),
     (re.compile(r"\.lora_[AB](\.default)?(\.weight)?$"), "peft / diffusers (lora_A, lora_B)"),
-    (re.compile(r"(_lora|\.lora)\.(up|down)\.weight$"), "old diffusers (lora.up, lora.down)"),
+    (
+        re.compile(r"(_lora|\.lora|\.lora_linear_layer)\.(up|down)\.weight$"),
+        "diffusers attention-processor LoRA (lora.up, lora.down)",
+    ),
 )
 # Text-encoder LoRA keys of Stable Diffusion LoRAs (a Paint-by-Example model has no text encoder).
 _TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "text_encoder")
@@ -313,7 +316,7 @@ def is_lora_keys(keys: Iterable[str], metadata: Mapping[str, str]) -> bool:
     if metadata.get("format") == FORMAT:
         return True
     for key in keys:
-        if key.startswith((UNET_PREFIX, EXEMPLAR_PREFIX, *_TEXT_ENCODER_PREFIXES)):
+        if key.startswith((UNET_PREFIX, EXEMPLAR_PREFIX, "lora_te")):
             return True
         if _split_key(key) is not None or any(p.search(key) for p, _ in _UNSUPPORTED_ADAPTERS):
             return True

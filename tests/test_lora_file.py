@@ -281,6 +281,10 @@ def test_truncated_and_foreign_files_are_refused_naming_the_file(tmp_path, tiny_
     model = save_single_file(checkpoint_from_model(tiny_model), tmp_path / "model.safetensors")
     with pytest.raises(LoraError, match="is a whole Paint-by-Example model"):
         read_lora(model)
+    sd = {"model.diffusion_model.input_blocks.0.0.weight": torch.ones(8, 4, 3, 3)}
+    save_file(sd, tmp_path / "sd.safetensors")
+    with pytest.raises(LoraError, match="whole model checkpoint .*text-to-image checkpoint"):
+        read_lora(tmp_path / "sd.safetensors")
     save_file({"foo.bar": torch.ones(2)}, tmp_path / "other.safetensors")
     with pytest.raises(LoraError, match=r"no LoRA keys \(top-level keys: foo.bar\)"):
         read_lora(tmp_path / "other.safetensors")
