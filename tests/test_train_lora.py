@@ -278,3 +278,34 @@ def test_subject_mode_trains_a_lora_by_default_and_everything_with_method_full(t
         config = config_from_dict(data)
         train(config)
         assert [p.stem for p in (tmp_path / method / "models").iterdir()] == [written]
+
+
+@pytest.mark.parametrize("exemplar", ["lora", "full"])
+def test_the_exported_file_applied_to_the_base_model_computes_what_the_trainer_computed(
+    tmp_path, data, exemplar
+):
+    from exemplar_core.lora import apply_lora, read_lora
+
+    lora = {"unet_modules": ALL_GROUPS, "exemplar": exemplar, "export_dtype": "fp32"}
+    trainer = _set_up(tmp_path, data, train={"ema": False}, lora=lora)
+    with torch.no_grad():  # the whole-trained parts moved too
+        for p in trainer.params:
+            if ".lora_" not in next(n for n, q in trainer.model.named_parameters() if q is p):
+                p.add_(0.05 * torch.randn_like(p))
+    trainer.model.eval()
+    (path,) = trainer.export("final")
+    base = build_model(trainer.config.model, trainer.config.train.seed).eval()
+    apply_lora(base, read_lora(path), strength=1.0)
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            Denoiser(base)(*_denoiser_inputs(trainer)),
+            trainer.denoiser(*_denoiser_inputs(trainer)),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        torch.testing.assert_close(
+            base.encoder(pixels), trainer.model.encoder(pixels), atol=1e-5, rtol=1e-5
+        )
+        untouched = build_model(trainer.config.model, trainer.config.train.seed).eval()
+        assert not torch.allclose(untouched.encoder(pixels), base.encoder(pixels), atol=1e-3)
