@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import random
 import sys
 import time
@@ -32,6 +31,8 @@ from exemplar_core.files import atomic_write_text
 from exemplar_core.image_io import to_uint8
 
 from . import metrics, synthetic
+from .eval import _standard_error as standard_error
+from .eval import _to_tensor
 from .synthetic import Kind
 
 SCAN_SPLIT = "subject-scan"
@@ -101,8 +102,6 @@ def _fidelity(editor, cases: list[dict], similarity: float, steps: int, seed: in
     """Edit each case; per-case colour error and shape IoU (``metrics.synthetic_fidelity``)."""
     from exemplar_core.editor import EditSettings
 
-    from .eval import _to_tensor
-
     colour, shape = [], []
     for i, case in enumerate(cases):
         settings = EditSettings(
@@ -129,12 +128,6 @@ def _fidelity(editor, cases: list[dict], similarity: float, steps: int, seed: in
         "color_error_per_case": colour,
         "shape_iou_per_case": shape,
     }
-
-
-def standard_error(values) -> float:
-    """The standard error of the mean of ``values`` (nan for fewer than two)."""
-    values = np.asarray(values, dtype=np.float64)
-    return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
 
 
 def load_editor(checkpoint: str, loras: list[str]):
