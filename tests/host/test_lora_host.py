@@ -1,0 +1,384 @@
+"""Paint-by-Example LoRA files in a real ComfyUI 0.3.64: which layout the stock loader applies,
+the pack's LoRA Loader node, and both over HTTP.
+
+The layout, as measured here: ComfyUI's LoRA key table for a MODEL
+(``comfy.lora.model_lora_keys_unet``) holds two kohya names for each UNet weight, the
+diffusers-named one (``lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q``,
+through ``comfy.utils.unet_to_diffusers`` of the MODEL's UNet config) and the LDM-named one
+(``lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q``), both pointing at the same LDM
+weight. The pack's files use the diffusers names (``exemplar_core.lora.unet_key``); the stock
+``LoraLoaderModelOnly`` applies every one of them to the pack's MODEL and logs the
+``pbe_exemplar.`` keys, and only those, as "lora key not loaded".
+
+Equality: the UNet of a MODEL patched by the stock loader, and by the pack's node, against the
+same checkpoint merged by ``exemplar_core.lora.apply_lora`` and built as a MODEL
+(``nodes.model_builder.comfy_model``), fp32 on the CPU, on fixed random inputs: max abs
+difference < 1e-4 on outputs of about unit size (both add ``alpha / rank * up @ down`` to the
+fp32 weights; only the order of float operations differs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pbe_host
+import pytest
+import torch
+from PIL import Image
+
+RANK = 4
+ALPHA = 2.0
+UNET_GROUPS = ("attention", "conv_in")
+LORA_A = "pbe-test-a.safetensors"
+LORA_B = "pbe-test-b.safetensors"
+NODE = "PaintByExample.LoraLoader"
+TOLERANCE = 1e-4  # fp32, see the module docstring
+
+
+def lora_tensors(seed: int) -> dict[str, torch.Tensor]:
+    """A LoRA for the tiny model: random non-zero adapters on every UNet attention projection
+    and conv_in, LoRA on the mapper's linears, differences for the exemplar head."""
+    from exemplar_core.lora import (
+        exemplar_key,
+        lora_pair,
+        mapper_target_modules,
+        unet_key,
+        unet_target_modules,
+    )
+
+    base = pbe_host.tiny_model()
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(*shape: int, scale: float = 0.1) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    def pair(module: torch.nn.Module, stem: str) -> dict[str, torch.Tensor]:
+        out, inp, *kernel = module.weight.shape
+        ones = [1] * len(kernel)
+        return lora_pair(stem, random(RANK, inp, *kernel), random(out, RANK, *ones), ALPHA)
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in unet_target_modules(base.unet, UNET_GROUPS):
+        tensors.update(pair(base.unet.get_submodule(path), unet_key(path)))
+    encoder = base.encoder
+    for path in mapper_target_modules(encoder):
+        tensors.update(pair(encoder.get_submodule(path), exemplar_key(path)))
+    for name in ("final_ln", "proj_out"):
+        module = encoder.get_submodule(name)
+        tensors[f"{exemplar_key(name)}.diff"] = random(*module.weight.shape)
+        tensors[f"{exemplar_key(name)}.diff_b"] = random(*module.bias.shape)
+    vector = exemplar_key("learnable_vector")
+    tensors[f"{vector}.diff"] = random(*encoder.learnable_vector.shape)
+    return tensors
+
+
+def lora_metadata() -> dict[str, str]:
+    return {
+        "rank": str(RANK),
+        "alpha": str(ALPHA),
+        "unet_modules": json.dumps(list(UNET_GROUPS)),
+        "exemplar": "lora",
+        "base_model": pbe_host.TINY_MODEL_NAME,
+    }
+
+
+def write_loras(folder: Path) -> Path:
+    """The test's LoRA files, good and bad, in ``folder`` (a ComfyUI models/loras)."""
+    from exemplar_core.lora import lora_pair, save_lora
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_lora(lora_tensors(1), lora_metadata(), folder / LORA_A)
+    save_lora(lora_tensors(2), lora_metadata(), folder / LORA_B)
+    data = (folder / LORA_A).read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    generator = torch.Generator().manual_seed(3)
+    text = lora_pair(  # an SD 1.5 text-encoder LoRA: CLIP-L attention, 768 wide
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+        torch.randn(RANK, 768, generator=generator),
+        torch.randn(768, RANK, generator=generator),
+        ALPHA,
+    )
+    save_lora(text, {}, folder / "sd15-text.safetensors")
+    sdxl = lora_pair(  # an SDXL UNet LoRA: 640-wide attention in input block 4
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+        torch.randn(RANK, 640, generator=generator),
+        torch.randn(640, RANK, generator=generator),
+        ALPHA,
+    )
+    save_lora(sdxl, {}, folder / "sdxl.safetensors")
+    return folder
+
+
+# ------------------------------------------------------------------------------------------
+# In-process: the layout and the node
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loras(host, tmp_path_factory) -> Path:
+    import folder_paths
+
+    folder = write_loras(tmp_path_factory.mktemp("loras"))
+    folder_paths.add_model_folder_path("loras", str(folder))
+    return folder
+
+
+def merged_model(host, *applied: tuple[Path, float]):
+    """The tiny checkpoint with LoRAs merged by the core, as a native fp32 MODEL and encoder."""
+    from exemplar_core.checkpoint import checkpoint_from_model
+    from exemplar_core.lora import apply_lora, read_lora
+
+    model = pbe_host.tiny_model()
+    for path, strength in applied:
+        apply_lora(model, read_lora(path), strength)
+    ckpt = checkpoint_from_model(model)
+    builder = host.module("nodes.model_builder")
+    return builder.comfy_model(ckpt, torch.float32), builder.comfy_encoder(ckpt, torch.float32)
+
+
+def unet_output(patcher) -> torch.Tensor:
+    """The UNet of a MODEL, patches applied, on fixed random inputs: [1, 4, 8, 8]."""
+    import comfy.model_management as mm
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 9, 8, 8, generator=generator)
+    context = torch.randn(1, 1, 32, generator=generator)
+    mm.load_model_gpu(patcher)
+    unet = patcher.model.diffusion_model
+    return unet(x, timesteps=torch.tensor([500.0]), context=context).clone()
+
+
+def condition(host, handle) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) of Exemplar Encode on a fixed image."""
+    image = torch.rand(1, 40, 40, 3, generator=torch.Generator().manual_seed(5))
+    positive, negative = host.run("PaintByExample.ExemplarEncode", encoder=handle, exemplar=image)
+    return positive[0][0].clone(), negative[0][0].clone()
+
+
+def stock_lora(host, model, name: str, strength: float = 1.0):
+    return host.nodes.LoraLoaderModelOnly().load_lora_model_only(model, name, strength)[0]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    difference = (actual - expected).abs().max().item()
+    print(f"max abs difference {difference:.3g} (largest value {expected.abs().max():.3g})")
+    assert difference < TOLERANCE, f"max abs difference {difference:.3g}"
+
+
+def test_comfyui_maps_both_kohya_names_to_the_same_ldm_weight(host, loaded):
+    import comfy.lora
+
+    model, _, _ = loaded
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    diffusers_name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    ldm_name = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    ldm_key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight"
+    assert key_map[diffusers_name] == key_map[ldm_name] == ldm_key
+    assert key_map["lora_unet_conv_in"] == "diffusion_model.input_blocks.0.0.weight"
+
+
+def test_stock_loader_applies_every_unet_key_and_skips_only_the_exemplar_part(
+    host, loaded, loras, caplog
+):
+    import comfy.lora
+
+    from exemplar_core.lora import read_lora
+
+    model, _, _ = loaded
+    lora = read_lora(loras / LORA_A)
+    with caplog.at_level(logging.WARNING):
+        patched = stock_lora(host, model, LORA_A)
+    not_loaded = {
+        r.getMessage().split(": ", 1)[1]
+        for r in caplog.records
+        if r.getMessage().startswith("lora key not loaded")
+    }
+    exemplar_keys = {k for k in lora.tensors if k.startswith("pbe_exemplar.")}
+    assert not_loaded == exemplar_keys
+    assert not any("NOT LOADED" in r.getMessage() for r in caplog.records)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    stems = lora.unet_stems()
+    assert len(stems) == len({k for k in lora.tensors if k.startswith("lora_unet_")}) // 3
+    assert set(patched.patches) == {key_map[stem] for stem in stems}
+
+
+def test_stock_loader_output_equals_the_core_merge(host, loaded, loras):
+    model, _, _ = loaded
+    reference, _ = merged_model(host, (loras / LORA_A, 1.0))
+    expected = unet_output(reference)
+    actual = unet_output(stock_lora(host, model, LORA_A))
+    base = unet_output(model)
+    assert_close(actual, expected)
+    assert (actual - base).abs().max() > 100 * TOLERANCE  # the LoRA changed the output
+
+
+def test_node_model_equals_the_stock_loader_and_encoder_equals_the_core(host, loaded, loras):
+    model, _, encoder = loaded
+    base_condition = condition(host, encoder)
+    base_output = unet_output(model)
+    out_model, out_encoder = host.run(
+        NODE, model=model, encoder=encoder, lora_name=LORA_A, strength=1.0
+    )
+    assert torch.equal(unet_output(out_model), unet_output(stock_lora(host, model, LORA_A)))
+    reference_model, reference_encoder = merged_model(host, (loras / LORA_A, 1.0))
+    assert_close(unet_output(out_model), unet_output(reference_model))
+    positive, negative = condition(host, out_encoder)
+    expected_positive, expected_negative = condition(host, reference_encoder)
+    assert_close(positive, expected_positive)
+    assert_close(negative, expected_negative)  # the learned vector's difference is applied
+    assert (positive - base_condition[0]).abs().max() > 100 * TOLERANCE
+    assert (negative - base_condition[1]).abs().max() > 100 * TOLERANCE
+    # The inputs are unchanged (ComfyUI caches them for other nodes).
+    assert torch.equal(condition(host, encoder)[0], base_condition[0])
+    assert torch.equal(condition(host, encoder)[1], base_condition[1])
+    assert torch.equal(unet_output(model), base_output)
+
+
+def test_node_strength_and_stacking_equal_the_core(host, loaded, loras):
+    model, _, encoder = loaded
+    once = host.run(NODE, model=model, encoder=encoder, lora_name=LORA_A, strength=0.5)
+    twice = host.run(NODE, model=once[0], encoder=once[1], lora_name=LORA_B, strength=1.0)
+    for (out_model, out_encoder), applied in (
+        (once, [(loras / LORA_A, 0.5)]),
+        (twice, [(loras / LORA_A, 0.5), (loras / LORA_B, 1.0)]),
+    ):
+        reference_model, reference_encoder = merged_model(host, *applied)
+        assert_close(unet_output(out_model), unet_output(reference_model))
+        expected = condition(host, reference_encoder)
+        for actual, wanted in zip(condition(host, out_encoder), expected, strict=True):
+            assert_close(actual, wanted)
+
+
+def _error(host, **inputs) -> str:
+    errors = host.module("nodes.checks")
+    with pytest.raises(errors.PaintByExampleInputError) as info:
+        host.run(NODE, **inputs)
+    return str(info.value)
+
+
+def test_node_refuses_bad_input_with_clear_messages(host, loaded, loras):
+    model, vae, encoder = loaded
+    good = dict(model=model, encoder=encoder, lora_name=LORA_A, strength=1.0)
+    not_pbe = model.clone()
+    not_pbe.model_options.pop("paint_by_example")
+    message = _error(host, **{**good, "model": not_pbe})
+    assert "ModelPatcher" in message and "MODEL output of the Paint-by-Example Loader" in message
+    assert "PBE_ENCODER" in _error(host, **{**good, "encoder": vae})
+    for value in (float("nan"), float("inf")):
+        assert "strength" in _error(host, **{**good, "strength": value})
+    assert "missing.safetensors" in _error(host, **{**good, "lora_name": "missing.safetensors"})
+    for name in ("truncated.safetensors", "sd15-text.safetensors", "sdxl.safetensors"):
+        assert name in _error(host, **{**good, "lora_name": name})
+
+
+# ------------------------------------------------------------------------------------------
+# Over HTTP: a user's prompt on a running server
+# ------------------------------------------------------------------------------------------
+
+TEMPLATE = pbe_host.REPO_ROOT / "workflows" / "api" / "basic_exemplar_edit.json"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
+    base = tmp_path_factory.mktemp("lora_server")
+    write_loras(base / "comfy" / "models" / "loras")
+    inputs = base / "comfy" / "input"
+    inputs.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), np.uint8)).save(inputs / "source.png")
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:40, 16:40] = 255
+    Image.fromarray(mask).save(inputs / "mask.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), np.uint8)).save(inputs / "exemplar.png")
+    srv = pbe_host.start_server(base, models_dir)
+    yield srv
+    srv.stop()
+
+
+def lora_prompt(**lora_inputs) -> dict:
+    """The basic template's API twin with the LoRA Loader between the Loader and its users:
+    the tiny model in fp32, 1 step at 64 px, the result previewed."""
+    prompt = json.loads(TEMPLATE.read_text())
+    prompt["1"]["inputs"].update(model_name=pbe_host.TINY_MODEL_NAME, weight_dtype="fp32")
+    prompt["2"]["inputs"]["image"] = "source.png"
+    prompt["3"]["inputs"]["image"] = "mask.png"
+    prompt["4"]["inputs"]["image"] = "exemplar.png"
+    prompt["6"]["inputs"].update(steps=1, resolution=SIZE, feather=4)
+    inputs = {"model": ["1", 0], "encoder": ["1", 2], "lora_name": LORA_A, "strength": 1.0}
+    prompt["30"] = {"class_type": NODE, "inputs": {**inputs, **lora_inputs}}
+    prompt["5"]["inputs"]["encoder"] = ["30", 1]
+    prompt["6"]["inputs"]["model"] = ["30", 0]
+    for node_id in [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]:
+        prompt[node_id] = {"class_type": "PreviewImage", "inputs": prompt[node_id]["inputs"]}
+    return prompt
+
+
+def run_prompt(server: pbe_host.Server, prompt: dict) -> tuple[str, str, str | None]:
+    """("ok" | "error" | "400", message, failing node id) of one prompt."""
+    from exemplar_core.headless import Client, wait_history
+
+    body = json.dumps({"prompt": prompt, "client_id": "lora"}).encode()  # NaN stays bare
+    request = urllib.request.Request(
+        server.url + "/prompt", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return "400", err.read().decode(), None
+    entry = wait_history(Client(server.url), answer["prompt_id"], 300.0, quiet=True)
+    for kind, data in entry["status"].get("messages", []):
+        if kind == "execution_error":
+            text = f"{data.get('exception_type')}: {data.get('exception_message')}"
+            return "error", text, str(data.get("node_id"))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    return "ok", "", None
+
+
+def test_node_is_listed_with_its_inputs_and_the_loras_folder(server):
+    info = server.get(f"/object_info/{NODE}")[NODE]
+    assert info["input_order"]["required"] == ["model", "encoder", "lora_name", "strength"]
+    assert info["output"] == ["MODEL", "PBE_ENCODER"]
+    names = info["input"]["required"]["lora_name"][1]["options"]
+    assert LORA_A in names and LORA_B in names
+    stock = server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]
+    assert LORA_A in stock["input"]["required"]["lora_name"][0]  # the same folder
+
+
+def test_prompt_with_the_node_and_with_the_stock_loader_runs(server):
+    assert run_prompt(server, lora_prompt()) == ("ok", "", None)
+    stacked = lora_prompt(strength=0.5)
+    stacked["31"] = {
+        "class_type": "LoraLoaderModelOnly",
+        "inputs": {"model": ["30", 0], "lora_name": LORA_B, "strength_model": 1.0},
+    }
+    stacked["6"]["inputs"]["model"] = ["31", 0]
+    assert run_prompt(server, stacked) == ("ok", "", None)
+
+
+@pytest.mark.parametrize(
+    "inputs, words",
+    [
+        ({"strength": float("nan")}, ("strength", "finite number")),
+        ({"strength": "inf"}, ("strength",)),
+        ({"lora_name": "truncated.safetensors"}, ("truncated.safetensors",)),
+        ({"lora_name": "sd15-text.safetensors"}, ("sd15-text.safetensors",)),
+        ({"lora_name": "sdxl.safetensors"}, ("sdxl.safetensors",)),
+    ],
+    ids=["strength NaN", "strength inf", "truncated", "SD 1.5 text LoRA", "SDXL LoRA"],
+)
+def test_bad_lora_input_is_a_node_error_and_the_server_keeps_working(server, inputs, words):
+    outcome, message, node = run_prompt(server, lora_prompt(**inputs))
+    assert outcome in ("error", "400"), message
+    if outcome == "error":
+        assert node == "30" and "PaintByExampleInputError" in message, message
+    for word in words:
+        assert word.lower() in message.lower(), f"{word!r} not in {message!r}"
+    assert server.process.poll() is None
+    assert run_prompt(server, lora_prompt(strength=0.25))[0] == "ok"
