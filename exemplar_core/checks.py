@@ -20,6 +20,7 @@ SIMILARITY_MAX = 50.0
 CONTEXT_MARGIN_MAX = 4.0
 FEATHER_MAX = 256
 RESOLUTION_MAX = 2048
+LORA_STRENGTH_MAX = 100.0  # ComfyUI's LoraLoader range is -100..100; a LoRA strength is either sign
 
 
 class SettingError(ValueError):
