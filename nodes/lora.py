@@ -9,6 +9,7 @@ LoRA. The exemplar part becomes weight patches on the encoder's ModelPatcher, in
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import comfy.lora
 import comfy.model_patcher
@@ -19,15 +20,23 @@ import torch
 from comfy_api.latest import io
 
 from ..exemplar_core import node_ids
+from ..exemplar_core.checks import LORA_STRENGTH_MAX  # the stock LoraLoaderModelOnly's range
 from ..exemplar_core.lora import EXEMPLAR_PREFIX, LoraError, LoraFile, check_lora, read_lora
 from .checks import PaintByExampleInputError, check_widgets
 from .model_builder import is_pbe_model, model_source
 from .types import CATEGORY, ExemplarEncoderHandle, PbEEncoder
 
 LORA_FOLDER = "loras"  # ComfyUI's own folder: one file serves this node and the stock loader
-STRENGTH_LIMIT = 100.0  # the stock LoraLoaderModelOnly's range
 ENCODER_PREFIX = "encoder."  # the ExemplarEncoder inside types.EncoderContainer
 PATCH_CALLBACK_KEY = "paint_by_example_lora"
+
+
+def model_kind(model: object) -> str:
+    """What a MODEL socket value is, for messages: ComfyUI's model config name (SD15, SDXL...)."""
+    config = getattr(getattr(model, "model", None), "model_config", None)
+    if config is None:
+        return f"a {type(model).__name__}"
+    return f"a MODEL of type {type(config).__name__}"
 
 
 def unet_shapes(model: comfy.model_patcher.ModelPatcher) -> dict[str, tuple[int, ...]]:
@@ -134,8 +143,8 @@ class LoraLoader(io.ComfyNode):
                 io.Float.Input(
                     "strength",
                     default=1.0,
-                    min=-STRENGTH_LIMIT,
-                    max=STRENGTH_LIMIT,
+                    min=-LORA_STRENGTH_MAX,
+                    max=LORA_STRENGTH_MAX,
                     step=0.01,
                     tooltip="How much of the LoRA to apply to both parts: 1 = as trained, 0 = "
                     "none, between = a blend; negative values subtract it.",
@@ -160,9 +169,9 @@ class LoraLoader(io.ComfyNode):
         check_widgets(cls, {"lora_name": lora_name, "strength": strength})
         if not is_pbe_model(model):
             raise PaintByExampleInputError(
-                f"the LoRA Loader needs a Paint-by-Example MODEL, got a {type(model).__name__} "
-                "that is another kind of model: connect the MODEL output of the Paint-by-Example "
-                "Loader (use the stock LoraLoaderModelOnly for other models)"
+                f"the LoRA Loader needs a Paint-by-Example MODEL, got {model_kind(model)}: "
+                "connect the MODEL output of the Paint-by-Example Loader (for other models use "
+                "the stock LoraLoaderModelOnly)"
             )
         if not isinstance(encoder, ExemplarEncoderHandle):
             raise PaintByExampleInputError(
@@ -170,12 +179,13 @@ class LoraLoader(io.ComfyNode):
                 f"{type(encoder).__name__}"
             )
         path = folder_paths.get_full_path_or_raise(LORA_FOLDER, lora_name)
-        try:
+        source = model_source(model)
+        target = f"the connected MODEL ({Path(source).name})" if source else "the connected MODEL"
+        try:  # the core's messages name the file, what it holds and what the MODEL expects
             lora = read_lora(path)
-            target = model_source(model) or "the connected MODEL"
             check_lora(lora, unet_shapes(model), encoder_shapes(encoder), target)
         except LoraError as err:
-            raise PaintByExampleInputError(f"{lora_name}: {err}") from err
+            raise PaintByExampleInputError(str(err)) from err
         return io.NodeOutput(
             patch_unet(model, lora, strength, lora_name),
             patch_encoder(encoder, lora, strength, lora_name),
