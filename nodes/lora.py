@@ -80,13 +80,12 @@ def _non_leaf_keys(module: torch.nn.Module, keys: list[str]) -> list[str]:
     return found
 
 
-def _patch_non_leaf(keys: list[str]):
-    def on_load(patcher, device_to, lowvram_model_memory, force_patch_weights, full_load):
-        for key in keys:
-            if key in patcher.patches and key not in patcher.backup:  # not yet patched
-                patcher.patch_weight_to_device(key, device_to=device_to)
-
-    return on_load
+def _patch_non_leaf_parameters(patcher, device_to, *_) -> None:
+    """ON_LOAD callback: patch what ``ModelPatcher.load`` left out (once per load: a patched
+    key has a backup until the patcher unpatches)."""
+    for key in _non_leaf_keys(patcher.model, list(patcher.patches)):
+        if key not in patcher.backup:
+            patcher.patch_weight_to_device(key, device_to=device_to)
 
 
 def patch_encoder(
@@ -108,11 +107,9 @@ def patch_encoder(
             f"{lora_name}: the exemplar encoder has no weight for {missing[:3]}: the LoRA was "
             f"made for another exemplar encoder"
         )
-    non_leaf = _non_leaf_keys(patcher.model, sorted(patches))
-    if non_leaf:
-        patcher.add_callback_with_key(
-            comfy.model_patcher.CallbacksMP.ON_LOAD, PATCH_CALLBACK_KEY, _patch_non_leaf(non_leaf)
-        )
+    on_load = comfy.model_patcher.CallbacksMP.ON_LOAD
+    if not patcher.get_callbacks(on_load, PATCH_CALLBACK_KEY):  # a stacked LoRA has it
+        patcher.add_callback_with_key(on_load, PATCH_CALLBACK_KEY, _patch_non_leaf_parameters)
     return dataclasses.replace(handle, patcher=patcher)
 
 

@@ -233,13 +233,17 @@ def test_stock_loader_output_equals_the_core_merge(host, loaded, loras):
     assert (actual - base).abs().max() > 100 * TOLERANCE  # the LoRA changed the output
 
 
-def test_node_model_equals_the_stock_loader_and_encoder_equals_the_core(host, loaded, loras):
+def test_node_model_equals_the_stock_loader_and_encoder_equals_the_core(
+    host, loaded, loras, caplog
+):
     model, _, encoder = loaded
     base_condition = condition(host, encoder)
     base_output = unet_output(model)
-    out_model, out_encoder = host.run(
-        NODE, model=model, encoder=encoder, lora_name=LORA_A, strength=1.0
-    )
+    with caplog.at_level(logging.WARNING):
+        out_model, out_encoder = host.run(
+            NODE, model=model, encoder=encoder, lora_name=LORA_A, strength=1.0
+        )
+    assert not [r for r in caplog.records if "not loaded" in r.getMessage().lower()]
     assert torch.equal(unet_output(out_model), unet_output(stock_lora(host, model, LORA_A)))
     reference_model, reference_encoder = merged_model(host, (loras / LORA_A, 1.0))
     assert_close(unet_output(out_model), unet_output(reference_model))
