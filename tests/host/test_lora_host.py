@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,8 @@ import pbe_host
 import pytest
 import torch
 from PIL import Image
+from test_bad_inputs import FAILED, OK, REFUSED, run_prompt
+from test_nodes import _error
 
 RANK = 4
 ALPHA = 2.0
@@ -283,27 +283,24 @@ BAD_FILES = {
 }
 
 
-def _error(host, **inputs) -> str:
-    errors = host.module("nodes.checks")
-    with pytest.raises(errors.PaintByExampleInputError) as info:
-        host.run(NODE, **inputs)
-    return str(info.value)
-
-
 def test_node_refuses_bad_input_with_clear_messages(host, loaded, loras):
     model, vae, encoder = loaded
     good = dict(model=model, encoder=encoder, lora_name=LORA_A, strength=1.0)
     not_pbe = model.clone()
     not_pbe.model_options.pop("paint_by_example")
-    message = _error(host, **{**good, "model": not_pbe})
+
+    def refused(**changes) -> str:
+        return _error(host, NODE, **{**good, **changes})
+
+    message = refused(model=not_pbe)
     assert "got a MODEL of type PbEModelConfig" in message
     assert "MODEL output of the Paint-by-Example Loader" in message
-    assert "PBE_ENCODER" in _error(host, **{**good, "encoder": vae})
+    assert "PBE_ENCODER" in refused(encoder=vae)
     for value in (float("nan"), float("inf")):
-        assert "strength must be a finite number" in _error(host, **{**good, "strength": value})
-    assert "missing.safetensors" in _error(host, **{**good, "lora_name": "missing.safetensors"})
+        assert "strength must be a finite number" in refused(strength=value)
+    assert "missing.safetensors" in refused(lora_name="missing.safetensors")
     for name, words in BAD_FILES.items():
-        message = _error(host, **{**good, "lora_name": name})
+        message = refused(lora_name=name)
         for word in (name, *words):
             assert word in message, (name, word, message)
 
@@ -353,28 +350,6 @@ def lora_prompt(**lora_inputs) -> dict:
     return prompt
 
 
-def run_prompt(server: pbe_host.Server, prompt: dict) -> tuple[str, str, str | None]:
-    """("ok" | "error" | "400", message, failing node id) of one prompt."""
-    from exemplar_core.headless import Client, wait_history
-
-    body = json.dumps({"prompt": prompt, "client_id": "lora"}).encode()  # NaN stays bare
-    request = urllib.request.Request(
-        server.url + "/prompt", data=body, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return "400", err.read().decode(), None
-    entry = wait_history(Client(server.url), answer["prompt_id"], 300.0, quiet=True)
-    for kind, data in entry["status"].get("messages", []):
-        if kind == "execution_error":
-            text = f"{data.get('exception_type')}: {data.get('exception_message')}"
-            return "error", text, str(data.get("node_id"))
-    assert entry["status"]["status_str"] == "success", entry["status"]
-    return "ok", "", None
-
-
 def test_node_is_listed_with_its_inputs_and_the_loras_folder(server):
     info = server.get(f"/object_info/{NODE}")[NODE]
     assert info["input_order"]["required"] == ["model", "encoder", "lora_name", "strength"]
@@ -386,14 +361,14 @@ def test_node_is_listed_with_its_inputs_and_the_loras_folder(server):
 
 
 def test_prompt_with_the_node_and_with_the_stock_loader_runs(server):
-    assert run_prompt(server, lora_prompt()) == ("ok", "", None)
+    assert run_prompt(server, lora_prompt()) == (OK, "", None)
     stacked = lora_prompt(strength=0.5)
     stacked["31"] = {
         "class_type": "LoraLoaderModelOnly",
         "inputs": {"model": ["30", 0], "lora_name": LORA_B, "strength_model": 1.0},
     }
     stacked["6"]["inputs"]["model"] = ["31", 0]
-    assert run_prompt(server, stacked) == ("ok", "", None)
+    assert run_prompt(server, stacked) == (OK, "", None)
 
 
 def write_sd15_unet(path: Path) -> Path:
@@ -449,10 +424,10 @@ def test_bad_lora_input_is_a_node_error_and_the_server_keeps_working(server, edi
     else:
         prompt["30"]["inputs"].update(edit)
     outcome, message, node = run_prompt(server, prompt)
-    assert outcome in ("error", "400"), message
-    if outcome == "error":  # refused by the node, not a crash inside torch or ComfyUI
+    assert outcome in (FAILED, REFUSED), message
+    if outcome == FAILED:  # refused by the node, not a crash inside torch or ComfyUI
         assert node == "30" and "PaintByExampleInputError" in message, message
     for word in words:
         assert word.lower() in message.lower(), f"{word!r} not in {message!r}"
     assert server.process.poll() is None
-    assert run_prompt(server, lora_prompt(strength=0.25))[0] == "ok"
+    assert run_prompt(server, lora_prompt(strength=0.25))[0] == OK
