@@ -135,6 +135,17 @@ def write_loras(folder: Path) -> Path:
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _unpatched_afterwards(host):
+    """Each test leaves the shared modules with their own weights: the Loader's MODEL and
+    encoder share their torch modules with every patched clone, and other tests read them
+    without loading (ComfyUI's unload restores the weights a patcher replaced)."""
+    yield
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+
+
 @pytest.fixture(scope="module")
 def loras(host, tmp_path_factory) -> Path:
     import folder_paths
