@@ -1,4 +1,4 @@
-"""``python -m exemplar_core``: edit, convert, info, demo, headless (no ComfyUI needed).
+"""``python -m exemplar_core``: edit, convert, info, merge-lora, demo, headless (no ComfyUI needed).
 
 Every command exits 0 on success, 2 on bad input (with a message naming the problem and what is
 expected), 1 when a ComfyUI server refuses or fails a headless workflow.
@@ -163,6 +163,14 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         "%(default)s)",
     )
     p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:STRENGTH]",
+        help="merge a Paint-by-Example LoRA .safetensors into the model before editing, at "
+        "STRENGTH (a number, default 1; 0 = not applied); repeat to stack several (default: none)",
+    )
+    p.add_argument(
         "--overwrite",
         action="store_true",
         help="replace --out if it exists (default: off, an existing --out is an error)",
@@ -177,12 +185,16 @@ def run_edit(args: argparse.Namespace) -> int:
     from .editor import Editor, EditSettings, check_mask_size
     from .files import check_destination
     from .image_io import check_output_name, load_mask, load_rgb, save_rgb
+    from .lora import parse_lora_argument, read_lora
 
     # --out is checked before anything is loaded: a model load takes seconds to minutes.
     out = Path(args.out)
+    lora_args = [parse_lora_argument(text, "--lora") for text in args.lora]
     inputs = [args.source, args.mask, args.exemplar, args.exemplar_mask, args.checkpoint]
+    inputs += [path for path, _ in lora_args]
     check_destination(out, overwrite=args.overwrite, inputs=inputs, what="--out")
     check_output_name(out)
+    loras = [(read_lora(path), strength) for path, strength in lora_args]
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")
@@ -212,6 +224,9 @@ def run_edit(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda was asked for but torch sees no CUDA device")
     start = time.perf_counter()
     editor = Editor.from_file(args.checkpoint, device=device, dtype=_dtype(args.dtype))
+    for lora, strength in loras:
+        editor.apply_lora(lora, strength)
+        print(f"applied LoRA {lora.path} at strength {strength:g}")
     loaded = time.perf_counter()
     result = editor.edit(source, mask, exemplar, settings, exemplar_mask=exemplar_mask)
     done = time.perf_counter()

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import torch
 
@@ -32,6 +32,9 @@ from .config import SCHEDULE
 from .guidance import DEFAULT_SIMILARITY, combine
 from .model import PaintByExampleModel
 from .preprocess import ResizeMode, preprocess_exemplar
+
+if TYPE_CHECKING:
+    from .lora import LoraFile
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +205,16 @@ class Editor:
         from .checkpoint import load_model
 
         return cls(load_model(path), device=device, dtype=dtype, source=str(path))
+
+    def apply_lora(self, lora: LoraFile | str | os.PathLike[str], strength: float = 1.0) -> None:
+        """Merge a LoRA file (a path or a ``read_lora`` result) into the loaded model at
+        ``strength``; calls stack. See ``lora.apply_lora``: fp32 arithmetic, dtype kept."""
+        from .lora import LoraFile, apply_lora, read_lora
+
+        if not isinstance(lora, LoraFile):
+            lora = read_lora(lora)
+        apply_lora(self.model, lora, strength)
+        self._learned_vector_checked = False  # the exemplar side may have changed
 
     @property
     def size_multiple(self) -> int:

@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,7 @@ from .checkpoint.container import CheckpointError
 from .checks import LORA_STRENGTH_MAX, SettingError, check_number
 
 if TYPE_CHECKING:
+    from .checkpoint.container import PbECheckpoint
     from .model import PaintByExampleModel
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,10 @@ _UNSUPPORTED_ADAPTERS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\.(w_norm|b_norm)$"), "LyCORIS norm layers (w_norm, b_norm)"),
     (re.compile(r"\.(oft_blocks|oft_diag|rescale)$"), "OFT / BOFT (oft_blocks)"),
     (re.compile(r"\.lora_[AB](\.default)?(\.weight)?$"), "peft / diffusers (lora_A, lora_B)"),
-    (re.compile(r"(_lora|\.lora)\.(up|down)\.weight$"), "old diffusers (lora.up, lora.down)"),
+    (
+        re.compile(r"(_lora|\.lora|\.lora_linear_layer)\.(up|down)\.weight$"),
+        "diffusers attention-processor LoRA (lora.up, lora.down)",
+    ),
 )
 # Text-encoder LoRA keys of Stable Diffusion LoRAs (a Paint-by-Example model has no text encoder).
 _TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "text_encoder")
@@ -301,8 +305,6 @@ def read_lora(path: str | os.PathLike[str]) -> LoraFile:
 
     try:
         tensors, metadata = read_safetensors(p, lazy=False)
-    except LoraError:
-        raise
     except CheckpointError as err:
         raise LoraError(f"LoRA file {err}") from err
     _refuse_non_lora(p, tensors, metadata)
@@ -314,7 +316,7 @@ def is_lora_keys(keys: Iterable[str], metadata: Mapping[str, str]) -> bool:
     if metadata.get("format") == FORMAT:
         return True
     for key in keys:
-        if key.startswith((UNET_PREFIX, EXEMPLAR_PREFIX, *_TEXT_ENCODER_PREFIXES)):
+        if key.startswith((UNET_PREFIX, EXEMPLAR_PREFIX, "lora_te")):
             return True
         if _split_key(key) is not None or any(p.search(key) for p, _ in _UNSUPPORTED_ADAPTERS):
             return True
@@ -580,6 +582,16 @@ def check_lora(
     messages. Messages name what was found (keys, shapes, the file's base model) and what the
     target expects.
     """
+    _checked_targets(lora, unet_shapes, encoder_shapes, target)
+
+
+def _checked_targets(
+    lora: LoraFile,
+    unet_shapes: Mapping[str, tuple[int, ...]],
+    encoder_shapes: Mapping[str, tuple[int, ...]],
+    target: str,
+) -> dict[str, str]:
+    """``check_lora``, returning each stem's state-dict key (in the UNet or the encoder)."""
     from .checkpoint.keymap import describe_keys
 
     check_layout(lora)
@@ -609,11 +621,13 @@ def check_lora(
             f"{target} ({_made_for(lora)}); expected {EXEMPLAR_PREFIX}<module path of "
             f"ExemplarEncoder>, e.g. {EXEMPLAR_PREFIX}mapper.resblocks.0.attn.c_qkv"
         )
+    targets = {}
     for stem, entries in layers.items():
         if stem.startswith(UNET_PREFIX):
             key, shapes, part = table[stem], unet_shapes, "UNet"
         else:
             key, shapes, part = _exemplar_parameter(stem), encoder_shapes, "exemplar encoder"
+        targets[stem] = key
         shape = tuple(int(n) for n in shapes[key])
         problem = _entry_problem(entries, key, shape, shapes)
         if problem:
@@ -621,6 +635,7 @@ def check_lora(
                 f"{where}: {stem} does not fit {target}'s {part} layer {key}: {problem}. The LoRA "
                 f"says {_made_for(lora)}; expected a LoRA trained on this model."
             )
+    return targets
 
 
 def _entry_problem(
@@ -657,20 +672,23 @@ def _entry_problem(
 # ---------------------------------------------------------------------------------------------
 
 
-def lora_delta(entries: Mapping[str, Tensor], shape: torch.Size, device: torch.device) -> Tensor:
-    """One layer's weight update at strength 1 in fp32, ``(alpha / rank) * up @ down`` (a
-    convolution's weights flattened and the product reshaped), the arithmetic of ComfyUI's
-    ``comfy/weight_adapter/lora.py``; a missing alpha means alpha = rank (scale 1)."""
+def lora_delta(
+    entries: Mapping[str, Tensor], shape: torch.Size, device: torch.device, strength: float = 1.0
+) -> Tensor:
+    """One layer's weight update in fp32, ``(strength * alpha / rank) * up @ down`` (a
+    convolution's weights flattened, the product reshaped), with the operations in the order of
+    ComfyUI's ``comfy/weight_adapter/lora.py`` so both give the same bits; a missing alpha means
+    alpha = rank (scale 1)."""
     down = entries["lora_down.weight"].to(device, torch.float32)
     up = entries["lora_up.weight"].to(device, torch.float32)
     scale = float(entries["alpha"]) / down.shape[0] if "alpha" in entries else 1.0
-    return scale * torch.mm(up.flatten(start_dim=1), down.flatten(start_dim=1)).reshape(shape)
+    product = torch.mm(up.flatten(start_dim=1), down.flatten(start_dim=1)).reshape(shape)
+    return (strength * scale) * product
 
 
-def _patch(param: Tensor, strength: float, delta: Tensor) -> None:
-    """``param += strength * delta`` (delta fp32) in fp32, cast back to the parameter's dtype."""
-    merged = param.detach().to(torch.float32) + strength * delta
-    param.data.copy_(merged.to(param.dtype))
+def _patch(param: Tensor, delta: Tensor) -> None:
+    """``param += delta`` (delta fp32) in fp32, cast back to the parameter's dtype."""
+    param.data.copy_((param.detach().to(torch.float32) + delta).to(param.dtype))
 
 
 def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0) -> None:
@@ -683,7 +701,7 @@ def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0
     unet_shapes = {k: tuple(v.shape) for k, v in model.unet.state_dict().items()}
     encoder_shapes = {k: tuple(v.shape) for k, v in model.encoder.state_dict().items()}
     target = f"this Paint-by-Example model ({_unet_summary(model.configs.unet)})"
-    check_lora(lora, unet_shapes, encoder_shapes, target)
+    targets = _checked_targets(lora, unet_shapes, encoder_shapes, target)
     if lora.metadata.get("format") != FORMAT:
         log.warning(
             "%s has no %s metadata: applied because its shapes fit (%s)",
@@ -693,21 +711,61 @@ def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0
         )
     if strength == 0.0:
         return
-    table = unet_stem_table(unet_shapes)
     with torch.no_grad():
         for stem, entries in lora.layers().items():
-            if stem.startswith(UNET_PREFIX):
-                key, params = table[stem], unet
-            else:
-                key, params = _exemplar_parameter(stem), encoder
+            key = targets[stem]
+            params = unet if stem.startswith(UNET_PREFIX) else encoder
             weight = params[key]
             if "lora_down.weight" in entries:
-                _patch(weight, strength, lora_delta(entries, weight.shape, weight.device))
+                _patch(weight, lora_delta(entries, weight.shape, weight.device, strength))
             if "diff" in entries:
-                _patch(weight, strength, entries["diff"].to(weight.device, torch.float32))
+                _patch(weight, strength * entries["diff"].to(weight.device, torch.float32))
             if "diff_b" in entries:
                 bias = params[_bias_key(key)]
-                _patch(bias, strength, entries["diff_b"].to(bias.device, torch.float32))
+                _patch(bias, strength * entries["diff_b"].to(bias.device, torch.float32))
+
+
+def parse_lora_argument(text: str, what: str = "--lora") -> tuple[Path, float]:
+    """``FILE[:STRENGTH]`` -> ``(file, strength)``; strength 1 when none is given.
+
+    The text after the last ``:`` is a strength only when the whole argument is not an existing
+    file (so ``C:\\loras\\a.safetensors`` and names with colons work). ``what`` names the option
+    in messages. The file itself is checked by ``read_lora``.
+    """
+    if ":" not in text or Path(text).exists():
+        return Path(text), 1.0
+    head, _, tail = text.rpartition(":")
+    try:
+        value = float(tail)
+    except ValueError:
+        if Path(head).exists():
+            raise LoraError(
+                f"{what} {text}: the strength {tail!r} after the last ':' is not a number; "
+                f"expected FILE or FILE:STRENGTH, e.g. {head}:0.8"
+            ) from None
+        return Path(text), 1.0  # no file by either reading: read_lora names the whole argument
+    return Path(head), check_strength(value, f"{what} {text}: the strength")
+
+
+def merge_loras(ckpt: PbECheckpoint, loras: Sequence[tuple[LoraFile, float]]) -> PbECheckpoint:
+    """``ckpt`` with each ``(lora, strength)`` merged in order (fp32 arithmetic); the metadata
+    ``merged_loras`` (a JSON list) records each file's name, strength and base model."""
+    from .checkpoint.load import checkpoint_from_model, model_from_checkpoint
+
+    model = model_from_checkpoint(ckpt, dtype=torch.float32)
+    for lora, strength in loras:
+        apply_lora(model, lora, strength)
+    merged = _json(ckpt.metadata.get("merged_loras"))
+    merged = merged if isinstance(merged, list) else []
+    for lora, strength in loras:
+        record = {"file": lora.name, "strength": strength, "rank": lora.rank}
+        record.update(
+            {k: lora.metadata[k] for k in ("base_model", "training_step") if k in lora.metadata}
+        )
+        merged.append(record)
+    out = checkpoint_from_model(model, {**ckpt.metadata, "merged_loras": json.dumps(merged)})
+    out.source = ckpt.source  # save_single_file refuses to write over the base
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,6 +818,7 @@ def _describe_lines(lora: LoraFile) -> list[str]:
     size = lora.path.stat().st_size if lora.path.exists() else 0
     ours = meta.get("format") == FORMAT
     groups = _group_counts(lora.unet_stems())
+    layers = lora.layers()
     dtypes = sorted(
         {
             str(t.dtype).removeprefix("torch.")
@@ -769,11 +828,11 @@ def _describe_lines(lora: LoraFile) -> list[str]:
     )
     said_groups = _json(meta.get("unet_modules"))
     targets = lora.exemplar_targets()
-    mapper = [s for s in targets if lora.layers()[s].get("lora_down.weight") is not None]
+    mapper = [s for s in targets if "lora_down.weight" in layers[s]]
     whole = sorted({t.removesuffix(".weight") for s, t in targets.items() if s not in mapper})
     exemplar = lora.exemplar_mode
     if mapper:
-        exemplar += f": LoRA on {len(mapper)} mapper layers"
+        exemplar += f": LoRA on {len(mapper)} mapper layer{'s' if len(mapper) > 1 else ''}"
     if whole:
         exemplar += f"{';' if mapper else ':'} stored whole as differences: {', '.join(whole[:6])}"
         exemplar += f" and {len(whole) - 6} more" if len(whole) > 6 else ""
@@ -801,7 +860,8 @@ def _describe_lines(lora: LoraFile) -> list[str]:
     if isinstance(arch, dict) and isinstance(arch.get("unet"), dict):
         lines.append(f"arch:     {_unet_summary(arch['unet'])}")
     if meta.get("training_step"):
-        lines.append(f"trained:  {meta['training_step']} steps")
+        ema = " (the EMA of the weights)" if meta.get("ema") == "True" else ""
+        lines.append(f"trained:  {meta['training_step']} steps{ema}")
     summary = _config_summary(meta.get("training_config"))
     if summary:
         lines.append(f"config:   {summary}")
@@ -825,6 +885,8 @@ __all__ = [
     "check_strength",
     "is_lora_keys",
     "lora_delta",
+    "merge_loras",
+    "parse_lora_argument",
     "read_lora",
     "unet_stem_table",
     "EXEMPLAR_HEAD",

@@ -1,8 +1,9 @@
-"""``convert`` and ``info`` commands: any Paint-by-Example checkpoint -> the project single file.
+"""``convert``, ``info`` and ``merge-lora``: any Paint-by-Example checkpoint -> the single file.
 
 Part of ``python -m exemplar_core``; standalone: ``python -m exemplar_core.checkpoint.cli convert
-SRC DST.safetensors [--dtype fp16]`` and ``python -m exemplar_core.checkpoint.cli info FILE``.
-``register`` adds both to another argparse CLI.
+SRC DST.safetensors [--dtype fp16]``, ``python -m exemplar_core.checkpoint.cli info FILE`` (a
+checkpoint or a LoRA file) and ``... merge-lora BASE LORA[:S] ... --out OUT.safetensors``.
+``register`` adds them to another argparse CLI.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..dtypes import DTYPES
 from ..files import DestinationError, check_destination
 from .container import CheckpointError, PbECheckpoint
 from .load import load_checkpoint
+from .safe_read import safetensors_header
 from .single_file import save_single_file
 
 _FORMAT_NAMES = {
@@ -128,15 +130,65 @@ def run_convert(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
+def _is_lora_file(path: Path) -> bool:
+    """Whether ``path`` is a ``.safetensors`` LoRA (read from its header only)."""
+    from ..lora import is_lora_keys
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    header = safetensors_header(path)
+    metadata = header.get("__metadata__") or {}
+    return is_lora_keys([k for k in header if k != "__metadata__"], metadata)
+
+
 def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from ..lora import read_lora
+
     out = out or sys.stdout
     try:
-        ckpt = load_checkpoint(args.file, lazy=True)
+        path = Path(args.file)
+        if _is_lora_file(path):
+            lora = read_lora(path)
+            lines = lora.describe().splitlines()
+            if args.full and lora.metadata:
+                lines.extend(_metadata_lines(lora.metadata, full=True))
+        else:
+            lines = describe(load_checkpoint(path, lazy=True), full_metadata=args.full)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for line in describe(ckpt, full_metadata=args.full):
+    for line in lines:
         print(line, file=out)
+    return 0
+
+
+_STORAGE_DTYPES = {str(dtype).removeprefix("torch."): name for name, dtype in DTYPES.items()}
+
+
+def run_merge_lora(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from ..lora import merge_loras, parse_lora_argument, read_lora
+
+    out = out or sys.stdout
+    base, dst = Path(args.base), Path(args.out)
+    try:
+        # Everything about --out is checked before the model is read, as in convert.
+        specs = [parse_lora_argument(text, "LORA") for text in args.loras]
+        inputs = [base, *(path for path, _ in specs)]
+        check_destination(dst, overwrite=args.overwrite, inputs=inputs, what="--out")
+        if dst.suffix != ".safetensors":
+            raise CheckpointError(f"{dst} must end in .safetensors (the single-file format)")
+        loras = [(read_lora(path), strength) for path, strength in specs]
+        ckpt = load_checkpoint(base)
+        # By default the base's own storage dtype: merging does not grow an fp16 file.
+        dtype = args.dtype or _STORAGE_DTYPES.get(ckpt.dtypes()["unet"], "fp32")
+        merged = merge_loras(ckpt, loras)
+        save_single_file(merged, dst, dtype=DTYPES[dtype])
+    except (CheckpointError, DestinationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for lora, strength in loras:
+        print(f"merged {lora.path} at strength {strength:g}", file=out)
+    print(f"wrote {dst} ({dtype}, {dst.stat().st_size / 2**20:.1f} MiB)", file=out)
     return 0
 
 
@@ -169,11 +221,13 @@ def register(subparsers: Any) -> None:
 
     info = subparsers.add_parser(
         "info",
-        help="say what a checkpoint is (or why it is not Paint-by-Example)",
+        help="say what a checkpoint or LoRA file is (or why it is not Paint-by-Example)",
         description="Print a checkpoint's format, architecture, parameter counts, dtypes and "
-        "metadata. Reads only the header (safetensors) or a memory map (.ckpt).",
+        "metadata. Reads only the header (safetensors) or a memory map (.ckpt). For a LoRA "
+        ".safetensors: its rank, alpha, adapted UNet layers by group, exemplar mode, parameter "
+        "count, file size, base model, training step and a summary of its training config.",
     )
-    info.add_argument("file", help="checkpoint file or diffusers folder")
+    info.add_argument("file", help="checkpoint file, diffusers folder or LoRA .safetensors")
     info.add_argument(
         "--full",
         action="store_true",
@@ -181,6 +235,35 @@ def register(subparsers: Any) -> None:
         f"{METADATA_PREVIEW} characters are cut at a line, with a note saying how much is left)",
     )
     info.set_defaults(func=run_info)
+
+    merge = subparsers.add_parser(
+        "merge-lora",
+        help="bake one or more LoRA files into a single-file model",
+        description="Merge Paint-by-Example LoRA files into a model (W + strength * delta for "
+        "every layer each file adapts, UNet and exemplar encoder, in fp32) and write the project "
+        "single-file .safetensors; its metadata lists the merged files and strengths. --out is "
+        "checked first (never the base or a LoRA, never an existing file without --overwrite).",
+    )
+    merge.add_argument("base", help="the model: any checkpoint layout convert reads")
+    merge.add_argument(
+        "loras",
+        nargs="+",
+        metavar="LORA[:STRENGTH]",
+        help="LoRA .safetensors, merged in order; STRENGTH after the last ':' (default 1)",
+    )
+    merge.add_argument("--out", required=True, help="output .safetensors path (required)")
+    merge.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="storage dtype of floating tensors (default: the base's, fp32 when it mixes dtypes)",
+    )
+    merge.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (default: an existing --out is an error)",
+    )
+    merge.set_defaults(func=run_merge_lora)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
