@@ -505,7 +505,6 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.train.seed + 104729)
             params = inject_lora(self.model, lora)
-        self.model.to(self.device)  # the adapters are made on the CPU
         log.info(
             "LoRA rank %d alpha %g on %s, exemplar %s: %d trained parameters",
             lora.rank,
