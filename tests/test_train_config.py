@@ -72,6 +72,13 @@ def test_set_overrides_parse_toml_values(tmp_path):
         ("model.init=sd", "model.path"),
         ("train.noise_offset=-0.1", "noise_offset must be >= 0"),
         ("train.masked_loss_weight=0", "masked_loss_weight must be > 0"),
+        ("train.method=qlora", r"train.method = 'qlora' is not one of \['auto', 'full', 'lora'\]"),
+        ("lora.rank=0", "lora.rank must be >= 1"),
+        ("lora.alpha=0", r"lora.alpha must be > 0"),
+        ("lora.dropout=1.0", r"lora.dropout must be in \[0, 1\)"),
+        ("lora.unet_modules=['attn']", r"unknown group\(s\) \['attn'\]; choose from \['attention'"),
+        ("lora.unet_modules=['conv', 'conv']", "lists a group twice"),
+        ("lora.exemplar=mapper", r"lora.exemplar = 'mapper' is not one of"),
     ],
 )
 def test_bad_options_fail_with_a_clear_message(tmp_path, override, message):
@@ -101,6 +108,30 @@ def test_an_option_given_by_its_old_and_new_name_is_refused(tmp_path):
         load_config(path)
 
 
+def test_a_lora_error_names_the_line_of_the_config_file(tmp_path):
+    path = _minimal(tmp_path, "[lora]\nexemplar = 'frozen'\nunet_modules = []\n")
+    with pytest.raises(ConfigError, match=r"c.toml:7: lora.unet_modules is empty .*nothing would"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("subject", "method", "resolved"),
+    [
+        (False, "auto", "full"),
+        (True, "auto", "lora"),
+        (True, "full", "full"),
+        (False, "lora", "lora"),
+    ],
+)
+def test_train_method_auto_is_lora_in_subject_mode_and_full_otherwise(
+    tmp_path, subject, method, resolved
+):
+    options = [f"train.method={method}"]
+    if subject:
+        options += ["subject.enabled=true", "subject.path=s.jsonl", "subject.num_prior=0"]
+    assert load_config(_minimal(tmp_path), options).method == resolved
+
+
 def test_sd_start_needs_clip_weights(tmp_path):
     with pytest.raises(ConfigError, match="model.clip"):
         load_config(_minimal(tmp_path), ["model.init=sd", "model.path=x.safetensors"])
@@ -116,6 +147,10 @@ def test_cli_print_config_prints_documented_defaults(capsys):
     out = capsys.readouterr().out
     assert "lr = 1e-05" in out and "# linear warm-up steps" in out
     assert "box_expansion = 0.4" in out and "extend_share =" not in out
+    lora = out[out.index("[lora]") :]
+    assert "rank = 16" in lora and "alpha = 16.0" in lora and 'exemplar = "lora"' in lora
+    assert 'unet_modules = ["attention"]' in lora and "# UNet layer groups" in lora
+    assert 'method = "auto"' in out and "LoRA in subject mode" in out
 
 
 def test_old_name_extend_share_gives_the_same_config_as_box_expansion(tmp_path):
