@@ -152,8 +152,9 @@ class FrozenCache:
         self.reused += len(keys) - len(missing)
         if missing:
             whole = len(missing) == len(keys)
-            part = {k: v[missing] for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            fresh = compute(batch if whole else part)
+            if not whole:
+                batch = {k: v[missing] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            fresh = compute(batch)
             if not self.entry_bytes:
                 self._check_size(fresh)
             stored = [t.to(self.device) for t in fresh.tensors()]
