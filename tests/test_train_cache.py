@@ -9,8 +9,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image
 from safetensors.torch import load_file
+from test_train_subject import _config as subject_config
 from train_support import make_images, tiny_config, write_jsonl
 
 from exemplar_core.encoder import ExemplarEncoder
@@ -236,35 +236,14 @@ def test_config_cache_needs_variants():
 
 
 def _subject_config(tmp_path, cache: str) -> dict:
-    subject = write_jsonl(tmp_path / "subject.jsonl", make_images(tmp_path, 3, seed=5))
-    exemplars = tmp_path / "class"
-    exemplars.mkdir(exist_ok=True)
-    for i in range(2):
-        Image.new("RGB", (40, 30), (200, 40 * i, 30)).save(exemplars / f"dog{i}.png")
-    return {
-        "out_dir": str(tmp_path / f"run-{cache}"),
-        "model": {"init": "random", "architecture": "tiny"},
-        "data": {"resolution": 64, "num_workers": 0, "variants": 1, "cache": cache},
-        "train": {
-            "batch_size": 2,
-            "max_steps": 4,
-            "warmup_steps": 0,
-            "validate_every": 0,
-            "val_steps": 1,
-            "gradient_checkpointing": False,
-            "export_dtype": "fp32",
-            "cpu": True,
-        },
-        "subject": {
-            "enabled": True,
-            "path": str(subject),
-            "repeats": 2,
-            "class_exemplars": str(exemplars),
-            "num_prior": 4,
-            "prior_steps": 2,
-            "prior_dir": str(tmp_path / "prior"),
-        },
-    }
+    """test_train_subject's run (3 photos x 2 repeats, 4 prior samples, batches of 2 + 2) for 4
+    steps with one variant, the prior samples generated once for both runs."""
+    config = subject_config(tmp_path, num_prior=4)
+    config["out_dir"] = str(tmp_path / f"run-{cache}")
+    config["data"].update(variants=1, cache=cache)
+    config["train"]["max_steps"] = 4
+    config["subject"]["prior_dir"] = str(tmp_path / "prior")
+    return config
 
 
 @pytest.mark.slow
