@@ -268,3 +268,26 @@ def test_subject_mode_caches_the_subject_and_the_prior_stream(tmp_path, monkeypa
         str(tmp_path / "run-cpu" / "checkpoints" / "step-00000004" / "trainable.safetensors")
     )
     _assert_same_weights(a, b)
+
+
+@pytest.mark.slow
+def test_two_processes_cache_their_own_shares_and_train_as_the_uncached_schedule(tmp_path):
+    from test_train_ddp import _launch
+
+    data = write_jsonl(tmp_path / "ann.jsonl", make_images(tmp_path, 8))  # 7 train images
+    summaries = {}
+    for cache in ("off", "cpu"):
+        (tmp_path / cache).mkdir()
+        config = tiny_config(
+            tmp_path / cache / "run",
+            data,
+            train={"max_steps": 0, "epochs": 4, "batch_size": 1},
+            data={**VARIANTS, "cache": cache},
+        )
+        summaries[cache] = _launch(tmp_path / cache, config)
+    plain, cached = summaries["off"], summaries["cpu"]
+    assert cached["step"] == 12 and cached["ranks_in_sync"]  # 3 batches x 4 epochs
+    assert cached["rank_checksums"] == plain["rank_checksums"]
+    assert cached["rank_data_checksums"] == plain["rank_data_checksums"]
+    log = (tmp_path / "cpu" / "run" / "train.log").read_text()
+    assert "up to 8 examples (2 variants)" in log  # 2 variants x 4 of the 7 images per rank
