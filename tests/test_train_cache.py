@@ -208,6 +208,21 @@ def test_cache_refuses_to_grow_past_cache_max_gb_with_the_estimate():
     assert "lower data.variants" in message
 
 
+@pytest.mark.slow
+def test_python_m_train_stops_with_the_cache_estimate_over_the_limit(tmp_path, four_images, capsys):
+    from train.__main__ import main
+    from train.config import to_toml
+
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(to_toml(tiny_config(tmp_path / "run", four_images)))
+    limit = ["data.variants=2", "data.cache=device", "data.cache_max_gb=0.00001"]
+    code = main(["--config", str(config_file), *(a for item in limit for a in ("--set", item))])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "error: data.cache: the frozen-output cache would grow to 8 examples" in error
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_frozen_outputs_draw_the_posterior_sample_encode_latent_draws(tiny_model):
     batch = {
         "image": torch.rand(2, 3, 64, 64) * 2 - 1,

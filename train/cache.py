@@ -130,9 +130,10 @@ class FrozenCache:
         size = outputs.latent_mean.shape[0]
         self.entry_bytes = sum(t.numel() * t.element_size() for t in outputs.tensors()) // size
         total = self.bound * self.entry_bytes
+        amount = f"{total / 2**30:.2f} GiB" if total >= 2**30 else f"{total / 2**20:.2f} MiB"
         estimate = (
             f"{self.bound} examples ({self.variants} variants) x {self.entry_bytes / 2**10:.1f} "
-            f"KiB = {total / 2**30:.3f} GiB"
+            f"KiB = {amount}"
         )
         if total > self.max_gb * 2**30:
             raise ConfigError(
