@@ -122,6 +122,22 @@ class DataSection:
     warp_shift: float = opt(50.0, "warp anchor jitter, px at 224 (scaled with the encoder size)")
     val_count: int = opt(4, "images held out of training for validation images")
     num_workers: int = opt(4, "DataLoader worker processes per rank (0 = in the main process)")
+    variants: int = opt(
+        0,
+        "examples per image: 0 = fresh random crop, mask and reference augmentation every epoch "
+        "(the official recipe); K = epoch e repeats the examples of epoch e mod K, so that "
+        "data.cache can reuse what the frozen VAE and CLIP tower computed (docs/training.md, "
+        "'Caching')",
+    )
+    cache: Literal["off", "device", "cpu"] = opt(
+        "off",
+        "keep the frozen parts' outputs (VAE posteriors, latent keep mask, pooled tower output) "
+        "of each example and reuse them when the example comes back (needs data.variants > 0): "
+        "'device' (the training device's memory), 'cpu' (RAM) or 'off'",
+    )
+    cache_max_gb: float = opt(
+        8.0, "refuse to run when data.cache would grow past this many GB (per process)"
+    )
 
 
 @dataclass
@@ -492,6 +508,15 @@ def validate(config: TrainConfig) -> None:
     ):
         if not 0.0 <= getattr(d, name) <= 1.0:
             raise ConfigError(f"data.{name} must be in 0..1, got {getattr(d, name)}")
+    if d.variants < 0:
+        raise ConfigError(f"data.variants must be >= 0 (0 = fresh examples), got {d.variants}")
+    if d.cache != "off" and d.variants == 0:
+        raise ConfigError(
+            f"data.cache = {d.cache!r} needs data.variants > 0: with fresh examples every epoch "
+            "(data.variants = 0) nothing the frozen parts compute comes back"
+        )
+    if d.cache_max_gb <= 0:
+        raise ConfigError(f"data.cache_max_gb must be > 0, got {d.cache_max_gb}")
     if d.resolution < 8 or d.resolution % 8:
         raise ConfigError(f"data.resolution must be a multiple of 8, got {d.resolution}")
     for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints"):

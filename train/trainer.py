@@ -25,6 +25,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from exemplar_core.model import PaintByExampleModel
 
 from . import checkpoints
 from .augment import PairSpec
+from .cache import FrozenCache, compute_frozen
 from .config import TrainConfig
 from .dataset import (
     DataPosition,
@@ -552,7 +554,13 @@ class Trainer:
     def _loader(self, dataset, size: int, position: DataPosition) -> DataLoader:
         t, acc = self.config.train, self.accelerator
         sampler = EpochBatchSampler(
-            size, t.batch_size, t.seed, acc.process_index, acc.num_processes, position
+            size,
+            t.batch_size,
+            t.seed,
+            acc.process_index,
+            acc.num_processes,
+            position,
+            self.config.data.variants,
         )
         workers = self.config.data.num_workers
         return DataLoader(
@@ -580,6 +588,10 @@ class Trainer:
                 f"{len(dataset)} training examples cannot fill one batch of {t.batch_size} on "
                 f"{acc.num_processes} process(es): add data or lower train.batch_size"
             )
+        # An empty cache also on resume: each example is recomputed when first met (exact).
+        self.cache = FrozenCache.for_config(self.config.data, self.device)
+        if self.cache is not None:
+            dataset = self.cache.keyed(dataset, 0, acc.num_processes)
         self.loaders = [self._loader(dataset, len(dataset), self._position(len(dataset)))]
         if self.config.subject.enabled and self.prior_dataset is not None:
             size = len(self.prior_dataset)
@@ -588,7 +600,10 @@ class Trainer:
                     f"{size} prior samples cannot fill one batch of {t.batch_size} per process: "
                     "raise subject.num_prior"
                 )
-            self.loaders.append(self._loader(self.prior_dataset, size, self._position(size)))
+            prior = self.prior_dataset
+            if self.cache is not None:
+                prior = self.cache.keyed(prior, 1, acc.num_processes)
+            self.loaders.append(self._loader(prior, size, self._position(size)))
 
     def _position(self, size: int) -> DataPosition:
         per_epoch = size // (self.config.train.batch_size * self.accelerator.num_processes)
@@ -907,19 +922,9 @@ class Trainer:
         gen = self.generators["noise"]
         model = self.model
         with torch.no_grad(), acc.autocast():
-            image = batch["image"].to(self.device, non_blocking=True)
-            latents = model.encode_latent(image, generator=gen).float()
-            masked = model.encode_latent(
-                batch["masked_image"].to(self.device, non_blocking=True), generator=gen
-            )
-            keep = F.interpolate(
-                batch["keep_mask"].to(self.device, non_blocking=True),
-                size=latents.shape[-2:],
-                mode="bilinear",
-            )
-            pooled = model.encoder.pooled(
-                batch["reference"].to(self.device, non_blocking=True)
-            ).float()
+            compute = partial(compute_frozen, model, device=self.device)
+            frozen = compute(batch) if self.cache is None else self.cache.outputs(batch, compute)
+            latents, masked, keep, pooled = frozen.draw(gen, model.latent_scale)
         size = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
         if t.noise_offset > 0:
