@@ -160,3 +160,79 @@ def test_window_hooks_run_at_its_edges():
         window.tick()
     assert events == [("start", 3), ("stop", 6)]
     assert window.result(batch=2)["samples_per_s"] > 0
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def test_saved_tensors_count_what_a_linear_layer_saves_and_leave_out_its_weight():
+    import torch
+
+    layer = torch.nn.Linear(8, 16, bias=False)
+    weight = {layer.weight.untyped_storage()._cdata}
+
+    def saved(x, autocast: bool) -> int:
+        counter = bench_train.SavedTensors(weight)
+        with counter.hooks(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            layer(x)
+        return counter.bytes
+
+    x = torch.randn(4, 8)
+    assert saved(x, autocast=False) == 4 * 8 * 4  # the fp32 input; the weight is a parameter
+    assert saved(x, autocast=True) == 4 * 8 * 2  # its bf16 copy
+    # An input that needs a gradient also keeps the bf16 copy of the weight.
+    assert saved(x.requires_grad_(), autocast=True) == 4 * 8 * 2 + 16 * 8 * 2
+
+
+def test_optimizer_state_bytes_match_the_hand_count_for_each_optimizer():
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(64, 96), (64, 96), (10,), (8, 4, 3, 3)]]
+    values = sum(p.numel() for p in params)
+    # AdamW: two fp32 moments per value and a 4-byte step counter per tensor.
+    assert bench_train.optimizer_state_bytes(params, "adamw") == 8 * values + 4 * 4
+    # Adafactor: a step counter per tensor; a matrix keeps a row and a column vector
+    # (the last two dimensions), a vector its full second moment.
+    adafactor = 4 * 4 + 2 * 4 * (64 + 96) + 4 * 10 + 4 * (8 * 4 * (3 + 3))
+    assert bench_train.optimizer_state_bytes(params, "adafactor") == adafactor
+    # 8-bit AdamW: one byte per moment and an fp32 scale per block of 256 values for the
+    # 6144-value matrices (bitsandbytes quantises from 4096 values), fp32 moments for the small
+    # ones, plus the two 256-entry quantisation maps once.
+    eight = 2 * 2 * (6144 + 4 * 6144 // 256) + 8 * (10 + 288) + 2 * 256 * 4
+    assert bench_train.optimizer_state_bytes(params, "adamw8bit") == eight
+
+
+@pytest.mark.slow
+def test_memory_breakdown_of_the_tiny_model_matches_its_parameters(capsys):
+    from exemplar_core.model import ModelConfigs, PaintByExampleModel
+    from train.trainer import trainable_parameters
+
+    args = argparse.Namespace(
+        arch="tiny", size=64, batch=2, lora_rank=4, margin=1.0, device="cpu", out=""
+    )
+    report = bench_train.cmd_memory(args)["configurations"]
+    model = PaintByExampleModel(ModelConfigs.named("tiny"))
+    trained = trainable_parameters(model)
+    count = sum(p.numel() for p in trained)
+    frozen = sum(p.numel() for p in model.parameters()) - count
+    row = report["full AdamW"]
+    assert row["trained_parameters"] == count
+    assert row["params_trained"] == {"float32": 4 * count}
+    assert row["params_frozen"] == {"float32": 4 * frozen}
+    assert row["gradients"] == row["ema"] == 4 * count
+    assert row["optimizer_state"] == 8 * count + 4 * len(trained)
+    off, on = row["activations"]["no_checkpointing"], row["activations"]["checkpointing"]
+    assert 0 < on["peak"] < off["peak"] and on["largest_block"] > 0
+    assert report["full AdamW8bit"]["optimizer_state"] < row["optimizer_state"] / 2
+    totals = {(t["checkpointing"], t["ema"]): t["total"] for t in row["totals"]}
+    assert totals[(False, "device")] - totals[(False, "cpu")] == row["ema"]
+    assert (
+        totals[(False, "cpu")] == 4 * (count + frozen) + 12 * count + 4 * len(trained) + off["peak"]
+    )
+    out = capsys.readouterr().out
+    assert "fits in" in out and "no GPU here" in out
+
+
+def test_gpu_peak_runs_a_real_step_and_reads_no_peak_on_a_cpu():
+    args = argparse.Namespace(arch="tiny", size=64, batch=1, lora_rank=4, device="cpu")
+    assert bench_train.gpu_peak(args, "full", "adamw8bit", True, "cpu") is None
