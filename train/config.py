@@ -140,8 +140,8 @@ class TrainSection:
     )
     lr: float = opt(
         1e-5,
-        "learning rate (not scaled by batch or GPUs, as the official); for adafactor a step "
-        "relative to each weight's RMS (try 1e-4 .. 3e-4)",
+        "AdamW learning rate (not scaled by batch or GPUs, as the official); for adafactor a "
+        "step relative to each weight's RMS (try 1e-4 .. 3e-4, docs/training.md 'Memory')",
     )
     betas: list = opt([0.9, 0.999], "AdamW betas (adamw, adamw8bit; adafactor has none)")
     weight_decay: float = opt(0.01, "decoupled weight decay (torch AdamW default; every optimiser)")
