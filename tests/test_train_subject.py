@@ -58,7 +58,7 @@ def test_subject_mode_generates_prior_and_trains_on_both(tmp_path):
     assert 0 < edited < 64 * 64  # a real edit region
     # Each micro-batch is subject (2) + prior (2) samples.
     assert summary["samples"] == 2 * (2 + 2)
-    assert (tmp_path / "run" / "models" / "pbe-final.safetensors").is_file()
+    assert (tmp_path / "run" / "models" / "pbe-lora-final.safetensors").is_file()  # LoRA default
 
     # A second run reuses the stored prior samples instead of generating them again.
     stamp = (prior / manifest[0]["image"]).stat().st_mtime_ns

@@ -224,6 +224,12 @@ class TrainSection:
         "torch.compile the UNet in place (state-dict keys unchanged); the first steps pay the "
         "compile time, so it pays only in long runs (docs/training.md, 'Speed on a GPU')",
     )
+    method: Literal["auto", "full", "lora"] = opt(
+        "auto",
+        "what is trained: 'full' (every UNet weight and the exemplar head), 'lora' (peft LoRA "
+        "adapters, configured in [lora]; the base stays frozen) or 'auto' (LoRA in subject mode, "
+        "full fine-tuning otherwise)",
+    )
     cpu: bool = opt(False, "force CPU even when a GPU is present")
     dist_timeout: int = opt(
         60, "minutes a process waits for the others (validation, checkpoints, prior samples)"
@@ -251,12 +257,54 @@ class SubjectSection:
 
 
 @dataclass
+class LoraSection:
+    rank: int = opt(16, "LoRA rank r of every adapter (UNet and, with exemplar = 'lora', mapper)")
+    alpha: float = opt(
+        16.0, "LoRA alpha: the update is (alpha / rank) * up @ down (alpha = rank: scale 1)"
+    )
+    dropout: float = opt(0.0, "dropout on the adapters' input during training (0..1, 0 = off)")
+    unet_modules: list = opt(
+        ["attention"],
+        "UNet layer groups that get adapters: 'attention' (to_q, to_k, to_v, to_out of self- "
+        "and cross-attention), 'feed_forward' (the transformer blocks' ff.net), 'projections' "
+        "(proj_in/proj_out around each transformer), 'conv' (ResNet convolutions, down- and "
+        "upsamplers), 'conv_in' (the 9-channel input convolution)",
+    )
+    exemplar: Literal["lora", "full", "frozen"] = opt(
+        "lora",
+        "the exemplar side after the frozen CLIP tower: 'lora' (LoRA on the mapper's linear "
+        "layers; final_ln, proj_out and learnable_vector trained whole), 'full' (mapper, "
+        "final_ln, proj_out and learnable_vector trained whole) or 'frozen' (nothing trained); "
+        "whole-trained parts are stored in the LoRA file as differences to the base",
+    )
+    init: Literal["kaiming", "gaussian"] = opt(
+        "kaiming",
+        "adapter start: down (A) kaiming-uniform (peft's default) or gaussian (std 1/rank); up (B) "
+        "is zero either way, so training starts from the unchanged base model",
+    )
+    export_dtype: Literal["fp32", "fp16", "bf16"] = opt(
+        "fp16", "dtype of the LoRA files models/pbe-lora-*.safetensors (alpha stays fp32)"
+    )
+    export_merged: bool = opt(
+        False,
+        "also write the base model with the LoRA merged in, as a single-file model "
+        "models/pbe-*.safetensors (train.export_dtype), next to each LoRA file",
+    )
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = opt("runs/pbe", "output folder: checkpoints/, models/, validation/, logs/")
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     subject: SubjectSection = field(default_factory=SubjectSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+
+    @property
+    def method(self) -> str:
+        """What is trained: 'full' or 'lora' (``train.method``, with 'auto' resolved)."""
+        return resolved_method(self.train.method, self.subject.enabled)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -270,7 +318,15 @@ SECTIONS = {
     "data": DataSection,
     "train": TrainSection,
     "subject": SubjectSection,
+    "lora": LoraSection,
 }
+
+
+def resolved_method(method: str, subject_mode: bool) -> str:
+    """``train.method`` with 'auto' resolved: LoRA in subject mode, full fine-tuning otherwise."""
+    if method == "auto":
+        return "lora" if subject_mode else "full"
+    return method
 
 
 def _check_value(section: str, name: str, value: Any, hint: Any) -> Any:
@@ -413,7 +469,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 def _where(file: Path, overrides: list[str], message: str) -> str:
     """``FILE:LINE: `` for the first ``section.key`` a message names (``FILE: `` when the file
     does not set it), or ``--set ...: `` when an override set it."""
-    match = re.search(r"\b(model|data|train|subject)\.(\w+)", message)
+    match = re.search(r"\b(model|data|train|subject|lora)\.(\w+)", message)
     if match is None:
         return f"{file}: "
     section, key = match.groups()
@@ -508,6 +564,32 @@ def validate(config: TrainConfig) -> None:
             )
         if s.class_data and not s.class_names:
             raise ConfigError("subject.class_data needs subject.class_names (which class to crop)")
+    validate_lora(config.lora)
+
+
+def validate_lora(lora: LoraSection) -> None:
+    """The [lora] section's ranges and module groups (checked whatever train.method is)."""
+    from exemplar_core.lora import UNET_MODULE_GROUPS
+
+    if lora.rank < 1:
+        raise ConfigError(f"lora.rank must be >= 1, got {lora.rank}")
+    if lora.alpha <= 0:
+        raise ConfigError(f"lora.alpha must be > 0 (alpha = rank: scale 1), got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout must be in [0, 1), got {lora.dropout}")
+    unknown = [g for g in lora.unet_modules if g not in UNET_MODULE_GROUPS]
+    if unknown:
+        raise ConfigError(
+            f"lora.unet_modules has unknown group(s) {unknown}; choose from "
+            f"{list(UNET_MODULE_GROUPS)}"
+        )
+    if len(set(lora.unet_modules)) != len(lora.unet_modules):
+        raise ConfigError(f"lora.unet_modules lists a group twice: {lora.unet_modules}")
+    if not lora.unet_modules and lora.exemplar == "frozen":
+        raise ConfigError(
+            "lora.unet_modules is empty and lora.exemplar = 'frozen': nothing would be trained; "
+            "name UNet module groups (e.g. ['attention']) or set lora.exemplar"
+        )
 
 
 def _toml_value(value: Any) -> str:

@@ -8,6 +8,9 @@ One process per device through HF accelerate (``accelerate launch`` for DDP; a p
                                  temporary folder, then renamed (train/checkpoints.py)
     checkpoints/latest           name of the newest complete checkpoint (atomic replace)
     models/pbe-step-00002000.safetensors, models/pbe-final.safetensors   exported models
+                                 (train.method = "lora": pbe-lora-step-00002000.safetensors,
+                                 pbe-lora-final.safetensors LoRA files, plus the merged models
+                                 with lora.export_merged)
     validation/step-00001000.png validation grids; logs/ TensorBoard; train.log; summary.json
 """
 
@@ -251,10 +254,13 @@ def trainable_parameters(model: PaintByExampleModel) -> list[nn.Parameter]:
     return list(model.unet.parameters()) + model.encoder.trainable_parameters()
 
 
-def freeze_for_training(model: PaintByExampleModel) -> None:
-    """CLIP tower and VAE frozen (eval mode); UNet and encoder head trained."""
+def freeze_for_training(
+    model: PaintByExampleModel, params: list[nn.Parameter] | None = None
+) -> None:
+    """Training mode with only ``params`` trained (default: the UNet and the encoder head); the
+    CLIP tower and the VAE stay frozen in eval mode."""
     model.requires_grad_(False)
-    for p in trainable_parameters(model):
+    for p in trainable_parameters(model) if params is None else params:
         p.requires_grad_(True)
     model.train()
     model.vae.eval()
@@ -433,8 +439,13 @@ class Trainer:
         enc = self.model.encoder.config
         self.spec: PairSpec = pair_spec(cfg.data, enc.image_size, enc.mean, enc.std)
         if cfg.subject.enabled:
-            self._prepare_prior()
-        freeze_for_training(self.model)
+            self._prepare_prior()  # by the start model, before any adapter exists
+        self.lora_base = None
+        if cfg.method == "lora":
+            self.params = self._inject_lora()
+        else:
+            self.params = trainable_parameters(self.model)
+        freeze_for_training(self.model, self.params)
         if t.gradient_checkpointing:
             self.model.unet.enable_gradient_checkpointing()
         if t.channels_last:
@@ -442,7 +453,6 @@ class Trainer:
             self.model.vae.to(memory_format=torch.channels_last)
         if t.compile:
             self.model.unet.compile()  # in place: parameters and state-dict keys stay the same
-        self.params = trainable_parameters(self.model)
         self.denoiser = Denoiser(self.model)
         optimizer = optimizer_from_config(self.params, t)
         self.denoiser, self.optimizer = acc.prepare(self.denoiser, optimizer)
@@ -490,6 +500,27 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.out_dir / "logs"))
             atomic_write_text(self.out_dir / "config.toml", _to_toml(cfg))
+
+    def _inject_lora(self) -> list[nn.Parameter]:
+        """peft adapters per [lora] (seeded alike on every rank); keeps the exemplar weights
+        the LoRA file's differences are taken against."""
+        from .lora import exemplar_base_state, inject_lora
+
+        lora = self.config.lora
+        self.lora_base = exemplar_base_state(self.model, lora)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.train.seed + 104729)
+            params = inject_lora(self.model, lora)
+        self.model.to(self.device)  # the adapters are made on the CPU
+        log.info(
+            "LoRA rank %d alpha %g on %s, exemplar %s: %d trained parameters",
+            lora.rank,
+            lora.alpha,
+            ", ".join(lora.unet_modules) or "no UNet layer",
+            lora.exemplar,
+            sum(p.numel() for p in params),
+        )
+        return params
 
     def _prepare_prior(self) -> None:
         from .subject import ExemplarSource, PriorDataset, generate_prior, read_manifest
@@ -668,11 +699,12 @@ class Trainer:
             checkpoints.prune(root, t.keep_checkpoints)
             if export:
                 try:
-                    self.export(self.out_dir / "models" / f"pbe-{name}.safetensors")
+                    self.export(name)
                 except Exception as exc:  # noqa: BLE001 - torch and safetensors wrap OSError
                     error = exc
         if not self._agree(error is None, "min"):
-            raise self._save_failed(f"the model export models/pbe-{name}.safetensors", error)
+            exported = ", ".join(f"models/{n}" for n in self.export_names(name))
+            raise self._save_failed(f"the model export {exported}", error)
         return final
 
     def _choose_checkpoint(self) -> Path | None:
@@ -724,8 +756,21 @@ class Trainer:
                 f"{acc.num_processes}; an exact resume needs the same number of processes",
                 acc.is_main_process,
             )
+        self._check_resume_method(path, state["config"])
         trained = load_file(str(path / "trainable.safetensors"))
         params = dict(self.model.named_parameters())
+        names = {id(p): n for n, p in params.items()}
+        expected = {names[id(p)]: tuple(p.shape) for p in self.params}
+        wrong = sorted(set(expected) ^ set(trained)) or [
+            k for k in expected if tuple(trained[k].shape) != expected[k]
+        ]
+        if wrong:
+            raise ResumeError(
+                f"{path} holds other trained weights than this run trains ({len(trained)} "
+                f"tensors there, {len(expected)} here; first difference {wrong[0]!r}): it was "
+                "written with another train.method, [lora] section or model",
+                acc.is_main_process,
+            )
         with torch.no_grad():
             for key, value in trained.items():
                 params[key].copy_(value.to(params[key].dtype))
@@ -749,26 +794,85 @@ class Trainer:
         self._build_loaders()
         log.info("resumed from %s at step %d", path, self.step)
 
-    def export(self, path: Path) -> Path:
-        """Write the model (EMA weights when kept) in the project's single-file format."""
+    def _check_resume_method(self, path: Path, saved: dict) -> None:
+        """A LoRA checkpoint resumes only into the same method and adapter layout."""
+        from .config import resolved_method
+
+        acc = self.accelerator
+        train_saved = saved.get("train", {})
+        subject_saved = saved.get("subject", {}).get("enabled", False)
+        method = resolved_method(train_saved.get("method", "auto"), subject_saved)
+        if method != self.config.method:
+            raise ResumeError(
+                f"{path} was trained with train.method = {method!r} but this run uses "
+                f"{self.config.method!r}: set train.method = {method!r} to continue it, or start "
+                "a new run in another out_dir",
+                acc.is_main_process,
+            )
+        if method != "lora":
+            return
+        lora_saved = saved.get("lora", {})
+        layout = ("rank", "alpha", "unet_modules", "exemplar")
+        changed = [
+            f"lora.{k} = {lora_saved.get(k)!r} there, {getattr(self.config.lora, k)!r} here"
+            for k in layout
+            if lora_saved.get(k) != getattr(self.config.lora, k)
+        ]
+        if changed:
+            raise ResumeError(
+                f"{path} was trained with another [lora] section ({'; '.join(changed)}): "
+                "restore those settings to continue it, or start a new run in another out_dir",
+                acc.is_main_process,
+            )
+
+    def export_names(self, tag: str) -> list[str]:
+        """The files ``export`` writes under models/ for ``tag`` ('step-00002000', 'final')."""
+        if self.config.method != "lora":
+            return [f"pbe-{tag}.safetensors"]
+        merged = [f"pbe-{tag}.safetensors"] if self.config.lora.export_merged else []
+        return [f"pbe-lora-{tag}.safetensors", *merged]
+
+    def export(self, tag: str) -> list[Path]:
+        """Write models/ files for ``tag`` (EMA weights when kept): the single-file model, or in
+        LoRA runs the LoRA file (and with lora.export_merged the merged single-file model)."""
         from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
 
+        from .lora import merged_model
+
         t = self.config.train
-        path.parent.mkdir(parents=True, exist_ok=True)
+        paths = [self.out_dir / "models" / name for name in self.export_names(tag)]
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
         metadata = {
             "training_step": str(self.step),
             "training_config": self.config.to_json(),
             "ema": str(self.ema is not None),
         }
+        dtype = None if t.export_dtype == "fp32" else t.export_dtype
         if self.ema is not None:
             self.ema.swap_in()
         try:
-            ckpt = checkpoint_from_model(self.model, metadata=metadata)
-            save_single_file(ckpt, path, dtype=None if t.export_dtype == "fp32" else t.export_dtype)
+            if self.config.method == "lora":
+                self._export_lora(paths[0], metadata)
+                model = merged_model(self.model) if len(paths) > 1 else None
+            else:
+                model = self.model
+            if model is not None:
+                save_single_file(checkpoint_from_model(model, metadata=metadata), paths[-1], dtype)
         finally:
             if self.ema is not None:
                 self.ema.swap_out()
-        return path
+        return paths
+
+    def _export_lora(self, path: Path, metadata: dict[str, str]) -> None:
+        from exemplar_core.lora import save_lora
+
+        from .lora import base_model_name, lora_metadata, lora_state
+
+        m, lora = self.config.model, self.config.lora
+        meta = lora_metadata(self.model, lora, base_model_name(m.init, m.path, m.architecture))
+        tensors = lora_state(self.model, lora, self.lora_base)
+        dtype = None if lora.export_dtype == "fp32" else lora.export_dtype
+        save_lora(tensors, {**meta, **metadata}, path, dtype)
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
@@ -798,7 +902,7 @@ class Trainer:
         finally:
             if self.ema is not None:
                 self.ema.swap_out()
-            freeze_for_training(self.model)
+            freeze_for_training(self.model, self.params)
         save_rgb(grid, self.out_dir / "validation" / f"step-{self.step:08d}.png", overwrite=True)
         if self.writer is not None:
             self.writer.add_image("validation", grid, self.step)
@@ -964,7 +1068,7 @@ class Trainer:
         # A signal from here on lets the run finish: only the end-of-run work is left.
         self.save_checkpoint(export=False)
         if acc.is_main_process:
-            self.export(self.out_dir / "models" / "pbe-final.safetensors")
+            self.export("final")
         if not (t.validate_every and self.step % t.validate_every == 0):
             self.validate()
         return self._finish()
