@@ -495,18 +495,34 @@ def inject_lora(model, rank: int) -> list[torch.nn.Parameter]:
 
 def trained_model(architecture: str, method: str, rank: int):
     """A fake-tensor model (shapes and dtypes only, nothing allocated) set up for ``method``, the
-    fake mode it lives in, and its trained parameters."""
+    fake mode it lives in, and its trained parameters. Built and LoRA-injected on the meta device
+    (peft cannot move fake parameters), then given fake CPU tensors of the same shapes, so that
+    CPU autocast applies to it."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from exemplar_core.model import ModelConfigs, PaintByExampleModel
-    from train.trainer import freeze_for_training, trainable_parameters
+    from train.trainer import freeze_for_training
 
-    mode = FakeTensorMode()
-    with mode:
+    with torch.device("meta"):
         model = PaintByExampleModel(ModelConfigs.named(architecture))
         freeze_for_training(model)
-        params = trainable_parameters(model) if method == "full" else inject_lora(model, rank)
-    return model, mode, params
+        if method == "lora":
+            inject_lora(model, rank)
+    mode = FakeTensorMode()
+    fakes: dict[int, torch.Tensor] = {}  # a tensor shared by two modules stays shared
+    with mode:
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, value in table.items():
+                    if value is None:
+                        continue
+                    if id(value) not in fakes:
+                        fake = torch.empty(value.shape, dtype=value.dtype)
+                        if isinstance(value, torch.nn.Parameter):
+                            fake = torch.nn.Parameter(fake, requires_grad=value.requires_grad)
+                        fakes[id(value)] = fake
+                    table[name] = fakes[id(value)]
+    return model, mode, [p for p in model.parameters() if p.requires_grad]
 
 
 def bytes_by_dtype(tensors) -> dict[str, int]:

@@ -205,6 +205,8 @@ def test_optimizer_state_bytes_match_the_hand_count_for_each_optimizer():
 @pytest.mark.slow
 def test_memory_breakdown_of_the_tiny_model_matches_its_parameters(capsys):
     from exemplar_core.model import ModelConfigs, PaintByExampleModel
+    from train.config import LoraSection
+    from train.lora import exemplar_base_state, inject_lora, lora_state
     from train.trainer import trainable_parameters
 
     args = argparse.Namespace(
@@ -229,10 +231,25 @@ def test_memory_breakdown_of_the_tiny_model_matches_its_parameters(capsys):
     assert (
         totals[(False, "cpu")] == 4 * (count + frozen) + 12 * count + 4 * len(trained) + off["peak"]
     )
+    lora = report["LoRA AdamW"]
+    adapted = PaintByExampleModel(ModelConfigs.named("tiny"))
+    section = LoraSection(rank=4, alpha=4.0)
+    lora_params = inject_lora(adapted, section)
+    lora_count = sum(p.numel() for p in lora_params)
+    assert lora["trained_parameters"] == lora_count and 0 < lora_count < count
+    assert lora["optimizer_state"] == 8 * lora_count + 4 * len(lora_params)
+    assert sum(lora["params_frozen"].values()) == 4 * (
+        sum(p.numel() for p in adapted.parameters()) - lora_count
+    )
+    # The LoRA file's size from the counts equals the tensors lora_state writes (fp16, fp32 alphas).
+    tensors = lora_state(adapted, section, exemplar_base_state(adapted, section))
+    written = sum(t.numel() * (4 if k.endswith(".alpha") else 2) for k, t in tensors.items())
+    assert report["lora_file"]["lora_fp16"] == written
     out = capsys.readouterr().out
     assert "fits in" in out and "no GPU here" in out
 
 
-def test_gpu_peak_runs_a_real_step_and_reads_no_peak_on_a_cpu():
+@pytest.mark.parametrize(("method", "optimizer"), [("full", "adamw8bit"), ("lora", "adamw")])
+def test_gpu_peak_runs_a_real_step_and_reads_no_peak_on_a_cpu(method, optimizer):
     args = argparse.Namespace(arch="tiny", size=64, batch=1, lora_rank=4, device="cpu")
-    assert bench_train.gpu_peak(args, "full", "adamw8bit", True, "cpu") is None
+    assert bench_train.gpu_peak(args, method, optimizer, True, "cpu") is None
