@@ -454,6 +454,11 @@ def cmd_data(args) -> dict:
 
 GiB = 2**30
 CARDS_GIB = (8, 12, 16, 24)
+# On a GPU torch's AdamW and Adafactor take their multi-tensor ("foreach") path, which makes
+# one temporary the size of the trained weights during the step (AdamW: the square root of the
+# second moment; Adafactor: the update; torch/optim/adam.py, _adafactor.py). bitsandbytes
+# updates each tensor in one kernel.
+FOREACH_TEMPORARY = ("adamw", "adafactor")
 # (name, method, optimiser): full fine-tuning with each optimiser, and LoRA.
 MEMORY_CONFIGS = (
     ("full AdamW", "full", "adamw"),
@@ -587,7 +592,7 @@ def optimizer_state_bytes(params, name: str) -> int:
     8-bit quantisation maps) is counted once, the rest once per parameter of that shape."""
     from collections import Counter
 
-    from train.optim import build_optimizer
+    from train.optim import build_optimizer, state_tensors
 
     counts = Counter((tuple(p.shape), p.dtype) for p in params)
     total, shared = 0, 0
@@ -600,7 +605,7 @@ def optimizer_state_bytes(params, name: str) -> int:
         owners: dict[int, set[int]] = {}
         sizes: dict[int, int] = {}
         for index, p in enumerate(pair):
-            for t in _state_tensors(optimizer.state[p]):
+            for t in state_tensors(optimizer.state[p]):
                 key = t.untyped_storage().data_ptr()
                 owners.setdefault(key, set()).add(index)
                 sizes[key] = t.untyped_storage().nbytes()
@@ -609,16 +614,6 @@ def optimizer_state_bytes(params, name: str) -> int:
         shared = max(shared, sum(sizes[k] for k, o in owners.items() if len(o) == 2))
         del optimizer, pair
     return total + shared
-
-
-def _state_tensors(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for item in value.values() for t in _state_tensors(item)]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _state_tensors(item)]
-    return []
 
 
 def lora_file_bytes(model, rank: int) -> dict[str, int]:
@@ -672,6 +667,7 @@ def memory_breakdown(args) -> dict:
             "gradients": trained_bytes,
             "optimizer_state": optimizer_state_bytes(params, optimizer),
             "ema": sum(p.numel() * 4 for p in params),
+            "step_temporaries": trained_bytes if optimizer in FOREACH_TEMPORARY else 0,
             "activations": activations,
         }
     if "lora" in models:
@@ -699,8 +695,9 @@ def _activations(model, mode, args) -> dict:
 
 def memory_totals(row: dict, margin_gib: float) -> list[dict]:
     """Totals of one configuration for checkpointing on/off and the EMA on the device/CPU:
-    parameters + gradients + optimiser state + EMA (on the device) + activations at their peak.
-    Gradients fill while activations are freed, so the sum is an upper bound."""
+    parameters + gradients + optimiser state + EMA (on the device) + the larger of the
+    activations at their peak (forward and backward; gradients fill while activations are
+    freed, so this is an upper bound) and the optimiser step's temporaries."""
     params = sum(row["params_trained"].values()) + sum(row["params_frozen"].values())
     out = []
     for ckpt in ("no_checkpointing", "checkpointing"):
@@ -710,7 +707,7 @@ def memory_totals(row: dict, margin_gib: float) -> list[dict]:
                 + row["gradients"]
                 + row["optimizer_state"]
                 + (row["ema"] if ema == "device" else 0)
-                + row["activations"][ckpt]["peak"]
+                + max(row["activations"][ckpt]["peak"], row["step_temporaries"])
             )
             fits = [c for c in CARDS_GIB if total + margin_gib * GiB <= c * GiB]
             out.append(
@@ -739,6 +736,7 @@ def print_memory(results: dict, args) -> None:
         print(f"  gradients                            {gib(row['gradients'])}")
         print(f"  optimiser state ({row['optimizer']:<9})          {gib(row['optimizer_state'])}")
         print(f"  EMA (fp32; 0 on the GPU when on CPU) {gib(row['ema'])}")
+        print(f"  optimiser step temporaries (GPU)     {gib(row['step_temporaries'])}")
         for ckpt, values in row["activations"].items():
             label = ckpt.replace("_", " ")
             print(
@@ -747,7 +745,8 @@ def print_memory(results: dict, args) -> None:
                 f"largest block {values['largest_block'] / GiB:.2f})"
             )
     print(
-        f"\ntotals (upper bound: the sum of the above) and the cards they fit, with "
+        f"\ntotals (upper bound: parameters, gradients, optimiser state, EMA on the device, and "
+        "the larger of activations and step temporaries) and the cards they fit, with "
         f"{args.margin:.1f} GiB left for the CUDA context and allocator fragmentation"
     )
     print(f"{'configuration':<18}{'checkpointing':>14}{'EMA':>8}{'total GiB':>11}  fits in")

@@ -13,7 +13,7 @@ from train_support import tiny_config
 from train.__main__ import main as train_main
 from train.config import ConfigError, to_toml
 from train.ema import EMA
-from train.optim import build_optimizer, state_bytes
+from train.optim import build_optimizer, state_bytes, state_tensors
 from train.trainer import Trainer, train
 
 
@@ -31,20 +31,24 @@ def _step(optimizer, params, seed: int) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+# lr, betas, weight_decay, eps
+ADAM = (3e-4, (0.8, 0.95), 0.05, 1e-6)
+
+
+def _adam_options(optimizer) -> tuple:
+    group = optimizer.param_groups[0]
+    return group["lr"], group["betas"], group["weight_decay"], group["eps"]
+
+
 def test_default_optimizer_is_torch_adamw_with_the_configured_options():
     params = _params()
-    optimizer = build_optimizer(params, "adamw", 3e-4, (0.8, 0.95), 0.05, 1e-6)
+    optimizer = build_optimizer(params, "adamw", *ADAM)
     assert type(optimizer) is torch.optim.AdamW
-    group = optimizer.param_groups[0]
-    assert (group["lr"], group["betas"], group["weight_decay"], group["eps"]) == (
-        3e-4,
-        (0.8, 0.95),
-        0.05,
-        1e-6,
-    )
+    assert _adam_options(optimizer) == ADAM
     reference_params = _params()
+    lr, betas, weight_decay, eps = ADAM
     reference = torch.optim.AdamW(
-        reference_params, lr=3e-4, betas=(0.8, 0.95), weight_decay=0.05, eps=1e-6
+        reference_params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps
     )
     for seed in range(3):
         _step(optimizer, params, seed)
@@ -56,15 +60,9 @@ def test_adamw8bit_is_bitsandbytes_with_the_adam_options_and_one_byte_moments():
     import bitsandbytes as bnb
 
     params = _params()
-    optimizer = build_optimizer(params, "adamw8bit", 1e-3, (0.85, 0.99), 0.02, 1e-7)
+    optimizer = build_optimizer(params, "adamw8bit", *ADAM)
     assert type(optimizer) is bnb.optim.AdamW8bit
-    group = optimizer.param_groups[0]
-    assert (group["lr"], group["betas"], group["weight_decay"], group["eps"]) == (
-        1e-3,
-        (0.85, 0.99),
-        0.02,
-        1e-7,
-    )
+    assert _adam_options(optimizer) == ADAM
     before = [p.detach().clone() for p in params]
     _step(optimizer, params, 0)
     assert all(not torch.equal(a, b) for a, b in zip(params, before, strict=True))
@@ -205,17 +203,6 @@ def test_resume_with_a_memory_saver_ends_with_identical_weights(tmp_path, data, 
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in b), name
     states = [torch.load(out / last / "optimizer.pt", weights_only=True) for out in (part, full)]
-    flat = [_tensors(s["state"]) for s in states]
+    flat = [state_tensors(s["state"]) for s in states]
     assert len(flat[0]) == len(flat[1]) > 0
     assert all(torch.equal(x, y) for x, y in zip(*flat, strict=True))
-
-
-def _tensors(value) -> list[torch.Tensor]:
-    """Every tensor in a nested optimiser state, in a fixed order."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for key in sorted(value, key=str) for t in _tensors(value[key])]
-    if isinstance(value, (list, tuple)):
-        return [t for item in value for t in _tensors(item)]
-    return []

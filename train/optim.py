@@ -48,34 +48,31 @@ def optimizer_from_config(params: Iterable[nn.Parameter], t) -> torch.optim.Opti
     return build_optimizer(params, t.optimizer, t.lr, tuple(t.betas), t.weight_decay, t.adam_eps)
 
 
+def state_tensors(state) -> list[torch.Tensor]:
+    """Every tensor in an optimiser state (``optimizer.state[p]``, a state dict, or a nesting
+    of dicts, lists and tuples as bitsandbytes' state has), in order."""
+    if isinstance(state, torch.Tensor):
+        return [state]
+    if isinstance(state, dict):
+        return [t for value in state.values() for t in state_tensors(value)]
+    if isinstance(state, (list, tuple)):
+        return [t for value in state for t in state_tensors(value)]
+    return []
+
+
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimiser's state (after a step; bitsandbytes' quantisation
     maps and scales included), each storage counted once."""
-    seen: set[tuple[str, int]] = set()
-    total = 0
-
-    def visit(value) -> None:
-        nonlocal total
-        if isinstance(value, torch.Tensor):
-            storage = value.untyped_storage()
-            key = (str(value.device), storage.data_ptr())
-            if key not in seen:
-                seen.add(key)
-                total += storage.nbytes()
-        elif isinstance(value, dict):
-            for item in value.values():
-                visit(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    for state in optimizer.state.values():
-        visit(state)
-    return total
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+        for t in state_tensors(list(optimizer.state.values()))
+    }
+    return sum(storages.values())
 
 
 __all__ = [
     "build_optimizer",
     "optimizer_from_config",
     "state_bytes",
+    "state_tensors",
 ]
