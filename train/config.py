@@ -39,6 +39,7 @@ InitKind = Literal["sd", "sd_inpaint", "pbe", "random"]
 DataFormat = Literal["coco", "openimages", "jsonl"]
 Precision = Literal["no", "bf16", "fp16"]
 DropoutMode = Literal["per_sample", "per_batch"]
+OptimizerName = Literal["adamw", "adamw8bit", "adafactor"]  # built by train/optim.py
 
 
 @dataclass
@@ -146,10 +147,21 @@ class TrainSection:
     grad_accum: int = opt(1, "micro-batches per optimiser step")
     epochs: int = opt(40, "epochs (one random box per image per epoch); used when max_steps = 0")
     max_steps: int = opt(0, "optimiser steps to run; 0 = derive from epochs")
-    lr: float = opt(1e-5, "AdamW learning rate (not scaled by batch or GPUs, as the official)")
-    betas: list = opt([0.9, 0.999], "AdamW betas")
-    weight_decay: float = opt(0.01, "AdamW weight decay (torch default)")
-    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    optimizer: OptimizerName = opt(
+        "adamw",
+        "'adamw' (torch, fp32 moments: 8 bytes per trained parameter; official), 'adamw8bit' "
+        "(bitsandbytes' 8-bit AdamW: about 2 bytes per parameter) or 'adafactor' (torch: "
+        "factored second moment, no first moment; lr is a relative step, docs/training.md "
+        "'Memory')",
+    )
+    lr: float = opt(
+        1e-5,
+        "AdamW learning rate (not scaled by batch or GPUs, as the official); for adafactor a "
+        "step relative to each weight's RMS (try 1e-4 .. 3e-4, docs/training.md 'Memory')",
+    )
+    betas: list = opt([0.9, 0.999], "AdamW betas (adamw, adamw8bit; adafactor has none)")
+    weight_decay: float = opt(0.01, "decoupled weight decay (torch AdamW default; every optimiser)")
+    adam_eps: float = opt(1e-8, "AdamW epsilon (adamw, adamw8bit; adafactor uses its own)")
     warmup_steps: int = opt(10000, "linear warm-up steps (LambdaLinearScheduler)")
     warmup_start: float = opt(1e-6, "lr factor at step 0 of the warm-up (rises linearly to 1)")
     lr_decay: Literal["none", "linear", "cosine"] = opt(
@@ -188,7 +200,19 @@ class TrainSection:
         "loss stays a weighted mean); 1 = plain MSE over the whole latent (official)",
     )
     ema: bool = opt(True, "keep an EMA of the trained weights (used for validation and export)")
-    ema_decay: float = opt(0.9999, "EMA decay (warmed up as min(decay, (1 + n) / (10 + n)))")
+    ema_decay: float = opt(
+        0.9999, "EMA decay per optimiser step (warmed up as min(decay, (1 + n) / (10 + n)))"
+    )
+    ema_device: Literal["auto", "cpu"] = opt(
+        "auto",
+        "where the EMA's fp32 shadow weights live: 'auto' (the parameters' device) or 'cpu' "
+        "(saves the GPU a full fp32 copy of the trained weights; each update copies them over)",
+    )
+    ema_every: int = opt(
+        1,
+        "update the EMA every N optimiser steps, with the decays of the N steps multiplied "
+        "(decay**N after the warm-up), so its time constant in steps is unchanged",
+    )
     seed: int = opt(23, "seed for model init, data order, augmentation, noise (official: 23)")
     checkpoint_every: int = opt(2000, "save a resumable checkpoint every N optimiser steps")
     keep_checkpoints: int = opt(2, "resumable checkpoints kept (older ones are deleted)")
@@ -541,6 +565,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"train.cond_dropout must be in 0..1, got {t.cond_dropout}")
     if not 0.0 < t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    if t.ema_every < 1:
+        raise ConfigError(f"train.ema_every must be >= 1 (1 = every step), got {t.ema_every}")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas needs two values, got {t.betas}")
     if t.lr <= 0:

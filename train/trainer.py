@@ -53,7 +53,8 @@ from .dataset import (
 )
 from .ema import EMA
 from .model_init import build_model
-from .preflight import check_out_dir
+from .optim import optimizer_from_config
+from .preflight import check_out_dir, require_optimizer_package
 from .readers import BoxFilter, ImageRecord, ReadStats, read_dataset, require_records
 from .signals import StopSignals, ignore_stop_signals
 
@@ -398,6 +399,7 @@ class Trainer:
         from accelerate.state import AcceleratorState, GradientState
 
         cfg, t = self.config, self.config.train
+        require_optimizer_package(t.optimizer)
         check_out_dir(self.out_dir, self.resume)
         self.data = prepare_data(cfg)  # fails before any model loads
         # accelerate keeps its settings in process-wide singletons; clear them (not the process
@@ -454,14 +456,18 @@ class Trainer:
         if t.compile:
             self.model.unet.compile()  # in place: parameters and state-dict keys stay the same
         self.denoiser = Denoiser(self.model)
-        optimizer = torch.optim.AdamW(
-            self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, eps=t.adam_eps
-        )
+        optimizer = optimizer_from_config(self.params, t)
         self.denoiser, self.optimizer = acc.prepare(self.denoiser, optimizer)
         self.ema = None
         if t.ema and acc.is_main_process:
             names = {id(p): n for n, p in self.model.named_parameters()}
-            self.ema = EMA(self.params, t.ema_decay, [names[id(p)] for p in self.params])
+            self.ema = EMA(
+                self.params,
+                t.ema_decay,
+                [names[id(p)] for p in self.params],
+                device=None if t.ema_device == "auto" else t.ema_device,
+                every=t.ema_every,
+            )
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler(**SCHEDULE)
@@ -794,7 +800,6 @@ class Trainer:
         self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if self.ema is not None and (path / "ema.safetensors").is_file():
             self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device="cpu"))
-            self.ema.shadow = [s.to(self.device) for s in self.ema.shadow]
         rng = torch.load(path / f"rng-{acc.process_index}.pt", weights_only=True)
         _set_rng_state(rng, self.generators)
         self.step, self.consumed = state["step"], state["consumed"]
