@@ -22,8 +22,10 @@ class PreflightError(ValueError):
 
 
 def training_extra() -> tuple[str, ...]:
-    """The packages of the ``train`` extra (pyproject.toml) that the trainer imports."""
-    return ("accelerate", "tensorboard") + (("tomli",) if sys.version_info < (3, 11) else ())
+    """The packages of the ``train`` extra (pyproject.toml) that the trainer imports (peft for
+    LoRA training; bitsandbytes only when ``train.optimizer`` asks for it)."""
+    tomli = ("tomli",) if sys.version_info < (3, 11) else ()
+    return ("accelerate", "tensorboard", "peft") + tomli
 
 
 def require_training_extra() -> None:
