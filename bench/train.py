@@ -4,6 +4,7 @@
                                         [--sides ours,minimal,ours_ema] [--set train.compile=true]
     python -m bench.train checkpointing [--architecture mini --resolution 128 --batch 8]
     python -m bench.train data          [--resolution 512 --samples 200 --gpu-rate 0]
+    python -m bench.train memory        [--size 512 --batch 4 --arch published --lora-rank 16]
 
 ``throughput``: both sides train the same model (same architecture, random init from one seed,
 frozen tower and VAE), on the same synthetic scenes through the same pair dataset, with the same
@@ -16,6 +17,13 @@ diffusers and accelerate docs.
 
 ``checkpointing``: the trainer with and without UNet gradient checkpointing; the report gives
 the peak-memory ratio (target <= 0.6) and the time it costs.
+
+``memory``: for full fine-tuning (AdamW, 8-bit AdamW, Adafactor) and LoRA, the bytes of the
+parameters (trained and frozen, by dtype), gradients, optimiser state (a real step per distinct
+shape), EMA and activations (what autograd saves in the trained path's forward, counted under
+torch's FakeTensorMode: exact, nothing computed) at ``--size`` px and ``--batch``, bf16 autocast,
+gradient checkpointing off and on; totals and the 8/12/16/24 GB cards they fit; on a GPU also
+the measured peak of one real step per configuration.
 
 ``data``: the pair pipeline alone (image decode, box choice, mask jitter, crop, reference
 augmentation) in one process with one thread: samples/s per CPU core at ``--resolution``, and
@@ -441,6 +449,397 @@ def cmd_data(args) -> dict:
     return report
 
 
+# ---------------------------------------------------------------------------------------------
+# memory: byte counts of one training step (and measured peaks on a GPU)
+
+GiB = 2**30
+CARDS_GIB = (8, 12, 16, 24)
+# On a GPU torch's AdamW and Adafactor take their multi-tensor ("foreach") path, which makes
+# one temporary the size of the trained weights during the step (AdamW: the square root of the
+# second moment; Adafactor: the update; torch/optim/adam.py, _adafactor.py). bitsandbytes
+# updates each tensor in one kernel.
+FOREACH_TEMPORARY = ("adamw", "adafactor")
+# (name, method, optimiser): full fine-tuning with each optimiser, and LoRA.
+MEMORY_CONFIGS = (
+    ("full AdamW", "full", "adamw"),
+    ("full AdamW8bit", "full", "adamw8bit"),
+    ("full Adafactor", "full", "adafactor"),
+    ("LoRA AdamW", "lora", "adamw"),
+)
+
+
+class SavedTensors:
+    """Bytes of the tensors autograd saves for the backward pass, each storage counted once;
+    the parameters' own storages (counted as parameters) are left out."""
+
+    def __init__(self, exclude: set[int]) -> None:
+        self.exclude = exclude
+        self.sizes: dict[int, int] = {}
+
+    def pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in self.exclude:
+            self.sizes[storage._cdata] = storage.nbytes()
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.sizes.values())
+
+    def hooks(self):
+        return torch.autograd.graph.saved_tensors_hooks(self.pack, lambda tensor: tensor)
+
+
+def inject_lora(model, rank: int) -> list[torch.nn.Parameter]:
+    """The trainer's LoRA (attention modules, exemplar side 'lora') at ``rank``; returns the
+    trained parameters."""
+    from train import config, lora
+
+    return lora.inject_lora(model, config.LoraSection(rank=rank, alpha=float(rank)))
+
+
+def trained_model(architecture: str, method: str, rank: int):
+    """A fake-tensor model (shapes and dtypes only, nothing allocated) set up for ``method``, the
+    fake mode it lives in, and its trained parameters. Built and LoRA-injected on the meta device
+    (peft cannot move fake parameters), then given fake CPU tensors of the same shapes, so that
+    CPU autocast applies to it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from exemplar_core.model import ModelConfigs, PaintByExampleModel
+    from train.trainer import freeze_for_training
+
+    with torch.device("meta"):
+        model = PaintByExampleModel(ModelConfigs.named(architecture))
+        freeze_for_training(model)
+        if method == "lora":
+            inject_lora(model, rank)
+    mode = FakeTensorMode()
+    fakes: dict[int, torch.Tensor] = {}  # a tensor shared by two modules stays shared
+    with mode:
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, value in table.items():
+                    if value is None:
+                        continue
+                    if id(value) not in fakes:
+                        fake = torch.empty(value.shape, dtype=value.dtype)
+                        if isinstance(value, torch.nn.Parameter):
+                            fake = torch.nn.Parameter(fake, requires_grad=value.requires_grad)
+                        fakes[id(value)] = fake
+                    table[name] = fakes[id(value)]
+    return model, mode, [p for p in model.parameters() if p.requires_grad]
+
+
+def bytes_by_dtype(tensors) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tensors:
+        name = str(t.dtype).removeprefix("torch.")
+        out[name] = out.get(name, 0) + t.numel() * t.element_size()
+    return out
+
+
+def activation_bytes(model, mode, batch: int, resolution: int, checkpointing: bool) -> dict:
+    """Bytes autograd saves in the forward of the trained path (mapper head and UNet) at
+    ``batch``, bf16 autocast, under torch's FakeTensorMode (exact, nothing computed).
+
+    With gradient checkpointing a block's inside is not saved; the checkpoint holds the block's
+    inputs (``held``) and the backward recomputes one block at a time (``largest_block``: the
+    most any one block saves). ``peak`` = saved + held + largest_block."""
+    from torch.utils.checkpoint import checkpoint
+
+    from train.trainer import Denoiser
+
+    exclude = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved = SavedTensors(exclude)
+    held: dict[int, int] = {}
+    largest = [0]
+
+    def checkpointed(module, *args):
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.untyped_storage()._cdata not in exclude:
+                held[arg.untyped_storage()._cdata] = arg.untyped_storage().nbytes()
+        inside = SavedTensors(exclude)
+        with inside.hooks():
+            module(*args)
+        largest[0] = max(largest[0], inside.bytes)
+        return checkpoint(module.__call__, *args, use_reentrant=False)
+
+    if checkpointing:
+        model.unet.enable_gradient_checkpointing(checkpointed)
+    else:
+        model.unet.disable_gradient_checkpointing()
+    side = resolution // 8
+    with mode:
+        noisy, masked = torch.randn(batch, 4, side, side), torch.randn(batch, 4, side, side)
+        keep = torch.rand(batch, 1, side, side)
+        pooled = torch.randn(batch, model.encoder.config.width)
+        timesteps = torch.randint(0, 1000, (batch,))
+        drop = torch.zeros(batch, dtype=torch.bool)
+        with saved.hooks(), torch.autocast("cpu", dtype=torch.bfloat16):
+            Denoiser(model)(noisy, timesteps, masked, keep, pooled, drop)
+    held_bytes = sum(v for k, v in held.items() if k not in saved.sizes)
+    return {
+        "saved": saved.bytes,
+        "held": held_bytes,
+        "largest_block": largest[0],
+        "peak": saved.bytes + held_bytes + largest[0],
+    }
+
+
+def optimizer_state_bytes(params, name: str) -> int:
+    """Exact optimiser-state bytes for ``params`` (their shapes and dtypes): for each distinct
+    shape a real step of a fresh optimiser over two such parameters; what the two share (the
+    8-bit quantisation maps) is counted once, the rest once per parameter of that shape."""
+    from collections import Counter
+
+    from train.optim import build_optimizer, state_tensors
+
+    counts = Counter((tuple(p.shape), p.dtype) for p in params)
+    total, shared = 0, 0
+    for (shape, dtype), count in counts.items():
+        pair = [torch.nn.Parameter(torch.zeros(shape, dtype=dtype)) for _ in range(2)]
+        optimizer = build_optimizer(pair, name, lr=1e-5)
+        for p in pair:
+            p.grad = torch.full_like(p, 1e-3)
+        optimizer.step()
+        owners: dict[int, set[int]] = {}
+        sizes: dict[int, int] = {}
+        for index, p in enumerate(pair):
+            for t in state_tensors(optimizer.state[p]):
+                key = t.untyped_storage().data_ptr()
+                owners.setdefault(key, set()).add(index)
+                sizes[key] = t.untyped_storage().nbytes()
+        own = sum(sizes[k] for k, o in owners.items() if o == {0})
+        total += count * own
+        shared = max(shared, sum(sizes[k] for k, o in owners.items() if len(o) == 2))
+        del optimizer, pair
+    return total + shared
+
+
+def lora_file_bytes(model, rank: int) -> dict[str, int]:
+    """Tensor bytes of the LoRA file (fp16 values, fp32 alphas; headers left out) and of the
+    single-file model (every weight, fp16 and fp32), from the LoRA-injected ``model``'s exact
+    parameter counts."""
+    lora_values, alphas, whole = 0, 0, 0
+    base_values = 0
+    for name, p in model.named_parameters():
+        if ".lora_A." in name:
+            alphas += 1
+        if ".lora_" in name:
+            lora_values += p.numel()
+        else:
+            base_values += p.numel()
+            if p.requires_grad:
+                whole += p.numel()  # whole-trained exemplar parts, stored as differences
+    buffers = sum(b.numel() for b in model.buffers())
+    lora = 2 * (lora_values + whole) + 4 * alphas
+    return {
+        "lora_fp16": lora,
+        "model_fp16": 2 * (base_values + buffers),
+        "model_fp32": 4 * (base_values + buffers),
+    }
+
+
+def memory_breakdown(args) -> dict:
+    """Byte counts per configuration (``MEMORY_CONFIGS``) at ``args.size`` px, ``args.batch``."""
+    results: dict[str, dict] = {}
+    models: dict[str, tuple] = {}
+    for name, method, optimizer in MEMORY_CONFIGS:
+        if optimizer == "adamw8bit" and not _importable("bitsandbytes"):
+            print(f"{name}: skipped (bitsandbytes is not installed: pip install bitsandbytes)")
+            continue
+        if method == "lora" and not _importable("train.lora"):
+            print(f"{name}: skipped (train.lora.inject_lora is not there yet)")
+            continue
+        if method not in models:
+            model, mode, params = trained_model(args.arch, method, args.lora_rank)
+            trained_ids = {id(p) for p in params}
+            frozen = [p for p in model.parameters() if id(p) not in trained_ids]
+            models[method] = (model, mode, params, frozen, _activations(model, mode, args))
+        model, mode, params, frozen, activations = models[method]
+        trained_bytes = sum(p.numel() * p.element_size() for p in params)
+        results[name] = {
+            "method": method,
+            "optimizer": optimizer,
+            "trained_parameters": sum(p.numel() for p in params),
+            "params_trained": bytes_by_dtype(params),
+            "params_frozen": bytes_by_dtype(frozen),
+            "gradients": trained_bytes,
+            "optimizer_state": optimizer_state_bytes(params, optimizer),
+            "ema": sum(p.numel() * 4 for p in params),
+            "step_temporaries": trained_bytes if optimizer in FOREACH_TEMPORARY else 0,
+            "activations": activations,
+        }
+    if "lora" in models:
+        results["lora_file"] = lora_file_bytes(models["lora"][0], args.lora_rank)
+    return results
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def _activations(model, mode, args) -> dict:
+    return {
+        ("checkpointing" if on else "no_checkpointing"): activation_bytes(
+            model, mode, args.batch, args.size, on
+        )
+        for on in (False, True)
+    }
+
+
+def memory_totals(row: dict, margin_gib: float) -> list[dict]:
+    """Totals of one configuration for checkpointing on/off and the EMA on the device/CPU:
+    parameters + gradients + optimiser state + EMA (on the device) + the larger of the
+    activations at their peak (forward and backward; gradients fill while activations are
+    freed, so this is an upper bound) and the optimiser step's temporaries."""
+    params = sum(row["params_trained"].values()) + sum(row["params_frozen"].values())
+    out = []
+    for ckpt in ("no_checkpointing", "checkpointing"):
+        for ema in ("device", "cpu"):
+            total = (
+                params
+                + row["gradients"]
+                + row["optimizer_state"]
+                + (row["ema"] if ema == "device" else 0)
+                + max(row["activations"][ckpt]["peak"], row["step_temporaries"])
+            )
+            fits = [c for c in CARDS_GIB if total + margin_gib * GiB <= c * GiB]
+            out.append(
+                {"checkpointing": ckpt == "checkpointing", "ema": ema, "total": total, "fits": fits}
+            )
+    return out
+
+
+def print_memory(results: dict, args) -> None:
+    def gib(value: int) -> str:
+        return f"{value / GiB:8.2f}"
+
+    print(
+        f"\nmemory of one training step: {args.arch} architecture, {args.size} px, batch "
+        f"{args.batch}, bf16 autocast, LoRA rank {args.lora_rank} (GiB; exact byte counts: "
+        "activations under FakeTensorMode, optimiser states from a real step per shape)"
+    )
+    for name, row in results.items():
+        if name == "lora_file":
+            continue
+        print(f"\n{name} ({row['trained_parameters'] / 1e6:.1f} M trained parameters)")
+        for label, value in row["params_trained"].items():
+            print(f"  parameters, trained ({label})        {gib(value)}")
+        for label, value in row["params_frozen"].items():
+            print(f"  parameters, frozen ({label})         {gib(value)}")
+        print(f"  gradients                            {gib(row['gradients'])}")
+        print(f"  optimiser state ({row['optimizer']:<9})          {gib(row['optimizer_state'])}")
+        print(f"  EMA (fp32; 0 on the GPU when on CPU) {gib(row['ema'])}")
+        print(f"  optimiser step temporaries (GPU)     {gib(row['step_temporaries'])}")
+        for ckpt, values in row["activations"].items():
+            label = ckpt.replace("_", " ")
+            print(
+                f"  activations, {label:<16}        {gib(values['peak'])}  (saved "
+                f"{values['saved'] / GiB:.2f}, checkpoint inputs {values['held'] / GiB:.2f}, "
+                f"largest block {values['largest_block'] / GiB:.2f})"
+            )
+    print(
+        f"\ntotals (upper bound: parameters, gradients, optimiser state, EMA on the device, and "
+        "the larger of activations and step temporaries) and the cards they fit, with "
+        f"{args.margin:.1f} GiB left for the CUDA context and allocator fragmentation"
+    )
+    print(f"{'configuration':<18}{'checkpointing':>14}{'EMA':>8}{'total GiB':>11}  fits in")
+    for name, row in results.items():
+        if name == "lora_file":
+            continue
+        for total in row["totals"]:
+            fits = ", ".join(f"{c} GB" for c in total["fits"]) or "none of 8-24 GB"
+            print(
+                f"{name:<18}{'on' if total['checkpointing'] else 'off':>14}{total['ema']:>8}"
+                f"{total['total'] / GiB:>11.2f}  {fits}"
+            )
+    if "lora_file" in results:
+        f = results["lora_file"]
+        print(
+            f"\nLoRA rank {args.lora_rank} file (attention + exemplar 'lora', fp16): "
+            f"{f['lora_fp16'] / 2**20:.1f} MiB; single-file model {f['model_fp16'] / 2**20:.0f} "
+            f"MiB fp16, {f['model_fp32'] / 2**20:.0f} MiB fp32: "
+            f"1/{f['model_fp16'] / f['lora_fp16']:.0f} of the fp16 model (target <= 1/20)"
+        )
+
+
+def gpu_peak(args, method: str, optimizer_name: str, checkpointing: bool, ema_device: str):
+    """One real training step (frozen VAE and tower encodes, the trained path's forward and
+    backward in bf16 autocast, the optimiser step, the EMA update) of a random-init model on
+    ``args.device``; returns torch.cuda.max_memory_allocated in bytes (None on a CPU)."""
+    from exemplar_core.model import ModelConfigs, PaintByExampleModel
+    from train.ema import EMA
+    from train.optim import build_optimizer
+    from train.trainer import Denoiser, freeze_for_training, trainable_parameters
+
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    model = PaintByExampleModel(ModelConfigs.named(args.arch))
+    freeze_for_training(model)
+    params = trainable_parameters(model) if method == "full" else inject_lora(model, args.lora_rank)
+    model.to(device)
+    if checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    optimizer = build_optimizer(params, optimizer_name, lr=1e-5)
+    ema = EMA(params, 0.9999, device=None if ema_device == "device" else "cpu")
+    size, b = model.encoder.config.image_size, args.batch
+    for _ in range(2):  # the second step runs with the optimiser state allocated
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            image = torch.rand(b, 3, args.size, args.size, device=device) * 2 - 1
+            latents = model.encode_latent(image).float()
+            masked = model.encode_latent(image).float()
+            pooled = model.encoder.pooled(torch.rand(b, 3, size, size, device=device)).float()
+        keep = torch.ones_like(latents[:, :1])
+        timesteps = torch.randint(0, 1000, (b,), device=device)
+        drop = torch.zeros(b, dtype=torch.bool, device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            pred = Denoiser(model)(latents, timesteps, masked, keep, pooled, drop)
+        pred.float().square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    del model, optimizer, ema, params
+    return peak
+
+
+def cmd_memory(args) -> dict:
+    results = memory_breakdown(args)
+    for name, row in results.items():
+        if name != "lora_file":
+            row["totals"] = memory_totals(row, args.margin)
+    print_memory(results, args)
+    report = {"benchmark": "train_memory", "settings": vars(args), "configurations": results}
+    if pick_device(args.device).type == "cuda":
+        print("\nmeasured on the GPU: torch.cuda.max_memory_allocated of one training step (GiB)")
+        measured = {}
+        for name, method, optimizer in MEMORY_CONFIGS:
+            if name not in results:
+                continue
+            for ckpt in (False, True):
+                for ema in ("device", "cpu"):
+                    key = f"{name}, checkpointing {'on' if ckpt else 'off'}, EMA {ema}"
+                    try:
+                        measured[key] = gpu_peak(args, method, optimizer, ckpt, ema)
+                        print(f"  {key:<52}{measured[key] / GiB:8.2f}")
+                    except torch.cuda.OutOfMemoryError:
+                        measured[key] = None
+                        print(f"  {key:<52}  out of memory")
+        report["gpu_peak_bytes"] = measured
+    else:
+        print("\nno GPU here: byte counts only (run on a GPU for the measured peaks)")
+    return report
+
+
 def _settings(args) -> dict:
     return {k: getattr(args, k, None) for k in (*WORKER_OPTIONS, "set")}
 
@@ -499,6 +898,19 @@ def main(argv: list[str] | None = None) -> int:
         help="training samples/s measured on a GPU (gives cores per GPU)",
     )
     p.add_argument("--out", default="out/bench/train_data.json")
+    p = sub.add_parser("memory", help="parameter, gradient, optimiser and activation bytes")
+    p.add_argument("--arch", default="published", choices=("published", "mini", "tiny"))
+    p.add_argument("--size", type=int, default=512, help="training resolution, px")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="GiB kept free for the CUDA context and allocator fragmentation",
+    )
+    p.add_argument("--device", default="auto", help="a GPU also measures each peak")
+    p.add_argument("--out", default="out/bench/train_memory.json")
     w = sub.add_parser("worker", help="internal: one measured run in this process")
     w.add_argument("side", choices=("ours", "ours_ema", "minimal"))
     add_run_options(w, "mini", 64, 16)
@@ -520,7 +932,12 @@ def main(argv: list[str] | None = None) -> int:
             result = worker_ours(args, ema=ema, checkpointing=args.checkpointing)
         print(json.dumps(result))
         return 0
-    commands = {"throughput": cmd_throughput, "checkpointing": cmd_checkpointing, "data": cmd_data}
+    commands = {
+        "throughput": cmd_throughput,
+        "checkpointing": cmd_checkpointing,
+        "data": cmd_data,
+        "memory": cmd_memory,
+    }
     write_report(args.out, commands[args.command](args))
     return 0
 

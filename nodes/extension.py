@@ -42,6 +42,7 @@ def node_list() -> list[type[io.ComfyNode]]:
     from .encode import ExemplarEncode
     from .guidance import SimilarityGuidance
     from .loader import Loader
+    from .lora import LoraLoader
     from .sampler import ExemplarInpaintSampler
 
     return [
@@ -50,6 +51,7 @@ def node_list() -> list[type[io.ComfyNode]]:
         MaskBezierJitter,
         ExemplarInpaintSampler,
         SimilarityGuidance,
+        LoraLoader,
     ]
 
 

@@ -160,3 +160,97 @@ def test_window_hooks_run_at_its_edges():
         window.tick()
     assert events == [("start", 3), ("stop", 6)]
     assert window.result(batch=2)["samples_per_s"] > 0
+
+
+# -- memory ------------------------------------------------------------------------------------
+
+
+def test_saved_tensors_count_what_a_linear_layer_saves_and_leave_out_its_weight():
+    import torch
+
+    layer = torch.nn.Linear(8, 16, bias=False)
+    weight = {layer.weight.untyped_storage()._cdata}
+
+    def saved(x, autocast: bool) -> int:
+        counter = bench_train.SavedTensors(weight)
+        with counter.hooks(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            layer(x)
+        return counter.bytes
+
+    x = torch.randn(4, 8)
+    assert saved(x, autocast=False) == 4 * 8 * 4  # the fp32 input; the weight is a parameter
+    assert saved(x, autocast=True) == 4 * 8 * 2  # its bf16 copy
+    # An input that needs a gradient also keeps the bf16 copy of the weight.
+    assert saved(x.requires_grad_(), autocast=True) == 4 * 8 * 2 + 16 * 8 * 2
+
+
+def test_optimizer_state_bytes_match_the_hand_count_for_each_optimizer():
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(64, 96), (64, 96), (10,), (8, 4, 3, 3)]]
+    values = sum(p.numel() for p in params)
+    # AdamW: two fp32 moments per value and a 4-byte step counter per tensor.
+    assert bench_train.optimizer_state_bytes(params, "adamw") == 8 * values + 4 * 4
+    # Adafactor: a step counter per tensor; a matrix keeps a row and a column vector
+    # (the last two dimensions), a vector its full second moment.
+    adafactor = 4 * 4 + 2 * 4 * (64 + 96) + 4 * 10 + 4 * (8 * 4 * (3 + 3))
+    assert bench_train.optimizer_state_bytes(params, "adafactor") == adafactor
+    # 8-bit AdamW: one byte per moment and an fp32 scale per block of 256 values for the
+    # 6144-value matrices (bitsandbytes quantises from 4096 values), fp32 moments for the small
+    # ones, plus the two 256-entry quantisation maps once.
+    eight = 2 * 2 * (6144 + 4 * 6144 // 256) + 8 * (10 + 288) + 2 * 256 * 4
+    assert bench_train.optimizer_state_bytes(params, "adamw8bit") == eight
+
+
+@pytest.mark.slow
+def test_memory_breakdown_of_the_tiny_model_matches_its_parameters(capsys):
+    from exemplar_core.model import ModelConfigs, PaintByExampleModel
+    from train.config import LoraSection
+    from train.lora import exemplar_base_state, inject_lora, lora_state
+    from train.trainer import trainable_parameters
+
+    args = argparse.Namespace(
+        arch="tiny", size=64, batch=2, lora_rank=4, margin=1.0, device="cpu", out=""
+    )
+    report = bench_train.cmd_memory(args)["configurations"]
+    model = PaintByExampleModel(ModelConfigs.named("tiny"))
+    trained = trainable_parameters(model)
+    count = sum(p.numel() for p in trained)
+    frozen = sum(p.numel() for p in model.parameters()) - count
+    row = report["full AdamW"]
+    assert row["trained_parameters"] == count
+    assert row["params_trained"] == {"float32": 4 * count}
+    assert row["params_frozen"] == {"float32": 4 * frozen}
+    assert row["gradients"] == row["ema"] == 4 * count
+    assert row["optimizer_state"] == 8 * count + 4 * len(trained)
+    off, on = row["activations"]["no_checkpointing"], row["activations"]["checkpointing"]
+    assert 0 < on["peak"] < off["peak"] and on["largest_block"] > 0
+    assert report["full AdamW8bit"]["optimizer_state"] < row["optimizer_state"] / 2
+    totals = {(t["checkpointing"], t["ema"]): t["total"] for t in row["totals"]}
+    assert totals[(False, "device")] - totals[(False, "cpu")] == row["ema"]
+    assert row["step_temporaries"] == 4 * count  # torch's foreach AdamW: one fp32 copy
+    assert report["full AdamW8bit"]["step_temporaries"] == 0
+    static = 4 * (count + frozen) + 12 * count + 4 * len(trained)
+    assert totals[(False, "cpu")] == static + max(off["peak"], 4 * count)
+    lora = report["LoRA AdamW"]
+    adapted = PaintByExampleModel(ModelConfigs.named("tiny"))
+    section = LoraSection(rank=4, alpha=4.0)
+    lora_params = inject_lora(adapted, section)
+    lora_count = sum(p.numel() for p in lora_params)
+    assert lora["trained_parameters"] == lora_count and 0 < lora_count < count
+    assert lora["optimizer_state"] == 8 * lora_count + 4 * len(lora_params)
+    assert sum(lora["params_frozen"].values()) == 4 * (
+        sum(p.numel() for p in adapted.parameters()) - lora_count
+    )
+    # The LoRA file's size from the counts equals the tensors lora_state writes (fp16, fp32 alphas).
+    tensors = lora_state(adapted, section, exemplar_base_state(adapted, section))
+    written = sum(t.numel() * (4 if k.endswith(".alpha") else 2) for k, t in tensors.items())
+    assert report["lora_file"]["lora_fp16"] == written
+    out = capsys.readouterr().out
+    assert "fits in" in out and "no GPU here" in out
+
+
+@pytest.mark.parametrize(("method", "optimizer"), [("full", "adamw8bit"), ("lora", "adamw")])
+def test_gpu_peak_runs_a_real_step_and_reads_no_peak_on_a_cpu(method, optimizer):
+    args = argparse.Namespace(arch="tiny", size=64, batch=1, lora_rank=4, device="cpu")
+    assert bench_train.gpu_peak(args, method, optimizer, True, "cpu") is None

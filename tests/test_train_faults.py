@@ -441,38 +441,39 @@ def test_a_read_only_out_dir_is_reported_before_any_work(tmp_path, data):
 
 
 # A shim that makes `import accelerate` fail, as on an install without the training extra.
-NO_ACCELERATE = """
+HIDE_PACKAGE = """
 import sys
 
-class _NoAccelerate:
+class _Hide:
     def find_spec(self, name, path=None, target=None):
-        if name == "accelerate" or name.startswith("accelerate."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name == {name!r} or name.startswith({name!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 
-sys.meta_path.insert(0, _NoAccelerate())
+sys.meta_path.insert(0, _Hide())
 """
 
 
 @pytest.mark.parametrize(
-    "command",
+    ("command", "package"),
     [
-        ["-m", "train", "--config", "{config}"],
-        ["-m", "train.mini", "--out", "{out}"],
-        ["-m", "bench.train", "throughput", "--out", "{out}/report.json"],
+        (["-m", "train", "--config", "{config}"], "accelerate"),
+        (["-m", "train.mini", "--out", "{out}"], "accelerate"),
+        (["-m", "bench.train", "throughput", "--out", "{out}/report.json"], "accelerate"),
+        (["-m", "train", "--config", "{config}"], "peft"),
     ],
-    ids=["train", "train.mini", "bench.train"],
+    ids=["train", "train.mini", "bench.train", "train-peft"],
 )
-def test_a_missing_training_extra_is_named_before_any_work(tmp_path, data, command):
+def test_a_missing_training_extra_is_named_before_any_work(tmp_path, data, command, package):
     shim = tmp_path / "shim"
     shim.mkdir()
-    (shim / "sitecustomize.py").write_text(NO_ACCELERATE)
+    (shim / "sitecustomize.py").write_text(HIDE_PACKAGE.format(name=package))
     out = tmp_path / "out"
     config = _config_file(tmp_path, tiny_config(out, data))
     args = [a.format(config=config, out=out) for a in command]
     result = _python(*args, timeout=120, env=_env(PYTHONPATH=f"{shim}{os.pathsep}{REPO}"))
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert "accelerate" in result.stderr and 'pip install -e ".[train]"' in result.stderr
+    assert package in result.stderr and 'pip install -e ".[train]"' in result.stderr
     assert not out.exists()  # no folder made, no stage run
 
 

@@ -39,6 +39,7 @@ InitKind = Literal["sd", "sd_inpaint", "pbe", "random"]
 DataFormat = Literal["coco", "openimages", "jsonl"]
 Precision = Literal["no", "bf16", "fp16"]
 DropoutMode = Literal["per_sample", "per_batch"]
+OptimizerName = Literal["adamw", "adamw8bit", "adafactor"]  # built by train/optim.py
 
 
 @dataclass
@@ -122,6 +123,22 @@ class DataSection:
     warp_shift: float = opt(50.0, "warp anchor jitter, px at 224 (scaled with the encoder size)")
     val_count: int = opt(4, "images held out of training for validation images")
     num_workers: int = opt(4, "DataLoader worker processes per rank (0 = in the main process)")
+    variants: int = opt(
+        0,
+        "examples per image: 0 = fresh random crop, mask and reference augmentation every epoch "
+        "(the official recipe); K = epoch e repeats the examples of epoch e mod K, so that "
+        "data.cache can reuse what the frozen VAE and CLIP tower computed (docs/training.md, "
+        "'Caching')",
+    )
+    cache: Literal["off", "device", "cpu"] = opt(
+        "off",
+        "keep the frozen parts' outputs (VAE posteriors, latent keep mask, pooled tower output) "
+        "of each example and reuse them when the example comes back (needs data.variants > 0): "
+        "'device' (the training device's memory), 'cpu' (RAM) or 'off'",
+    )
+    cache_max_gb: float = opt(
+        8.0, "refuse to run when data.cache would grow past this many GB (per process)"
+    )
 
 
 @dataclass
@@ -130,10 +147,21 @@ class TrainSection:
     grad_accum: int = opt(1, "micro-batches per optimiser step")
     epochs: int = opt(40, "epochs (one random box per image per epoch); used when max_steps = 0")
     max_steps: int = opt(0, "optimiser steps to run; 0 = derive from epochs")
-    lr: float = opt(1e-5, "AdamW learning rate (not scaled by batch or GPUs, as the official)")
-    betas: list = opt([0.9, 0.999], "AdamW betas")
-    weight_decay: float = opt(0.01, "AdamW weight decay (torch default)")
-    adam_eps: float = opt(1e-8, "AdamW epsilon")
+    optimizer: OptimizerName = opt(
+        "adamw",
+        "'adamw' (torch, fp32 moments: 8 bytes per trained parameter; official), 'adamw8bit' "
+        "(bitsandbytes' 8-bit AdamW: about 2 bytes per parameter) or 'adafactor' (torch: "
+        "factored second moment, no first moment; lr is a relative step, docs/training.md "
+        "'Memory')",
+    )
+    lr: float = opt(
+        1e-5,
+        "AdamW learning rate (not scaled by batch or GPUs, as the official); for adafactor a "
+        "step relative to each weight's RMS (try 1e-4 .. 3e-4, docs/training.md 'Memory')",
+    )
+    betas: list = opt([0.9, 0.999], "AdamW betas (adamw, adamw8bit; adafactor has none)")
+    weight_decay: float = opt(0.01, "decoupled weight decay (torch AdamW default; every optimiser)")
+    adam_eps: float = opt(1e-8, "AdamW epsilon (adamw, adamw8bit; adafactor uses its own)")
     warmup_steps: int = opt(10000, "linear warm-up steps (LambdaLinearScheduler)")
     warmup_start: float = opt(1e-6, "lr factor at step 0 of the warm-up (rises linearly to 1)")
     lr_decay: Literal["none", "linear", "cosine"] = opt(
@@ -172,7 +200,19 @@ class TrainSection:
         "loss stays a weighted mean); 1 = plain MSE over the whole latent (official)",
     )
     ema: bool = opt(True, "keep an EMA of the trained weights (used for validation and export)")
-    ema_decay: float = opt(0.9999, "EMA decay (warmed up as min(decay, (1 + n) / (10 + n)))")
+    ema_decay: float = opt(
+        0.9999, "EMA decay per optimiser step (warmed up as min(decay, (1 + n) / (10 + n)))"
+    )
+    ema_device: Literal["auto", "cpu"] = opt(
+        "auto",
+        "where the EMA's fp32 shadow weights live: 'auto' (the parameters' device) or 'cpu' "
+        "(saves the GPU a full fp32 copy of the trained weights; each update copies them over)",
+    )
+    ema_every: int = opt(
+        1,
+        "update the EMA every N optimiser steps, with the decays of the N steps multiplied "
+        "(decay**N after the warm-up), so its time constant in steps is unchanged",
+    )
     seed: int = opt(23, "seed for model init, data order, augmentation, noise (official: 23)")
     checkpoint_every: int = opt(2000, "save a resumable checkpoint every N optimiser steps")
     keep_checkpoints: int = opt(2, "resumable checkpoints kept (older ones are deleted)")
@@ -492,6 +532,15 @@ def validate(config: TrainConfig) -> None:
     ):
         if not 0.0 <= getattr(d, name) <= 1.0:
             raise ConfigError(f"data.{name} must be in 0..1, got {getattr(d, name)}")
+    if d.variants < 0:
+        raise ConfigError(f"data.variants must be >= 0 (0 = fresh examples), got {d.variants}")
+    if d.cache != "off" and d.variants == 0:
+        raise ConfigError(
+            f"data.cache = {d.cache!r} needs data.variants > 0: with fresh examples every epoch "
+            "(data.variants = 0) nothing the frozen parts compute comes back"
+        )
+    if d.cache_max_gb <= 0:
+        raise ConfigError(f"data.cache_max_gb must be > 0, got {d.cache_max_gb}")
     if d.resolution < 8 or d.resolution % 8:
         raise ConfigError(f"data.resolution must be a multiple of 8, got {d.resolution}")
     for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -516,6 +565,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"train.cond_dropout must be in 0..1, got {t.cond_dropout}")
     if not 0.0 < t.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    if t.ema_every < 1:
+        raise ConfigError(f"train.ema_every must be >= 1 (1 = every step), got {t.ema_every}")
     if len(t.betas) != 2:
         raise ConfigError(f"train.betas needs two values, got {t.betas}")
     if t.lr <= 0:

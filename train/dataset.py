@@ -149,7 +149,10 @@ class EpochBatchSampler(Sampler):
     """Infinite batches of ``(epoch, index)`` keys for one rank, starting at a position.
 
     Each epoch is a seeded permutation of the images, trimmed to a multiple of
-    ``world_size * batch_size`` and dealt round-robin to the ranks.
+    ``world_size * batch_size`` and dealt round-robin to the ranks. With ``variants`` K > 0 the
+    keys carry ``epoch mod K`` (the examples of epoch e are those of epoch e mod K; the order
+    still changes every epoch), and several ranks each keep a fixed share of the images, so an
+    example comes back to the rank that cached its frozen outputs (``data.cache``).
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class EpochBatchSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         start: DataPosition | None = None,
+        variants: int = 0,
     ) -> None:
         per_step = batch_size * world_size
         if size < per_step:
@@ -170,13 +174,27 @@ class EpochBatchSampler(Sampler):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.start = start or DataPosition()
+        self.variants = variants
 
     @property
     def batches_per_epoch(self) -> int:
         return self.size // (self.batch_size * self.world_size)
 
+    def shard(self) -> list[int]:
+        """The images this rank can draw: all of them, or with variants on several ranks a fixed
+        share (a seeded permutation dealt round-robin)."""
+        if not self.variants or self.world_size == 1:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed * 100003 - 1)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        return order[self.rank :: self.world_size]
+
     def epoch_order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        if self.variants and self.world_size > 1:
+            shard = self.shard()
+            order = torch.randperm(len(shard), generator=generator).tolist()
+            return [shard[i] for i in order[: self.batches_per_epoch * self.batch_size]]
         order = torch.randperm(self.size, generator=generator).tolist()
         usable = self.batches_per_epoch * self.batch_size * self.world_size
         return order[:usable][self.rank :: self.world_size]
@@ -185,9 +203,10 @@ class EpochBatchSampler(Sampler):
         epoch, first = self.start.epoch, self.start.batch
         while True:
             mine = self.epoch_order(epoch)
+            key = epoch % self.variants if self.variants else epoch
             for b in range(first, self.batches_per_epoch):
                 chunk = mine[b * self.batch_size : (b + 1) * self.batch_size]
-                yield [(epoch, i) for i in chunk]
+                yield [(key, i) for i in chunk]
             epoch, first = epoch + 1, 0
 
     def __len__(self) -> int:  # one epoch; the iterator itself never ends

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -12,35 +13,62 @@ class EMA:
     """shadow <- d * shadow + (1 - d) * param, with d = min(decay, (1 + n) / (10 + n)).
 
     The warm-up of the decay (diffusers' ``EMAModel`` default) keeps early EMA weights from being
-    dominated by the start point. Shadows live in fp32 on the parameters' device.
+    dominated by the start point; n counts optimiser steps. Shadows live in fp32 on ``device``
+    (None: each parameter's own device). ``update`` is called after every optimiser step; with
+    ``every`` = N the shadows move on every N-th call only, by the product of the N steps' decays
+    (decay**N after the warm-up), so the EMA's time constant in steps stays the same.
     """
 
     def __init__(
-        self, params: Iterable[nn.Parameter], decay: float = 0.9999, names: list[str] | None = None
+        self,
+        params: Iterable[nn.Parameter],
+        decay: float = 0.9999,
+        names: list[str] | None = None,
+        device: torch.device | str | None = None,
+        every: int = 1,
     ) -> None:
         self.params = list(params)
         self.names = names or [str(i) for i in range(len(self.params))]
         if len(self.names) != len(self.params):
             raise ValueError("EMA needs one name per parameter")
+        if every < 1:
+            raise ValueError(f"EMA every must be >= 1, got {every}")
         self.decay = decay
-        self.updates = 0
-        self.shadow = [p.detach().float().clone() for p in self.params]
+        self.every = every
+        self.device = None if device is None else torch.device(device)
+        self.updates = 0  # optimiser steps seen (the shadows last moved at a multiple of every)
+        self.shadow = [p.detach().to(self._home(p), torch.float32, copy=True) for p in self.params]
         self._backup: list[torch.Tensor] | None = None
 
+    def _home(self, param: torch.Tensor) -> torch.device:
+        """Where the shadow (and the swapped-out weight) of ``param`` lives."""
+        return param.device if self.device is None else self.device
+
+    def step_decay(self, step: int) -> float:
+        """The warmed-up decay of optimiser step ``step`` (0-based)."""
+        return min(self.decay, (1 + step) / (10 + step))
+
     def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+        """The decay the next shadow move applies: the product of the decays of the steps since
+        the last move (one step when ``every`` = 1)."""
+        start = self.updates + 1 - self.every
+        return math.prod(self.step_decay(n) for n in range(start, self.updates + 1))
 
     @torch.no_grad()
     def update(self) -> None:
-        decay = self.current_decay()
-        for shadow, param in zip(self.shadow, self.params, strict=True):
-            shadow.lerp_(param.detach().float(), 1.0 - decay)
+        """Count one optimiser step; move the shadows when the count reaches a multiple of
+        ``every``."""
+        if (self.updates + 1) % self.every == 0:
+            decay = self.current_decay()
+            for shadow, param in zip(self.shadow, self.params, strict=True):
+                shadow.lerp_(param.detach().to(shadow.device, torch.float32), 1.0 - decay)
         self.updates += 1
 
     @torch.no_grad()
     def swap_in(self) -> None:
-        """Put the EMA weights into the model (``swap_out`` restores the trained ones)."""
-        self._backup = [p.detach().clone() for p in self.params]
+        """Put the EMA weights into the model (``swap_out`` restores the trained ones). The
+        trained weights wait on the shadows' device."""
+        self._backup = [p.detach().to(self._home(p), copy=True) for p in self.params]
         for shadow, param in zip(self.shadow, self.params, strict=True):
             param.copy_(shadow.to(param.dtype))
 

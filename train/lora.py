@@ -76,7 +76,6 @@ def inject_lora(model: PaintByExampleModel, cfg: LoraSection) -> list[nn.Paramet
     """
     from peft import inject_adapter_in_model
 
-    model.requires_grad_(False)
     if cfg.unet_modules:
         targets = unet_target_modules(model.unet, cfg.unet_modules)
         inject_adapter_in_model(_lora_config(targets, cfg), model.unet, adapter_name=ADAPTER)

@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 INSTALL = 'pip install -e ".[train]"'
+# The package each train.optimizer needs beyond torch (train/optim.py builds them).
+OPTIMIZER_PACKAGES = {"adamw8bit": "bitsandbytes"}
 
 
 class PreflightError(ValueError):
@@ -20,8 +22,10 @@ class PreflightError(ValueError):
 
 
 def training_extra() -> tuple[str, ...]:
-    """The packages of the ``train`` extra (pyproject.toml) that the trainer imports."""
-    return ("accelerate", "tensorboard") + (("tomli",) if sys.version_info < (3, 11) else ())
+    """The packages of the ``train`` extra (pyproject.toml) that the trainer imports (peft for
+    LoRA training; bitsandbytes only when ``train.optimizer`` asks for it)."""
+    tomli = ("tomli",) if sys.version_info < (3, 11) else ()
+    return ("accelerate", "tensorboard", "peft") + tomli
 
 
 def require_training_extra() -> None:
@@ -37,6 +41,22 @@ def require_training_extra() -> None:
             f"the trainer needs the training extra, and {'; '.join(missing)} could not be "
             f"imported. Install it from the repository root with: {INSTALL}"
         )
+
+
+def require_optimizer_package(optimizer: str) -> None:
+    """Raise PreflightError when ``train.optimizer`` needs a package that cannot be imported
+    (``adamw8bit``: bitsandbytes, in the ``train`` extra); the other optimisers are torch's."""
+    package = OPTIMIZER_PACKAGES.get(optimizer)
+    if package is None:
+        return
+    try:
+        importlib.import_module(package)
+    except ImportError as exc:
+        raise PreflightError(
+            f"train.optimizer = {optimizer!r} needs {package}, which could not be imported "
+            f"({exc}). Install it with: pip install {package} (or {INSTALL} from the "
+            "repository root), or choose train.optimizer = 'adamw' or 'adafactor'"
+        ) from exc
 
 
 def is_run_folder(out_dir: Path) -> bool:
@@ -80,4 +100,10 @@ def check_out_dir(out_dir: str | Path, resume: bool) -> None:
         ) from exc
 
 
-__all__ = ["INSTALL", "PreflightError", "check_out_dir", "require_training_extra"]
+__all__ = [
+    "INSTALL",
+    "PreflightError",
+    "check_out_dir",
+    "require_optimizer_package",
+    "require_training_extra",
+]

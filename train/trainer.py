@@ -25,6 +25,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ from exemplar_core.model import PaintByExampleModel
 
 from . import checkpoints
 from .augment import PairSpec
+from .cache import FrozenCache, compute_frozen
 from .config import TrainConfig
 from .dataset import (
     DataPosition,
@@ -51,7 +53,8 @@ from .dataset import (
 )
 from .ema import EMA
 from .model_init import build_model
-from .preflight import check_out_dir
+from .optim import optimizer_from_config
+from .preflight import check_out_dir, require_optimizer_package
 from .readers import BoxFilter, ImageRecord, ReadStats, read_dataset, require_records
 from .signals import StopSignals, ignore_stop_signals
 
@@ -396,6 +399,7 @@ class Trainer:
         from accelerate.state import AcceleratorState, GradientState
 
         cfg, t = self.config, self.config.train
+        require_optimizer_package(t.optimizer)
         check_out_dir(self.out_dir, self.resume)
         self.data = prepare_data(cfg)  # fails before any model loads
         # accelerate keeps its settings in process-wide singletons; clear them (not the process
@@ -452,14 +456,18 @@ class Trainer:
         if t.compile:
             self.model.unet.compile()  # in place: parameters and state-dict keys stay the same
         self.denoiser = Denoiser(self.model)
-        optimizer = torch.optim.AdamW(
-            self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, eps=t.adam_eps
-        )
+        optimizer = optimizer_from_config(self.params, t)
         self.denoiser, self.optimizer = acc.prepare(self.denoiser, optimizer)
         self.ema = None
         if t.ema and acc.is_main_process:
             names = {id(p): n for n, p in self.model.named_parameters()}
-            self.ema = EMA(self.params, t.ema_decay, [names[id(p)] for p in self.params])
+            self.ema = EMA(
+                self.params,
+                t.ema_decay,
+                [names[id(p)] for p in self.params],
+                device=None if t.ema_device == "auto" else t.ema_device,
+                every=t.ema_every,
+            )
         from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler(**SCHEDULE)
@@ -505,7 +513,6 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.train.seed + 104729)
             params = inject_lora(self.model, lora)
-        self.model.to(self.device)  # the adapters are made on the CPU
         log.info(
             "LoRA rank %d alpha %g on %s, exemplar %s: %d trained parameters",
             lora.rank,
@@ -553,7 +560,13 @@ class Trainer:
     def _loader(self, dataset, size: int, position: DataPosition) -> DataLoader:
         t, acc = self.config.train, self.accelerator
         sampler = EpochBatchSampler(
-            size, t.batch_size, t.seed, acc.process_index, acc.num_processes, position
+            size,
+            t.batch_size,
+            t.seed,
+            acc.process_index,
+            acc.num_processes,
+            position,
+            self.config.data.variants,
         )
         workers = self.config.data.num_workers
         return DataLoader(
@@ -581,6 +594,10 @@ class Trainer:
                 f"{len(dataset)} training examples cannot fill one batch of {t.batch_size} on "
                 f"{acc.num_processes} process(es): add data or lower train.batch_size"
             )
+        # An empty cache also on resume: each example is recomputed when first met (exact).
+        self.cache = FrozenCache.for_config(self.config.data, self.device)
+        if self.cache is not None:
+            dataset = self.cache.keyed(dataset, 0, acc.num_processes)
         self.loaders = [self._loader(dataset, len(dataset), self._position(len(dataset)))]
         if self.config.subject.enabled and self.prior_dataset is not None:
             size = len(self.prior_dataset)
@@ -589,7 +606,10 @@ class Trainer:
                     f"{size} prior samples cannot fill one batch of {t.batch_size} per process: "
                     "raise subject.num_prior"
                 )
-            self.loaders.append(self._loader(self.prior_dataset, size, self._position(size)))
+            prior = self.prior_dataset
+            if self.cache is not None:
+                prior = self.cache.keyed(prior, 1, acc.num_processes)
+            self.loaders.append(self._loader(prior, size, self._position(size)))
 
     def _position(self, size: int) -> DataPosition:
         per_epoch = size // (self.config.train.batch_size * self.accelerator.num_processes)
@@ -780,7 +800,6 @@ class Trainer:
         self.lr_scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if self.ema is not None and (path / "ema.safetensors").is_file():
             self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device="cpu"))
-            self.ema.shadow = [s.to(self.device) for s in self.ema.shadow]
         rng = torch.load(path / f"rng-{acc.process_index}.pt", weights_only=True)
         _set_rng_state(rng, self.generators)
         self.step, self.consumed = state["step"], state["consumed"]
@@ -908,19 +927,9 @@ class Trainer:
         gen = self.generators["noise"]
         model = self.model
         with torch.no_grad(), acc.autocast():
-            image = batch["image"].to(self.device, non_blocking=True)
-            latents = model.encode_latent(image, generator=gen).float()
-            masked = model.encode_latent(
-                batch["masked_image"].to(self.device, non_blocking=True), generator=gen
-            )
-            keep = F.interpolate(
-                batch["keep_mask"].to(self.device, non_blocking=True),
-                size=latents.shape[-2:],
-                mode="bilinear",
-            )
-            pooled = model.encoder.pooled(
-                batch["reference"].to(self.device, non_blocking=True)
-            ).float()
+            compute = partial(compute_frozen, model, device=self.device)
+            frozen = compute(batch) if self.cache is None else self.cache.outputs(batch, compute)
+            latents, masked, keep, pooled = frozen.draw(gen, model.latent_scale)
         size = latents.shape[0]
         noise = torch.randn(latents.shape, generator=gen, device=self.device)
         if t.noise_offset > 0:

@@ -12,6 +12,7 @@ NODE_IDS = [
     "PaintByExample.MaskBezierJitter",
     "PaintByExample.InpaintSampler",
     "PaintByExample.SimilarityGuidance",
+    "PaintByExample.LoraLoader",
 ]
 SIZE = 64
 
