@@ -57,6 +57,41 @@ class ObjectSpec:
         return PALETTE[self.color]
 
 
+@dataclass(frozen=True)
+class Kind:
+    """What an object is, without where: one shape-colour-texture combination."""
+
+    shape: str
+    color: str
+    texture: str
+
+    def __post_init__(self) -> None:
+        for value, choices, what in (
+            (self.shape, SHAPES, "shape"),
+            (self.color, tuple(PALETTE), "colour"),
+            (self.texture, TEXTURES, "texture"),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {what} {value!r}; choose one of {list(choices)}")
+
+    @classmethod
+    def parse(cls, text: str) -> Kind:
+        """'shape,colour,texture', e.g. 'star,pink,dots'."""
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 3:
+            raise ValueError(
+                f"expected 'shape,colour,texture' (e.g. 'star,pink,dots'), got {text!r}"
+            )
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.shape},{self.color},{self.texture}"
+
+    def of(self, spec: ObjectSpec) -> bool:
+        """Whether ``spec`` is an object of this kind."""
+        return (spec.shape, spec.color, spec.texture) == (self.shape, self.color, self.texture)
+
+
 def _secondary(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
     """A darker or lighter version of the colour, for textures (same hue, clearly visible)."""
     lum = sum(rgb) / 3
@@ -231,6 +266,27 @@ def make_scene(
     return canvas, objects
 
 
+def make_kind_scene(
+    kind: Kind, split: str, index: int, seed: int = 0, size: int = 128
+) -> tuple[Image.Image, list[ObjectSpec]]:
+    """A scene with one object of ``kind`` (first in the list, boxes tight) and 0-2 other,
+    non-overlapping objects of other kinds: the subject experiment's training scenes."""
+    rng = random.Random(scene_seed(split, index, seed))
+    canvas = _background(size, rng)
+    first = random_object(rng, size, 0.3, 0.55)
+    objects: list[ObjectSpec] = []
+    for spec in [ObjectSpec(kind.shape, kind.color, kind.texture, first.box, first.angle)] + [
+        random_object(rng, size) for _ in range(rng.randint(0, 2))
+    ]:
+        if objects and (kind.of(spec) or any(_iou_overlap(spec.box, o.box) for o in objects)):
+            continue
+        draw_object(canvas, spec, rng)
+        objects.append(
+            ObjectSpec(spec.shape, spec.color, spec.texture, tight_box(size, spec), spec.angle)
+        )
+    return canvas, objects
+
+
 def _iou_overlap(a, b) -> float:
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -255,11 +311,16 @@ def make_exemplar_with_mask(
     return canvas, mask
 
 
-def make_eval_case(index: int, seed: int = 0, size: int = 128) -> dict:
-    """A held-out edit: a scene, a box mask, and an exemplar of another (new) object."""
-    rng = random.Random(scene_seed("eval", index, seed))
-    canvas, objects = make_scene("eval", index, seed, size)
+def make_eval_case(
+    index: int, seed: int = 0, size: int = 128, split: str = "eval", kind: Kind | None = None
+) -> dict:
+    """A held-out edit: a scene, a box mask, and an exemplar of another (new) object, of
+    ``kind`` when given (the subject experiment's cases; ``split`` names their seed stream)."""
+    rng = random.Random(scene_seed(split, index, seed))
+    canvas, objects = make_scene(split, index, seed, size)
     target = random_object(rng, size, 0.3, 0.5)
+    if kind is not None:
+        target = ObjectSpec(kind.shape, kind.color, kind.texture, target.box, target.angle)
     mask = Image.new("L", (size, size), 0)
     ImageDraw.Draw(mask).rectangle(
         [target.box[0], target.box[1], target.box[2] - 1, target.box[3] - 1], fill=255
