@@ -185,7 +185,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from .editor import Editor, EditSettings, check_mask_size
     from .files import check_destination
     from .image_io import check_output_name, load_mask, load_rgb, save_rgb
-    from .lora import parse_lora_argument, read_lora
+    from .lora import check_layout, parse_lora_argument, read_lora
 
     # --out is checked before anything is loaded: a model load takes seconds to minutes.
     out = Path(args.out)
@@ -195,6 +195,8 @@ def run_edit(args: argparse.Namespace) -> int:
     check_destination(out, overwrite=args.overwrite, inputs=inputs, what="--out")
     check_output_name(out)
     loras = [(read_lora(path), strength) for path, strength in lora_args]
+    for lora, _ in loras:
+        check_layout(lora)  # what needs no model fails before the model is loaded
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
     exemplar = load_rgb(args.exemplar, "exemplar")

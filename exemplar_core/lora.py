@@ -126,10 +126,9 @@ def save_lora(
     metadata: Mapping[str, str],
     path: str | os.PathLike[str],
     dtype: torch.dtype | str | None = None,
-    *,
-    overwrite: bool = True,
 ) -> Path:
-    """Write a LoRA file atomically (floating tensors cast to ``dtype``; ``alpha`` stays fp32)."""
+    """Write a LoRA file atomically, replacing ``path`` (floating tensors cast to ``dtype``;
+    ``alpha`` stays fp32)."""
     from safetensors.torch import save_file
 
     from .checkpoint.container import prepare_tensors, resolve_dtype
@@ -142,7 +141,7 @@ def save_lora(
     rest = {k: v for k, v in tensors.items() if k not in alphas}
     prepared = {**prepare_tensors(rest, resolve_dtype(dtype)), **alphas}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **dict(metadata)}
-    atomic_write(out, lambda tmp: save_file(prepared, str(tmp), meta), overwrite=overwrite)
+    atomic_write(out, lambda tmp: save_file(prepared, str(tmp), meta))
     return out
 
 
@@ -304,10 +303,15 @@ def read_lora(path: str | os.PathLike[str]) -> LoraFile:
     from .checkpoint.safe_read import read_safetensors
 
     try:
+        # The header first (meta tensors): a whole model put in models/loras is refused before
+        # gigabytes of it are read.
+        shapes, metadata = read_safetensors(p, lazy=True)
+        _refuse_non_lora(p, shapes, metadata)
         tensors, metadata = read_safetensors(p, lazy=False)
+    except LoraError:
+        raise
     except CheckpointError as err:
         raise LoraError(f"LoRA file {err}") from err
-    _refuse_non_lora(p, tensors, metadata)
     return LoraFile(p, tensors, metadata)
 
 
@@ -473,7 +477,11 @@ def check_layout(lora: LoraFile) -> None:
     text = [k for k in keys if k.startswith(_TEXT_ENCODER_PREFIXES)]
     if text:
         sdxl = any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2")) for k in text)
-        widths = {int(lora.tensors[k].shape[1]) for k in text if k.endswith("lora_down.weight")}
+        widths = {
+            int(lora.tensors[k].shape[1])
+            for k in text
+            if k.endswith("lora_down.weight") and lora.tensors[k].ndim >= 2
+        }
         base = "SDXL" if sdxl else "SD 2.x" if 1024 in widths else "SD 1.x"
         raise LoraError(
             f"{where} is an {base} LoRA with a text-encoder part ({len(text)} keys such as "
@@ -537,6 +545,11 @@ def _check_entries(
             f"{where}: {stem} has lora_down {_show(down.shape)} and lora_up {_show(up.shape)}; "
             f"expected [rank, in] and [out, rank] (a linear layer) or [rank, in, kh, kw] and "
             f"[out, rank, 1, 1] (a convolution)"
+        )
+    if down.shape[0] == 0 or up.shape[1] == 0:
+        raise LoraError(
+            f"{where}: {stem} has rank 0 (lora_down {_show(down.shape)}, lora_up "
+            f"{_show(up.shape)}): an empty adapter; expected a rank of 1 or more"
         )
     if down.shape[0] != up.shape[1]:
         raise LoraError(
@@ -608,6 +621,15 @@ def _checked_targets(
             f"{target} ({describe_keys(sdxl or unknown, 3)}; {_made_for(lora)}). Expected a LoRA "
             f"trained on this model's UNet (diffusers or LDM layer names)."
         )
+    named: dict[str, str] = {}
+    for stem in sorted(unet_stems):
+        first = named.setdefault(table[stem], stem)
+        if first != stem:
+            raise LoraError(
+                f"{where}: {first} and {stem} both name {target}'s UNet layer {table[stem]} (its "
+                f"diffusers and its LDM name); expected each layer once (ComfyUI's LoRA loader "
+                f"would apply only one of them). Export the file again."
+            )
     exemplar = [s for s in layers if s.startswith(EXEMPLAR_PREFIX)]
     if exemplar and not encoder_shapes:
         raise LoraError(
@@ -635,6 +657,13 @@ def _checked_targets(
                 f"{where}: {stem} does not fit {target}'s {part} layer {key}: {problem}. The LoRA "
                 f"says {_made_for(lora)}; expected a LoRA trained on this model."
             )
+    if lora.metadata.get("format") != FORMAT:
+        log.warning(
+            "%s has no %s metadata: applied because its shapes fit (%s)",
+            lora.path,
+            FORMAT,
+            _made_for(lora),
+        )
     return targets
 
 
@@ -702,13 +731,6 @@ def apply_lora(model: PaintByExampleModel, lora: LoraFile, strength: float = 1.0
     encoder_shapes = {k: tuple(v.shape) for k, v in model.encoder.state_dict().items()}
     target = f"this Paint-by-Example model ({_unet_summary(model.configs.unet)})"
     targets = _checked_targets(lora, unet_shapes, encoder_shapes, target)
-    if lora.metadata.get("format") != FORMAT:
-        log.warning(
-            "%s has no %s metadata: applied because its shapes fit (%s)",
-            lora.path,
-            FORMAT,
-            _made_for(lora),
-        )
     if strength == 0.0:
         return
     with torch.no_grad():

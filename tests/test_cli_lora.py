@@ -129,3 +129,45 @@ def test_info_describes_a_lora_file(files, capsys):  # noqa: F811
     ):
         assert line in out
     assert "params:   " in out and "MiB" in out
+
+
+def test_edit_and_merge_lora_refuse_a_text_encoder_lora_before_loading_the_model(
+    files,  # noqa: F811
+    capsys,
+    monkeypatch,
+):
+    from exemplar_core.checkpoint import cli as checkpoint_cli
+    from exemplar_core.editor import Editor
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the LoRA was refused")
+
+    monkeypatch.setattr(Editor, "from_file", never)
+    monkeypatch.setattr(checkpoint_cli, "load_checkpoint", never)
+    tmp, ckpt = files
+    text = L.lora_pair(
+        "lora_te_text_model_encoder_layers_0_mlp_fc1", torch.ones(4, 768), torch.ones(8, 4), 4
+    )
+    lora = L.save_lora(text, {}, tmp / "sd15-text.safetensors")
+    assert main(_args(tmp, ckpt, "x.png", "--lora", str(lora))) == 2
+    assert "SD 1.x LoRA with a text-encoder part" in capsys.readouterr().err
+    assert main(["merge-lora", str(ckpt), str(lora), "--out", str(tmp / "m.safetensors")]) == 2
+    assert "SD 1.x LoRA with a text-encoder part" in capsys.readouterr().err
+    assert not (tmp / "x.png").exists() and not (tmp / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "dtypes, expected",
+    [
+        ({"unet": "float16", "vae": "float16", "encoder": "float16"}, "fp16"),
+        ({"unet": "bfloat16", "vae": "bfloat16", "encoder": "none"}, "bf16"),
+        ({"unet": "float16", "vae": "float32", "encoder": "float16"}, "fp32"),
+        ({"unet": "float16+float32", "vae": "float16", "encoder": "float16"}, "fp32"),
+    ],
+)
+def test_merge_lora_keeps_the_bases_one_dtype_and_writes_fp32_when_it_mixes(dtypes, expected):
+    from types import SimpleNamespace
+
+    from exemplar_core.checkpoint.cli import _storage_dtype
+
+    assert _storage_dtype(SimpleNamespace(dtypes=lambda: dtypes)) == expected

@@ -312,3 +312,68 @@ def test_parse_lora_argument_takes_the_strength_after_the_last_colon(tmp_path):
         L.parse_lora_argument(f"{plain}:x")
     with pytest.raises(LoraError, match=r"--lora .*:nan: the strength must be a finite number"):
         L.parse_lora_argument(f"{plain}:nan")
+
+
+def test_rank_zero_and_one_dimensional_text_encoder_weights_are_refused_not_crashed(
+    tmp_path, tiny_model
+):
+    empty = L.lora_pair(L.unet_key(LINEAR), torch.ones(0, 32), torch.ones(32, 0), 4)
+    msg = _refused(tmp_path, tiny_model, empty, "has rank 0", rank="0")
+    assert L.unet_key(LINEAR) in msg and "lora_down [0, 32]" in msg
+    flat = {"lora_te_x.lora_down.weight": torch.ones(4), "lora_te_x.lora_up.weight": torch.ones(4)}
+    _refused(tmp_path, tiny_model, flat, "SD 1.x LoRA with a text-encoder part")
+
+
+def test_the_diffusers_and_the_ldm_name_of_one_layer_in_one_file_are_refused(tmp_path, tiny_model):
+    tensors = _tensors(tiny_model, unet=(LINEAR,), mapper=(), diffs=False)
+    ldm_stem = "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q"
+    ldm = {k.replace(L.unet_key(LINEAR), ldm_stem): v.clone() for k, v in tensors.items()}
+    both = {**tensors, **ldm}
+    msg = _refused(tmp_path, tiny_model, both, f"both name the test model's UNet layer {LINEAR}")
+    assert L.unet_key(LINEAR) in msg and ldm_stem in msg
+    with pytest.raises(LoraError, match="expected each layer once"):
+        apply_lora(tiny_model, read_lora(tmp_path / "a.safetensors"))
+
+
+def test_a_whole_model_is_refused_from_its_header_before_its_tensors_are_read(
+    tmp_path, tiny_model, monkeypatch
+):
+    from exemplar_core.checkpoint import safe_read
+
+    model = save_single_file(checkpoint_from_model(tiny_model), tmp_path / "model.safetensors")
+    reads = []
+    real = safe_read.read_safetensors
+
+    def recorded(path, lazy, header=None):
+        reads.append(lazy)
+        return real(path, lazy, header)
+
+    monkeypatch.setattr(safe_read, "read_safetensors", recorded)
+    with pytest.raises(LoraError, match="is a whole Paint-by-Example model"):
+        read_lora(model)
+    assert reads == [True]
+    lora = L.save_lora(_tensors(tiny_model), {}, tmp_path / "a.safetensors")
+    assert read_lora(lora).tensors[f"{L.unet_key(LINEAR)}.alpha"].device.type == "cpu"
+    assert reads == [True, True, False]
+
+
+def test_a_lora_without_the_packs_metadata_is_checked_with_one_warning(
+    tmp_path, tiny_model, caplog
+):
+    path = tmp_path / "kohya.safetensors"
+    tensors = _tensors(tiny_model, unet=(LINEAR,), mapper=(), diffs=False)
+    save_file(tensors, path, {"ss_base_model_version": "sd_v1"})
+    lora = read_lora(path)
+    with caplog.at_level("WARNING", logger=L.__name__):
+        check_lora(lora, *_shapes(tiny_model), "the test model")
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "kohya.safetensors has no paint-by-example-lora" in warnings[0]
+    assert "ss_base_model_version=sd_v1" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=L.__name__):
+        apply_lora(tiny_model, lora)
+    assert len(caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=L.__name__):
+        check_lora(_save(tmp_path, tensors), *_shapes(tiny_model), "the test model")
+    assert not caplog.records

@@ -165,8 +165,14 @@ def run_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
 _STORAGE_DTYPES = {str(dtype).removeprefix("torch."): name for name, dtype in DTYPES.items()}
 
 
+def _storage_dtype(ckpt: PbECheckpoint) -> str:
+    """The one dtype all of ``ckpt``'s floating tensors use (a ``--dtype`` name), else fp32."""
+    found = {d for part in ckpt.dtypes().values() for d in part.split("+") if d != "none"}
+    return _STORAGE_DTYPES.get(found.pop(), "fp32") if len(found) == 1 else "fp32"
+
+
 def run_merge_lora(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from ..lora import merge_loras, parse_lora_argument, read_lora
+    from ..lora import check_layout, merge_loras, parse_lora_argument, read_lora
 
     out = out or sys.stdout
     base, dst = Path(args.base), Path(args.out)
@@ -178,9 +184,11 @@ def run_merge_lora(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if dst.suffix != ".safetensors":
             raise CheckpointError(f"{dst} must end in .safetensors (the single-file format)")
         loras = [(read_lora(path), strength) for path, strength in specs]
+        for lora, _ in loras:
+            check_layout(lora)  # what needs no model fails before the model is read
         ckpt = load_checkpoint(base)
         # By default the base's own storage dtype: merging does not grow an fp16 file.
-        dtype = args.dtype or _STORAGE_DTYPES.get(ckpt.dtypes()["unet"], "fp32")
+        dtype = args.dtype or _storage_dtype(ckpt)
         merged = merge_loras(ckpt, loras)
         save_single_file(merged, dst, dtype=DTYPES[dtype])
     except (CheckpointError, DestinationError) as err:
