@@ -181,6 +181,17 @@ def test_a_checkpoint_saved_before_train_method_existed_resumes_as_full_fine_tun
         Trainer._check_resume_method(run, Path("step-00000002"), saved)
 
 
+def test_seeding_the_adapters_leaves_the_cuda_generators_alone(tmp_path, data, monkeypatch):
+    config = _config(tmp_path, data)
+    run = SimpleNamespace(config=config, model=build_model(config.model, config.train.seed))
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    cpu_state = torch.get_rng_state()
+    assert Trainer._inject_lora(run)  # adapters made, seeded
+    assert reseeded == []  # fork_rng(devices=[]) would not restore them
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+
+
 ALL_GROUPS = ["attention", "feed_forward", "projections", "conv", "conv_in"]
 
 
