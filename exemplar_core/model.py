@@ -243,12 +243,17 @@ class PaintByExampleModel(nn.Module):
     def vae_scale_factor(self) -> int:
         return self.configs.vae_scale_factor
 
+    def encode_posterior(self, image: torch.Tensor):
+        """image: [B, 3, H, W] in -1..1 -> the VAE's latent distribution (unscaled; diffusers'
+        ``DiagonalGaussianDistribution``, mean and std [B, C, H/f, W/f])."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.encode(image.to(vae_dtype)).latent_dist
+
     def encode_latent(
         self, image: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
     ) -> torch.Tensor:
         """image: [B, 3, H, W] in -1..1 -> scaled latent [B, C, H/f, W/f] (sample or mode)."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode(image.to(vae_dtype)).latent_dist
+        posterior = self.encode_posterior(image)
         latent = posterior.sample(generator) if sample else posterior.mode()
         return latent * self.latent_scale
 

@@ -9,9 +9,14 @@ from contextlib import contextmanager
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from safetensors.torch import load_file
 from test_train_subject import _config as subject_config
-from train_support import make_images, tiny_config, write_jsonl
+from train_support import (
+    assert_same_weights,
+    checkpoint_weights,
+    make_images,
+    tiny_config,
+    write_jsonl,
+)
 
 from exemplar_core.encoder import ExemplarEncoder
 from train.cache import FrozenCache, FrozenOutputs, compute_frozen
@@ -66,16 +71,6 @@ def frozen_calls(monkeypatch):
     yield calls
 
 
-def _final(out, step: int = 8) -> dict:
-    return load_file(str(out / "checkpoints" / f"step-{step:08d}" / "trainable.safetensors"))
-
-
-def _assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
 @pytest.fixture(scope="module")
 def variant_runs(tmp_path_factory, four_images):
     """The K = 2 schedule trained uncached and cached, with the frozen calls of each."""
@@ -110,9 +105,13 @@ def test_cached_epochs_after_k_do_no_frozen_work_and_train_as_the_uncached_sched
     per_batch = sorted((part, rows) for micro, part, rows in calls if micro == 1)
     assert per_batch == [("tower", 2), ("vae", 2), ("vae", 2)]
     assert summary["rank_data_checksums"] == plain_summary["rank_data_checksums"]
-    _assert_same_weights(_final(cached), _final(plain))
+    assert_same_weights(checkpoint_weights(cached, 8), checkpoint_weights(plain, 8))
     log = (cached / "train.log").read_text()
     assert "frozen-output cache on cpu: up to 8 examples (2 variants)" in log
+    # 8 micro-batches of 2: the first 4 computed, the last 4 reused; plain runs hold no cache.
+    assert summary["cache"]["computed"] == summary["cache"]["reused"] == 8
+    assert summary["cache"]["bytes"] > 0 and "cache" not in plain_summary
+    assert "frozen-output cache: 8 examples computed, 8 reused" in log
 
 
 @pytest.mark.slow
@@ -138,7 +137,7 @@ def test_resumed_cached_run_recomputes_its_empty_cache_and_ends_identical(
     assert summary["step"] == 8
     # Resumed in epoch 2 with an empty cache: micro-batches 6..8 recompute their examples.
     assert sorted({micro for micro, _, _ in calls}) == [6, 7, 8]
-    _assert_same_weights(_final(tmp_path), _final(cached))
+    assert_same_weights(checkpoint_weights(tmp_path, 8), checkpoint_weights(cached, 8))
 
 
 def test_variants_repeat_epoch_mod_k_and_equal_the_recipe_while_epochs_are_below_k():
@@ -276,13 +275,8 @@ def test_subject_mode_caches_the_subject_and_the_prior_stream(tmp_path, monkeypa
     assert vae_rows == {1: 2 * 4, 2: 2 * 4, 3: 2 * 2}
     manifest = (tmp_path / "prior" / "prior.jsonl").read_text().splitlines()
     assert len([json.loads(line) for line in manifest]) == 4
-    a = load_file(
-        str(tmp_path / "run-off" / "checkpoints" / "step-00000004" / "trainable.safetensors")
-    )
-    b = load_file(
-        str(tmp_path / "run-cpu" / "checkpoints" / "step-00000004" / "trainable.safetensors")
-    )
-    _assert_same_weights(a, b)
+    runs = (tmp_path / "run-off", tmp_path / "run-cpu")
+    assert_same_weights(*(checkpoint_weights(run, 4) for run in runs))
 
 
 @pytest.mark.slow

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from permissions import bound_by_permissions
-from safetensors.torch import load_file
-from train_support import tiny_config
+from train_support import assert_same_weights, checkpoint_weights, tiny_config
 
 from train import checkpoints
 from train.__main__ import main as train_main
@@ -37,19 +36,6 @@ def reference(tmp_path_factory, data):
     out = tmp_path_factory.mktemp("reference")
     train(tiny_config(out, data, train=RUN))
     return out
-
-
-def _weights(out: Path, step: int) -> dict[str, torch.Tensor]:
-    folder = out / "checkpoints" / checkpoints.checkpoint_name(step)
-    weights = load_file(str(folder / "trainable.safetensors"))
-    weights.update({f"ema.{k}": v for k, v in load_file(str(folder / "ema.safetensors")).items()})
-    return weights
-
-
-def _assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in b:
-        assert torch.equal(a[key], b[key]), key
 
 
 def _assert_latest_is_complete(out: Path) -> str | None:
@@ -170,7 +156,7 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_weights(tmp_path, da
     done = _python("-m", "train", "--config", str(config), "--resume")
     assert done.returncode == 0, done.stderr[-2000:]
     assert checkpoints.read_latest(out / "checkpoints") == "step-00000008"
-    _assert_same_weights(_weights(out, 8), _weights(reference, 8))
+    assert_same_weights(checkpoint_weights(out, 8), checkpoint_weights(reference, 8))
     assert not list((out / "checkpoints").glob(".tmp-*")) and not list(
         (out / "checkpoints").glob(".old-*")
     )
@@ -394,7 +380,7 @@ def test_a_corrupt_checkpoint_is_detected_on_resume_and_the_previous_one_used(
     ), logs
     assert any("resumed from" in line and "step-00000001" in line for line in logs), logs
     assert summary["step"] == 3
-    _assert_same_weights(_weights(out, 3), _weights(reference, 3))
+    assert_same_weights(checkpoint_weights(out, 3), checkpoint_weights(reference, 3))
 
 
 def test_resume_with_only_corrupt_checkpoints_fails_instead_of_starting_over(

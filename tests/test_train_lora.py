@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from train_support import make_images, tiny_config, write_jsonl
+from train_support import (
+    assert_same_weights,
+    checkpoint_weights,
+    make_images,
+    tiny_config,
+    write_jsonl,
+)
 
 from exemplar_core.lora import mapper_target_modules, unet_key, unet_target_modules
 from train.lora import lora_layers
@@ -20,6 +28,7 @@ pytestmark = pytest.mark.slow
 LORA = {"rank": 4, "alpha": 8.0}
 RUN = {"method": "lora", "max_steps": 4, "grad_accum": 2, "checkpoint_every": 2}
 STEP4 = ("checkpoints", "step-00000004")
+DROPOUT = {"dropout": 0.1}  # drawn from the global CPU generator: resume must restore it exactly
 
 
 def _config(out, data, train=None, lora=None, **sections):
@@ -30,9 +39,9 @@ def _config(out, data, train=None, lora=None, **sections):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data):
-    """A 4-step LoRA run (validation images at the end, through the adapted model)."""
+    """A 4-step LoRA run with dropout (validation images at the end, through the adapted model)."""
     out = tmp_path_factory.mktemp("lora")
-    trainer = Trainer(_config(out, data, train={"validate_every": 4}))
+    trainer = Trainer(_config(out, data, train={"validate_every": 4}, lora=DROPOUT))
     summary = trainer.run()
     return out, trainer, summary
 
@@ -121,7 +130,7 @@ def test_a_stopped_and_resumed_lora_run_ends_bit_identical(
     tmp_path, data, uninterrupted, monkeypatch
 ):
     out, _, _ = uninterrupted
-    config = _config(tmp_path, data)
+    config = _config(tmp_path, data, lora=DROPOUT)
     real_step = Trainer.training_step
     calls = {"n": 0}
 
@@ -136,10 +145,7 @@ def test_a_stopped_and_resumed_lora_run_ends_bit_identical(
         train(config)
     monkeypatch.setattr(Trainer, "training_step", real_step)
     assert train(config, resume=True)["step"] == 4
-    for name in ("trainable.safetensors", "ema.safetensors"):
-        resumed, full = (load_file(str(o.joinpath(*STEP4, name))) for o in (tmp_path, out))
-        assert resumed.keys() == full.keys()
-        assert all(torch.equal(resumed[k], full[k]) for k in full), name
+    assert_same_weights(checkpoint_weights(tmp_path, 4), checkpoint_weights(out, 4))
     a, b = (load_file(str(o / "models" / "pbe-lora-final.safetensors")) for o in (tmp_path, out))
     assert all(torch.equal(a[k], b[k]) for k in b)
 
@@ -162,6 +168,28 @@ def test_resuming_with_another_lora_layout_fails_clearly(
     )
     with pytest.raises(ResumeError, match=message):
         train(changed, resume=True)
+
+
+def test_a_checkpoint_saved_before_train_method_existed_resumes_as_full_fine_tuning():
+    run = SimpleNamespace(
+        config=SimpleNamespace(method="full"), accelerator=SimpleNamespace(is_main_process=True)
+    )
+    saved = {"train": {"lr": 1e-5}, "subject": {"enabled": True}}  # no train.method
+    Trainer._check_resume_method(run, Path("step-00000002"), saved)  # accepted as full
+    run.config.method = "lora"
+    with pytest.raises(ResumeError, match=r"train\.method = 'full' but this run uses 'lora'"):
+        Trainer._check_resume_method(run, Path("step-00000002"), saved)
+
+
+def test_seeding_the_adapters_leaves_the_cuda_generators_alone(tmp_path, data, monkeypatch):
+    config = _config(tmp_path, data)
+    run = SimpleNamespace(config=config, model=build_model(config.model, config.train.seed))
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    cpu_state = torch.get_rng_state()
+    assert Trainer._inject_lora(run)  # adapters made, seeded
+    assert reseeded == []  # fork_rng(devices=[]) would not restore them
+    assert torch.equal(torch.get_rng_state(), cpu_state)
 
 
 ALL_GROUPS = ["attention", "feed_forward", "projections", "conv", "conv_in"]

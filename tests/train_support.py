@@ -7,8 +7,11 @@ import random
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
+from train.checkpoints import checkpoint_name
 from train.config import TrainConfig, config_from_dict
 
 
@@ -65,3 +68,18 @@ def tiny_config(out_dir: Path, data_path: Path, **sections) -> TrainConfig:
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return config_from_dict(data)
+
+
+def checkpoint_weights(out: Path, step: int) -> dict[str, torch.Tensor]:
+    """The trained weights of run ``out``'s checkpoint ``step``, with its EMA under ``ema.``."""
+    folder = out / "checkpoints" / checkpoint_name(step)
+    weights = load_file(str(folder / "trainable.safetensors"))
+    weights.update({f"ema.{k}": v for k, v in load_file(str(folder / "ema.safetensors")).items()})
+    return weights
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Same keys, bit-identical tensors."""
+    assert a.keys() == b.keys()
+    for key in b:
+        assert torch.equal(a[key], b[key]), key

@@ -65,10 +65,8 @@ def posterior_sample(
 
 def compute_frozen(model, batch: dict, device: torch.device) -> FrozenOutputs:
     """Run the frozen VAE encoder and CLIP tower on a batch of pixel examples (no sampling)."""
-    vae_dtype = next(model.vae.parameters()).dtype
-    target = model.vae.encode(batch["image"].to(device, non_blocking=True).to(vae_dtype))
-    masked = model.vae.encode(batch["masked_image"].to(device, non_blocking=True).to(vae_dtype))
-    target, masked = target.latent_dist, masked.latent_dist
+    target = model.encode_posterior(batch["image"].to(device, non_blocking=True))
+    masked = model.encode_posterior(batch["masked_image"].to(device, non_blocking=True))
     keep = F.interpolate(
         batch["keep_mask"].to(device, non_blocking=True),
         size=target.mean.shape[-2:],
@@ -123,6 +121,10 @@ class FrozenCache:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for row in self.entries.values() for t in row)
+
+    def counts(self) -> dict[str, int]:
+        """This process's examples computed and reused since it started, and the bytes held."""
+        return {"computed": self.computed, "reused": self.reused, "bytes": self.nbytes()}
 
     def _check_size(self, outputs: FrozenOutputs) -> None:
         """Once the first batch gives the bytes per example: log the estimate, refuse when it is

@@ -137,7 +137,7 @@ class DataSection:
         "'device' (the training device's memory), 'cpu' (RAM) or 'off'",
     )
     cache_max_gb: float = opt(
-        8.0, "refuse to run when data.cache would grow past this many GB (per process)"
+        8.0, "refuse to run when data.cache would grow past this many GiB (per process)"
     )
 
 

@@ -511,7 +511,9 @@ class Trainer:
         lora = self.config.lora
         self.lora_base = exemplar_base_state(self.model, lora)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.train.seed + 104729)
+            # The CPU generator only: torch.manual_seed would also reseed every CUDA
+            # generator, which the fork does not restore.
+            torch.default_generator.manual_seed(self.config.train.seed + 104729)
             params = inject_lora(self.model, lora)
         log.info(
             "LoRA rank %d alpha %g on %s, exemplar %s: %d trained parameters",
@@ -578,6 +580,9 @@ class Trainer:
             persistent_workers=False,
             prefetch_factor=2 if workers else None,
             worker_init_fn=ignore_stop_signals if workers else None,
+            # iter() draws the workers' base seed from this, not from the global CPU generator,
+            # which a resumed run restores and (lora.dropout) draws from: resume stays exact.
+            generator=torch.Generator().manual_seed(t.seed),
         )
 
     def _build_loaders(self) -> None:
@@ -815,7 +820,8 @@ class Trainer:
         acc = self.accelerator
         train_saved = saved.get("train", {})
         subject_saved = saved.get("subject", {}).get("enabled", False)
-        method = resolved_method(train_saved.get("method", "auto"), subject_saved)
+        # A checkpoint from before train.method existed is a full fine-tuning run.
+        method = resolved_method(train_saved.get("method", "full"), subject_saved)
         if method != self.config.method:
             raise ResumeError(
                 f"{path} was trained with train.method = {method!r} but this run uses "
@@ -1132,7 +1138,15 @@ class Trainer:
             "samples": self.samples,
             "last_checkpoint": str(self.last_checkpoint),
         }
+        if self.cache is not None:
+            summary["cache"] = self.cache.counts()  # the main process's
         if acc.is_main_process:
+            if self.cache is not None:
+                log.info(
+                    "frozen-output cache: %(computed)d examples computed, %(reused)d reused, "
+                    "%(bytes)d bytes held",
+                    summary["cache"],
+                )
             atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=1))
             log.info("finished at step %d; ranks in sync: %s", self.step, in_sync)
             self._close_logs()
