@@ -13,6 +13,7 @@ from test_train_subject import _config as subject_config
 from train_support import (
     assert_same_weights,
     checkpoint_weights,
+    kill_in_micro_batch,
     make_images,
     tiny_config,
     write_jsonl,
@@ -120,18 +121,7 @@ def test_resumed_cached_run_recomputes_its_empty_cache_and_ends_identical(
 ):
     cached = variant_runs["cpu"][0]
     config = tiny_config(tmp_path, four_images, train=RUN, data={**VARIANTS, "cache": "cpu"})
-    real_step = Trainer.training_step
-
-    def crash_at_seven(self, batch):
-        if self.consumed == 7:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "training_step", crash_at_seven)
-    with pytest.raises(KeyboardInterrupt):
-        train(config)
-    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-00000005"
-    monkeypatch.setattr(Trainer, "training_step", real_step)
+    kill_in_micro_batch(monkeypatch, config, 7, "step-00000005")
     with frozen_calls(monkeypatch) as calls:
         summary = train(config, resume=True)
     assert summary["step"] == 8

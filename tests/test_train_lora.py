@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from train_support import (
     assert_same_weights,
     checkpoint_weights,
+    kill_in_micro_batch,
     make_images,
     tiny_config,
     write_jsonl,
@@ -131,19 +132,8 @@ def test_a_stopped_and_resumed_lora_run_ends_bit_identical(
 ):
     out, _, _ = uninterrupted
     config = _config(tmp_path, data, lora=DROPOUT)
-    real_step = Trainer.training_step
-    calls = {"n": 0}
-
-    def crash_in_step_three(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "training_step", crash_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(config)
-    monkeypatch.setattr(Trainer, "training_step", real_step)
+    # micro-batch 6 = the second half of optimiser step 3
+    kill_in_micro_batch(monkeypatch, config, 6, "step-00000002")
     assert train(config, resume=True)["step"] == 4
     assert_same_weights(checkpoint_weights(tmp_path, 4), checkpoint_weights(out, 4))
     a, b = (load_file(str(o / "models" / "pbe-lora-final.safetensors")) for o in (tmp_path, out))

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 import torch
-from train_support import assert_same_weights, checkpoint_weights, tiny_config
+from train_support import assert_same_weights, checkpoint_weights, kill_in_micro_batch, tiny_config
 
 from train.__main__ import main as train_main
 from train.config import ConfigError, to_toml
 from train.ema import EMA
 from train.optim import build_optimizer, state_bytes, state_tensors
-from train.trainer import Trainer, train
+from train.trainer import train
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
@@ -181,20 +181,7 @@ def test_resume_with_a_memory_saver_ends_with_identical_weights(tmp_path, data, 
     train(tiny_config(full, data, train=options))
     part = tmp_path / "part"
     config = tiny_config(part, data, train=options)
-    real_step = Trainer.training_step
-    calls = {"n": 0}
-
-    def crash_in_step_three(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "training_step", crash_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(config)
-    assert (part / "checkpoints" / "latest").read_text() == "step-00000002"
-    monkeypatch.setattr(Trainer, "training_step", real_step)
+    kill_in_micro_batch(monkeypatch, config, 3, "step-00000002")
     assert train(config, resume=True)["step"] == 4
     last = "checkpoints/step-00000004"
     assert_same_weights(checkpoint_weights(part, 4), checkpoint_weights(full, 4))

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_support import tiny_config
+from train_support import kill_in_micro_batch, tiny_config
 
 import train.trainer as trainer
 from train.trainer import Trainer, TrainingError, train
@@ -94,21 +94,9 @@ def test_resume_after_a_crash_ends_with_identical_weights(
 ):
     out, _ = uninterrupted
     config = tiny_config(tmp_path, data, train=RUN)
-    real_step = Trainer.training_step
-    calls = {"n": 0}
-
-    def crash_in_step_three(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 6:  # micro-batch 6 = second half of optimiser step 3
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "training_step", crash_in_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        train(config)
-    assert (tmp_path / "checkpoints" / "latest").read_text() == "step-00000002"
+    # micro-batch 6 = the second half of optimiser step 3
+    kill_in_micro_batch(monkeypatch, config, 6, "step-00000002")
     assert not (tmp_path / "checkpoints" / "step-00000004").exists()
-    monkeypatch.setattr(Trainer, "training_step", real_step)
     summary = train(config, resume=True)
     assert summary["step"] == 4 and summary["samples"] == 16
     resumed, full = _final_state(tmp_path), _final_state(out)

@@ -83,3 +83,25 @@ def assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in b:
         assert torch.equal(a[key], b[key]), key
+
+
+def kill_in_micro_batch(monkeypatch, config: TrainConfig, micro_batch: int, latest: str) -> None:
+    """Run ``config`` until a simulated kill in micro-batch ``micro_batch`` (counted from the
+    run's start) and check that ``checkpoints/latest`` then names ``latest``; the caller resumes
+    the run (``train(config, resume=True)``)."""
+    import pytest
+
+    from train.trainer import Trainer, train
+
+    real_step = Trainer.training_step
+
+    def killed(self, batch):
+        if self.consumed == micro_batch:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "training_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert (Path(config.out_dir) / "checkpoints" / "latest").read_text() == latest
+    monkeypatch.setattr(Trainer, "training_step", real_step)
