@@ -271,21 +271,76 @@ def test_no_two_nodes_overlap_and_the_template_opens_readable(page, name):
     _check_opening_view(state)
 
 
-def test_node_help_page_opens_from_the_node_library(page):
+def _node_library_search(page):
+    """The node library's search box: a help page left open goes back to the list (its arrow
+    button), a closed library opens from the side bar's Nodes button."""
     page.keyboard.press("Escape")
-    page.get_by_text("Nodes", exact=True).first.click()
-    page.locator(".node-lib-search-box input").first.fill("Paint-by-Example Inpaint Sampler")
-    item = page.locator(".node-lib-node-container", has_text="Paint-by-Example Inpaint Sampler")
+    help_page = page.locator(".node-help-content")
+    if help_page.count() and help_page.first.is_visible():
+        page.locator("button:has(.pi-arrow-left)").first.click()
+    box = page.locator(".node-lib-search-box input").first
+    for _ in range(3):
+        if box.is_visible():
+            return box
+        page.get_by_text("Nodes", exact=True).first.click()
+        page.wait_for_timeout(500)
+    raise AssertionError("the node library's search box did not open")
+
+
+# (display name, node id, words only in its web/docs page, more words of the page)
+HELP_PAGES = [
+    (
+        "Paint-by-Example Inpaint Sampler",
+        "PaintByExample.InpaintSampler",
+        "Batches and errors",
+        "greys out the area to repaint",
+    ),
+    (
+        "Paint-by-Example LoRA Loader",
+        "PaintByExample.LoraLoader",
+        "Stacking, and the stock loader",
+        "one file serves this node and the stock",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("title", "node_id", "heading", "words"), HELP_PAGES, ids=[h[1] for h in HELP_PAGES]
+)
+def test_node_help_page_opens_from_the_node_library(page, title, node_id, heading, words):
+    _node_library_search(page).fill(title)
+    item = page.locator(".node-lib-node-container", has_text=title)
     item.first.hover()
     item.first.locator(".help-button").click()
     help_page = page.locator(".node-help-content")
     help_page.wait_for()
     # Without a page the panel falls back to the node's description and tooltips; these words
-    # are only in web/docs/PaintByExample.InpaintSampler.md.
+    # are only in web/docs/<node id>.md.
     page.wait_for_function(
-        "() => document.querySelector('.node-help-content').innerText"
-        ".includes('Batches and errors')"
+        f"() => document.querySelector('.node-help-content').innerText.includes({heading!r})"
     )
-    assert "greys out the area to repaint" in help_page.inner_text()
+    assert words in help_page.inner_text()
     assert help_page.locator("table").count() >= 2  # inputs and outputs, rendered as tables
+    assert PAGE_ERRORS == []
+
+
+def test_lora_loader_goes_on_the_canvas_from_the_node_library(page, screenshots):
+    """An artist adds the LoRA Loader from the library (a click puts it on the canvas): it comes
+    with its two sockets in, two out, and the file list and strength widgets."""
+    page.evaluate("() => window.app.graph.clear()")
+    _node_library_search(page).fill("Paint-by-Example LoRA Loader")
+    page.locator(".node-lib-node-container", has_text="Paint-by-Example LoRA Loader").first.click()
+    page.wait_for_function("() => window.app.graph._nodes.length === 1")
+    node = page.evaluate(
+        """() => { const n = window.app.graph._nodes[0];
+        return {type: n.type, inputs: n.inputs.filter(i => !i.widget).map(i => i.type),
+                outputs: n.outputs.map(o => o.type),
+                widgets: n.widgets.map(w => [w.name, w.value])}; }"""
+    )
+    assert node["type"] == "PaintByExample.LoraLoader"
+    assert node["inputs"] == ["MODEL", "PBE_ENCODER"]
+    assert node["outputs"] == ["MODEL", "PBE_ENCODER"]
+    assert [name for name, _ in node["widgets"]] == ["lora_name", "strength"]
+    assert dict(node["widgets"])["strength"] == 1.0
+    page.screenshot(path=str(screenshots / "lora_loader_on_canvas.png"))
     assert PAGE_ERRORS == []
