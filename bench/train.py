@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from exemplar_core.argtypes import positive_int
+
 from .common import (
     alternate,
     peak_memory_mb,
@@ -900,9 +902,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/bench/train_data.json")
     p = sub.add_parser("memory", help="parameter, gradient, optimiser and activation bytes")
     p.add_argument("--arch", default="published", choices=("published", "mini", "tiny"))
-    p.add_argument("--size", type=int, default=512, help="training resolution, px")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--size", type=positive_int, default=512, help="training resolution, px")
+    p.add_argument("--batch", type=positive_int, default=4)
+    p.add_argument("--lora-rank", type=positive_int, default=16)
     p.add_argument(
         "--margin",
         type=float,

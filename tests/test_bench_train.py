@@ -254,3 +254,11 @@ def test_memory_breakdown_of_the_tiny_model_matches_its_parameters(capsys):
 def test_gpu_peak_runs_a_real_step_and_reads_no_peak_on_a_cpu(method, optimizer):
     args = argparse.Namespace(arch="tiny", size=64, batch=1, lora_rank=4, device="cpu")
     assert bench_train.gpu_peak(args, method, optimizer, True, "cpu") is None
+
+
+@pytest.mark.parametrize("option", ["--size", "--batch", "--lora-rank"])
+def test_memory_refuses_a_size_below_one_before_any_work(option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_train.main(["memory", option, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
