@@ -42,6 +42,25 @@ def _to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None]
 
 
+def edit_case(editor, case: dict, settings) -> tuple[np.ndarray, metrics.Fidelity]:
+    """Edit one synthetic case (``synthetic.make_eval_case``) with ``settings``: the result as
+    uint8 and its fidelity to the exemplar's object (``metrics.synthetic_fidelity``)."""
+    result = editor.edit(
+        _to_tensor(case["source"]),
+        _to_tensor(case["mask"])[:, :1],
+        _to_tensor(case["exemplar"]),
+        settings,
+    ).image
+    res8 = to_uint8(result)
+    fid = metrics.synthetic_fidelity(
+        res8,
+        np.asarray(case["exemplar"]),
+        tuple(case["box"]),
+        exemplar_mask=np.asarray(case["exemplar_mask"]) > 127,
+    )
+    return res8, fid
+
+
 def run_synthetic(
     checkpoint: str,
     cases: int = DEFAULT_CASES,
@@ -72,20 +91,12 @@ def run_synthetic(
         colour, shape, fore, psnrs = [], [], [], []
         for i in range(cases):
             case = synthetic.make_eval_case(i, world_seed, size)
-            source = _to_tensor(case["source"])
-            edit_mask = _to_tensor(case["mask"])[:, :1]
-            exemplar = _to_tensor(case["exemplar"])
             settings = EditSettings(
                 steps=steps, similarity=scale, seed=seed + i, scheduler=scheduler, feather=feather
             )
-            result = editor.edit(source, edit_mask, exemplar, settings).image
-            res8, src8 = to_uint8(result), to_uint8(source)
-            fid = metrics.synthetic_fidelity(
-                res8,
-                np.asarray(case["exemplar"]),
-                tuple(case["box"]),
-                exemplar_mask=np.asarray(case["exemplar_mask"]) > 127,
-            )
+            res8, fid = edit_case(editor, case, settings)
+            src8 = to_uint8(_to_tensor(case["source"]))
+            edit_mask = _to_tensor(case["mask"])[:, :1]
             band = crop.feather_alpha((edit_mask >= 0.5).float(), feather)[0, 0].numpy() > 0
             colour.append(fid.color_error)
             shape.append(fid.shape_iou)

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 from exemplar_core.files import atomic_write_text
-from exemplar_core.image_io import to_uint8
 
-from . import metrics, synthetic
+from . import synthetic
 from .eval import _standard_error as standard_error
-from .eval import _to_tensor
+from .eval import edit_case
 from .synthetic import Kind
 
 SCAN_SPLIT = "subject-scan"
@@ -107,16 +106,7 @@ def _fidelity(editor, cases: list[dict], similarity: float, steps: int, seed: in
         settings = EditSettings(
             steps=steps, similarity=similarity, seed=seed + i, scheduler="ddim", feather=4
         )
-        source = _to_tensor(case["source"])
-        result = editor.edit(
-            source, _to_tensor(case["mask"])[:, :1], _to_tensor(case["exemplar"]), settings
-        ).image
-        fid = metrics.synthetic_fidelity(
-            to_uint8(result),
-            np.asarray(case["exemplar"]),
-            tuple(case["box"]),
-            exemplar_mask=np.asarray(case["exemplar_mask"]) > 127,
-        )
+        _, fid = edit_case(editor, case, settings)
         colour.append(round(fid.color_error, 5))
         shape.append(round(fid.shape_iou, 5))
     return {
