@@ -20,6 +20,9 @@ SIMILARITY_MAX = 50.0
 CONTEXT_MARGIN_MAX = 4.0
 FEATHER_MAX = 256
 RESOLUTION_MAX = 2048
+MASK_GROW_MAX = 1024  # px the edit mask may grow (or, negative, shrink) by
+MASK_BLUR_MAX = 256  # px radius of the edit mask's blur
+EXEMPLAR_EXPAND_MAX = 4.0  # the exemplar object's box may grow to this many times its size
 LORA_STRENGTH_MAX = 100.0  # ComfyUI's LoraLoader range is -100..100; a LoRA strength is either sign
 
 

@@ -13,6 +13,13 @@ from ..exemplar_core.guidance import DEFAULT_SIMILARITY
 
 # The socket type of the exemplar encoder. The id is stable: saved workflows refer to it.
 PbEEncoder = io.Custom("PBE_ENCODER")
+# The socket type of a crop description (Crop For Exemplar Edit -> Stitch Exemplar Edit).
+PbECrop = io.Custom("PBE_CROP")
+
+# Key of the positive CONDITIONING's extras dict under which Exemplar Encode leaves the exemplar
+# as the encoder saw it ([B, S, S, 3] float 0..1 on the CPU, S = the encoder's input size), so
+# the sampler's preview can show it. ComfyUI's samplers ignore keys they do not know.
+EXEMPLAR_VIEW_KEY = "paint_by_example_exemplar_view"
 
 CATEGORY = "paint-by-example"
 
