@@ -11,7 +11,18 @@ import pytest
 from PIL import Image
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = {"basic_exemplar_edit", "stock_ksampler_edit", "similarity_sweep", "bezier_mask_demo"}
+EXPECTED = {
+    "basic_exemplar_edit",
+    "stock_ksampler_edit",
+    "similarity_sweep",
+    "bezier_mask_demo",
+    "clip_vision_mapper_edit",
+    "mask_grow_and_blur",
+    "cutout_exemplar_framing",
+    "edit_previews",
+    "crop_and_stitch",
+    "two_objects_edit",
+}
 
 
 def _build():
