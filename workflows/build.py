@@ -303,6 +303,16 @@ class Workflow:
         return [node for node in self.nodes if not NODE_SPECS[node.class_type].virtual]
 
     @property
+    def needs_unshipped_models(self) -> bool:
+        """Whether it names model files the pack does not ship (the published weights, a CLIP
+        Vision file): the tests put random full-size ones in place to run it."""
+        return any(
+            node.class_type == "CLIPVisionLoader"
+            or node.inputs.get("model_name", DEFAULT_MODEL) != DEFAULT_MODEL
+            for node in self.real_nodes()
+        )
+
+    @property
     def runs_for_thumbnail(self) -> bool:
         """Whether the thumbnail shows a result of a run (with the embedded model)."""
         return any(tile.save for tile in self.thumbnail)

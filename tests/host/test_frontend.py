@@ -221,9 +221,12 @@ def _queue_and_wait(page, server, timeout: float = 600.0) -> dict:
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_template_opens_from_the_browser_runs_from_the_run_button_as_its_api_twin(
-    page, user_install, build, screenshots, name
+    page, user_install, build, screenshots, name, request
 ):
     workflow = next(w for w in build.WORKFLOWS if w.name == name)
+    if workflow.needs_unshipped_models:  # a user puts the files in place, then presses Refresh
+        pbe_host.add_model_files(user_install, request.getfixturevalue("vit_l_pair"))
+        page.evaluate("() => app.refreshComboInNodes()")
     thumbnails = _open_from_template_browser(page, name)
     for card in thumbnails:  # the cards show pictures, not blank placeholders
         assert (card["width"], card["height"]) == (512, 512), card
