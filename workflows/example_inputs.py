@@ -25,7 +25,7 @@ EXAMPLE_INPUTS = REPO / "example_inputs"
 SOURCE_SIZE = 128  # example_inputs/source.png
 # An empty stretch of the source's background, right of the first mask (x 15-65, y 40-102).
 MASK2_BOX = (76, 22, 118, 70)  # (left, top, right, bottom), end-exclusive
-EXEMPLAR2 = ObjectSpec("star", "yellow", "solid", (0, 0, 96, 96), 0.0)  # box/angle: re-posed
+EXEMPLAR2 = ObjectSpec("square", "blue", "solid", (0, 0, 96, 96), 0.0)  # box, angle: redrawn
 EXEMPLAR2_SEED = 2
 
 
@@ -38,7 +38,7 @@ def second_mask() -> Image.Image:
 
 
 def second_exemplar() -> Image.Image:
-    """A yellow star on the world's plain light exemplar background, 96 px like exemplar.png."""
+    """A blue square on the world's plain light exemplar background, 96 px like exemplar.png."""
     image, _silhouette = make_exemplar_with_mask(EXEMPLAR2, random.Random(EXEMPLAR2_SEED))
     return image
 
