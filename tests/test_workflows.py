@@ -140,3 +140,15 @@ def test_thumbnails_carry_the_stamp_of_their_template_and_go_stale_when_it_chang
     problems = build.stale_thumbnails()
     assert len(problems) == 1 and problems[0].startswith(f"{workflow.name}.jpg")
     assert build.main(["--check"]) == 1
+
+
+def test_the_second_mask_and_exemplar_are_what_their_script_makes():
+    spec = importlib.util.spec_from_file_location("example_inputs", WORKFLOWS / "example_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0
+    with Image.open(module.EXAMPLE_INPUTS / "mask2.png") as mask:
+        second = mask.getbbox()
+    with Image.open(module.EXAMPLE_INPUTS / "mask.png") as mask:
+        first = mask.getbbox()
+    assert second == module.MASK2_BOX and not _overlap(first, second)  # two separate regions

@@ -1,6 +1,7 @@
 """Make the second mask and exemplar of the several-objects template from the miniature world.
 
-    python workflows/example_inputs.py      # writes example_inputs/mask2.png and exemplar2.png
+    python workflows/example_inputs.py           # writes example_inputs/mask2.png and exemplar2.png
+    python workflows/example_inputs.py --check   # exit 1 if a file differs from what this makes
 
 The pictures come from the miniature world's own drawing code (``train/synthetic.py``), the
 world the embedded model was trained on, so the template's second edit is one it can make. They
@@ -9,6 +10,8 @@ are drawn from fixed numbers alone: running this again writes the same bytes.
 
 from __future__ import annotations
 
+import argparse
+import io
 import random
 import sys
 from pathlib import Path
@@ -43,11 +46,32 @@ def second_exemplar() -> Image.Image:
     return image
 
 
-def main() -> int:
+def make() -> dict[str, bytes]:
+    """File name in example_inputs/ -> its PNG bytes."""
+    files = {}
     for name, image in (("mask2.png", second_mask()), ("exemplar2.png", second_exemplar())):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        files[name] = buffer.getvalue()
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, data in make().items():
         path = EXAMPLE_INPUTS / name
-        image.save(path, optimize=True)
+        if args.check:
+            if not path.is_file() or path.read_bytes() != data:
+                stale.append(name)
+            continue
+        path.write_bytes(data)
         print(f"wrote {path.relative_to(REPO)}")
+    if stale:
+        print(f"differ from what workflows/example_inputs.py makes (run it): {', '.join(stale)}")
+        return 1
     return 0
 
 

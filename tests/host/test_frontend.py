@@ -105,17 +105,19 @@ def _open_from_template_browser(page, name: str) -> list[dict]:
     if not dialog.is_visible():
         page.get_by_text("Templates", exact=True).first.click()
     dialog.get_by_text(PACK, exact=True).first.click()
-    try:  # a card's picture is fetched, cached and shown; a missing one never loads
-        page.wait_for_function(
-            """(names) => names.every(name => {
-                const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
-                return img && img.complete && img.naturalWidth > 0;
-            })""",
-            arg=TEMPLATES,
-            timeout=20_000,
-        )
-    except PlaywrightTimeout:
-        pass  # reported below, card by card
+    for card in TEMPLATES:  # a card's picture loads once it is scrolled into view
+        dialog.get_by_text(card, exact=True).first.scroll_into_view_if_needed()
+        try:  # a card's picture is fetched, cached and shown; a missing one never loads
+            page.wait_for_function(
+                """(name) => {
+                    const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
+                    return img && img.complete && img.naturalWidth > 0;
+                }""",
+                arg=card,
+                timeout=20_000,
+            )
+        except PlaywrightTimeout:
+            pass  # reported below, card by card
     thumbnails = page.evaluate(
         """(names) => names.map(name => {
             const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
