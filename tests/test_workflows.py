@@ -129,3 +129,15 @@ def test_thumbnails_carry_the_stamp_of_their_template_and_go_stale_when_it_chang
     problems = build.stale_thumbnails()
     assert len(problems) == 1 and problems[0].startswith(f"{workflow.name}.jpg")
     assert build.main(["--check"]) == 1
+
+
+def test_the_cutout_example_is_what_its_script_makes_from_the_exemplar():
+    spec = importlib.util.spec_from_file_location("make_cutout", WORKFLOWS / "make_cutout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0
+    with Image.open(module.TARGET) as cutout:
+        assert cutout.mode == "RGBA" and cutout.size == module.CANVAS
+        alpha = cutout.getchannel("A")
+        assert alpha.getextrema() == (0, 255)
+        assert alpha.getpixel((0, 0)) == 0 and alpha.getpixel((84, 42)) == 255  # the object
