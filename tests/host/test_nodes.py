@@ -383,7 +383,7 @@ def test_guided_model_works_with_sampler_custom_and_our_sampler(host, loaded, co
     model, vae, _ = loaded
     (patched,) = host.run("PaintByExample.SimilarityGuidance", model=model, similarity=5.0)
     positive, negative, latent = nodes.InpaintModelConditioning().encode(
-        *conditioning, _image(), vae, _mask(), noise_mask=False
+        *conditioning[:2], _image(), vae, _mask(), noise_mask=False
     )
     (sampler,) = KSamplerSelect().get_sampler("euler")
     (sigmas,) = BasicScheduler().get_sigmas(patched, "normal", 2, 1.0)
