@@ -53,6 +53,12 @@ def object_mask_of(exemplar_mask: torch.Tensor, marks: MaskMarks) -> torch.Tenso
     """exemplar_mask [B, H, W] as given -> object mask (1 = object), or None for a background
     mask that marks nothing (LoadImage's 64x64 zeros for an image without transparency)."""
     if marks == MaskMarks.OBJECT:
+        if not bool((exemplar_mask >= 0.5).any()):
+            raise PaintByExampleInputError(
+                "exemplar_mask is empty (no value >= 0.5) but exemplar_mask_marks is 'object': "
+                "LoadImage's MASK marks a transparent PNG's background (choose 'background'), "
+                "and is empty for an image without transparency (disconnect it)"
+            )
         if any(mask_looks_inverted(m) for m in exemplar_mask):
             log.warning(
                 "Paint-by-Example Exemplar Encode: exemplar_mask covers the whole border but not "

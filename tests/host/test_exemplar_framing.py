@@ -249,3 +249,6 @@ def test_an_inverted_mask_is_warned_about_and_an_opaque_images_mask_marks_nothin
     )
     _, _, plain = host.run(ENCODE, encoder=encoder, exemplar=image)
     assert torch.equal(view, plain)
+    errors = host.module("nodes.checks")
+    with pytest.raises(errors.PaintByExampleInputError, match="choose 'background'"):
+        host.run(ENCODE, encoder=encoder, exemplar=image, exemplar_mask=no_alpha)
