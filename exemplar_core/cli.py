@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+log = logging.getLogger(__name__)
 
 
 def _dtype(name: str):
@@ -34,8 +35,12 @@ class _RememberOption(argparse.Action):
 
 
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
+    from typing import get_args
+
+    from .checks import EXEMPLAR_EXPAND_MAX
     from .dtypes import DTYPES
     from .editor import SCHEDULERS, EditSettings
+    from .preprocess import ResizeMode
 
     d = EditSettings()
     p = subparsers.add_parser(
@@ -61,12 +66,15 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="white = repaint; the source's size unless --resize-mask (required)",
     )
     p.add_argument(
-        "--exemplar", required=True, help="image of the object to paint in, any size (required)"
+        "--exemplar",
+        required=True,
+        help="image of the object to paint in, any size; a cut-out (transparent PNG) uses its "
+        "alpha as the exemplar mask, opaque = the object (required)",
     )
     p.add_argument(
         "--exemplar-mask",
-        help="white = the object in the exemplar; the rest is ignored (default: none, the "
-        "whole exemplar)",
+        help="white = the object in the exemplar; the rest is ignored; wins over the exemplar's "
+        "alpha (default: none, the exemplar's alpha if it has one, else the whole exemplar)",
     )
     p.add_argument(
         "--out",
@@ -138,10 +146,20 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--exemplar-resize",
-        choices=("squash", "center_crop"),
+        choices=get_args(ResizeMode),
         default=d.exemplar_resize,
-        help="squash to the encoder size as the official code, or centre-crop as diffusers "
-        "(default: %(default)s)",
+        help="how the exemplar (its object's box, with an exemplar mask or alpha) fits the "
+        "encoder's square: squash as the official code, centre-crop as diffusers, or "
+        "pad_to_square (padded with white, the object keeps its aspect) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--exemplar-expand",
+        type=float,
+        default=d.exemplar_expand,
+        metavar="R",
+        help="grow the object's box (the whole exemplar without a mask) R times around its "
+        f"centre before framing, 1 to {EXEMPLAR_EXPAND_MAX:g}; beyond the image is white "
+        "(default: %(default)s, the tight box)",
     )
     p.add_argument(
         "--resize-mask",
@@ -184,7 +202,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
     from .editor import Editor, EditSettings, check_mask_size
     from .files import check_destination
-    from .image_io import check_output_name, load_mask, load_rgb, save_rgb
+    from .image_io import check_output_name, load_exemplar, load_mask, load_rgb, save_rgb
     from .lora import check_layout, parse_lora_argument, read_lora
 
     # --out is checked before anything is loaded: a model load takes seconds to minutes.
@@ -199,10 +217,11 @@ def run_edit(args: argparse.Namespace) -> int:
         check_layout(lora)  # what needs no model fails before the model is loaded
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
-    exemplar = load_rgb(args.exemplar, "exemplar")
+    exemplar = load_exemplar(args.exemplar, "exemplar")
     exemplar_mask = (
         load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
     )
+    _report_exemplar_mask(exemplar, exemplar_mask)
     if args.resize_mask and mask.shape[-2:] != source.shape[-2:]:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     check_mask_size(source, mask)  # before the model is loaded
@@ -220,6 +239,7 @@ def run_edit(args: argparse.Namespace) -> int:
         color_match=args.color_match,
         mask_resize=args.mask_resize,
         exemplar_resize=args.exemplar_resize,
+        exemplar_expand=args.exemplar_expand,
     )
     device = None if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -239,6 +259,23 @@ def run_edit(args: argparse.Namespace) -> int:
         f"load {loaded - start:.1f}s, edit {done - loaded:.1f}s on {editor.device}"
     )
     return 0
+
+
+def _report_exemplar_mask(exemplar, exemplar_mask) -> None:
+    """Say which exemplar mask the edit uses when a cut-out's alpha is involved, and warn of an
+    --exemplar-mask that looks like a background mask."""
+    from .preprocess import mask_looks_inverted
+
+    if exemplar.shape[1] == 4:
+        if exemplar_mask is None:
+            print("--exemplar has transparency: its alpha is the exemplar mask (opaque = object)")
+        else:
+            print("--exemplar has transparency, but --exemplar-mask is given and is used instead")
+    if exemplar_mask is not None and mask_looks_inverted(exemplar_mask):
+        log.warning(
+            "--exemplar-mask covers the whole border but not the centre: white must be the "
+            "object; if yours marks the background, invert it"
+        )
 
 
 def _what_was_written(region, paste_back: bool) -> str:

@@ -19,6 +19,7 @@ import torch
 from . import crop, masks
 from .checks import (
     CONTEXT_MARGIN_MAX,
+    EXEMPLAR_EXPAND_MAX,
     FEATHER_MAX,
     RESOLUTION_MAX,
     SEED_MAX,
@@ -88,6 +89,7 @@ class EditSettings:
     color_match: bool = False
     mask_resize: masks.MaskResize = "bilinear"
     exemplar_resize: ResizeMode = "squash"
+    exemplar_expand: float = 1.0  # the exemplar object's box grows this many times (framing)
     eta: float = 0.0  # DDIM only
     # What the user calls each field where it is not the field's name (the CLI's options), so
     # every message names the setting the user gave; not a setting itself.
@@ -105,6 +107,7 @@ class EditSettings:
             "seed": (0, SEED_MAX, True),
             "size": (1, RESOLUTION_MAX, True),
             "context_margin": (0.0, CONTEXT_MARGIN_MAX, False),
+            "exemplar_expand": (1.0, EXEMPLAR_EXPAND_MAX, False),
             "feather": (0, FEATHER_MAX, True),
             "eta": (0.0, 1.0, False),
         }
@@ -232,9 +235,13 @@ class Editor:
         exemplar: torch.Tensor,
         exemplar_mask: torch.Tensor | None = None,
         mode: ResizeMode = "squash",
+        expand: float = 1.0,
     ) -> torch.Tensor:
-        """exemplar: [B, 3, H, W] or [B, H, W, 3] 0..1 -> condition [B, 1, D]."""
-        pixels = preprocess_exemplar(exemplar, self.model.encoder.config, exemplar_mask, mode)
+        """exemplar: [B, 3|4, H, W] or [B, H, W, 3|4] 0..1 -> condition [B, 1, D]. A 4th channel
+        is alpha, the exemplar mask when none is given (``preprocess.frame_exemplar``)."""
+        pixels = preprocess_exemplar(
+            exemplar, self.model.encoder.config, exemplar_mask, mode, expand=expand
+        )
         condition = self.model.encoder(pixels.to(self.device))
         self._check_output(condition, "exemplar encoder", self.model.encoder)
         return condition
@@ -316,7 +323,8 @@ class Editor:
         callback: Callable[[int, int], None] | None = None,
     ) -> EditResult:
         """One edit. source [1, 3, H, W] 0..1; edit_mask [1, 1, H, W] 0..1 (white = edit, the
-        source's size); exemplar [1, 3, h, w] 0..1 (at least 16 px a side). With paste-back the
+        source's size); exemplar [1, 3, h, w] 0..1 (at least 16 px a side; [1, 4, h, w]: its alpha
+        is the exemplar mask unless ``exemplar_mask`` is given). With paste-back the
         result has the source's size; without it, the processed window's."""
         settings = settings or EditSettings()
         settings.check(self.size_multiple)
@@ -326,7 +334,9 @@ class Editor:
             raise EditError("the editor works on one source and one mask at a time")
         check_mask_size(source, edit_mask)
         edit_bin = masks.binarize_edit_mask(edit_mask)
-        condition = self.encode_exemplar(exemplar, exemplar_mask, settings.exemplar_resize)
+        condition = self.encode_exemplar(
+            exemplar, exemplar_mask, settings.exemplar_resize, settings.exemplar_expand
+        )
         if edit_bin.sum() == 0:
             log.warning("the mask is empty: returning the source unchanged")
             return EditResult(image=source.clone(), raw=source.clone(), region=None)

@@ -169,6 +169,9 @@ def test_bad_input_gets_a_clear_error(editor, change, error, message):
         ("size", 100_000, "size must be a whole number between 1 and 2048"),
         ("steps", 2.5, "steps must be a whole number"),
         ("scheduler", "plms2", "scheduler must be one of pndm, ddim"),
+        ("exemplar_expand", 0.9, "exemplar_expand must be a finite number between 1 and 4"),
+        ("exemplar_expand", float("nan"), "exemplar_expand must be a finite number .* got nan"),
+        ("exemplar_resize", "pad", "exemplar_resize must be one of .*pad_to_square, got 'pad'"),
     ],
 )
 def test_settings_refuse_nan_infinity_and_out_of_range_values_by_name(field, value, message):

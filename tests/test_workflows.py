@@ -152,3 +152,15 @@ def test_the_second_mask_and_exemplar_are_what_their_script_makes():
     with Image.open(module.EXAMPLE_INPUTS / "mask.png") as mask:
         first = mask.getbbox()
     assert second == module.MASK2_BOX and not _overlap(first, second)  # two separate regions
+
+
+def test_the_cutout_example_is_what_its_script_makes_from_the_exemplar():
+    spec = importlib.util.spec_from_file_location("make_cutout", WORKFLOWS / "make_cutout.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--check"]) == 0
+    with Image.open(module.TARGET) as cutout:
+        assert cutout.mode == "RGBA" and cutout.size == module.CANVAS
+        alpha = cutout.getchannel("A")
+        assert alpha.getextrema() == (0, 255)
+        assert alpha.getpixel((0, 0)) == 0 and alpha.getpixel((84, 42)) == 255  # the object

@@ -38,7 +38,7 @@ def _sampler_inputs(loaded, conditioning, **overrides) -> dict:
     """The Inpaint Sampler's inputs on the tiny model, the test image and mask; ``overrides``
     replace any of them."""
     model, vae, _ = loaded
-    positive, negative = conditioning
+    positive, negative = conditioning[:2]
     inputs = dict(
         model=model,
         vae=vae,
@@ -146,7 +146,7 @@ def test_stock_inpaint_conditioning_feeds_the_unet_masked_latent_then_keep_mask(
     import nodes
 
     model, vae, encoder = loaded
-    positive, negative = host.run(
+    positive, negative, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(5, size=32)
     )
     aligned = _mask(box=(16, 40, 24, 48))  # 8-aligned: exact at latent size
@@ -175,7 +175,7 @@ def test_stock_inpaint_conditioning_feeds_the_unet_masked_latent_then_keep_mask(
 
 def test_encode_gives_one_token_per_exemplar_and_the_learned_negative(host, loaded):
     _, _, encoder = loaded
-    positive, negative = host.run(
+    positive, negative, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(1, batch=3, size=32)
     )
     assert positive[0][0].shape == (3, 1, 32)
@@ -189,7 +189,7 @@ def test_encode_matches_the_core_encoder(host, loaded):
 
     _, _, encoder = loaded
     images = _image(2, batch=2, size=48)
-    positive, _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
+    positive, _, _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
     core = pbe_host.tiny_model().encoder
     with torch.no_grad():
         reference = core(preprocess_exemplar(images, core.config))
@@ -199,11 +199,11 @@ def test_encode_matches_the_core_encoder(host, loaded):
 def test_several_exemplars_combine_by_mean_or_concatenated_tokens(host, loaded):
     _, _, encoder = loaded
     images = _image(3, batch=3, size=32)
-    (separate,), _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
-    (mean,), neg_mean = host.run(
+    (separate,), _, _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
+    (mean,), neg_mean, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images, combine="mean"
     )
-    (concat,), _ = host.run(
+    (concat,), _, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images, combine="concat tokens"
     )
     assert torch.allclose(mean[0], separate[0].mean(0, keepdim=True), atol=1e-6)
@@ -216,13 +216,13 @@ def test_exemplar_mask_crops_to_the_object(host, loaded):
     image = _image(4, size=48)
     object_mask = torch.zeros(1, 48, 48)
     object_mask[:, 8:40, 8:40] = 1
-    (with_mask,), _ = host.run(
+    (with_mask,), _, _ = host.run(
         "PaintByExample.ExemplarEncode",
         encoder=encoder,
         exemplar=image,
         exemplar_mask=object_mask,
     )
-    (cropped,), _ = host.run(
+    (cropped,), _, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=image[:, 8:40, 8:40]
     )
     assert torch.allclose(with_mask[0], cropped[0], atol=1e-5)
@@ -301,7 +301,7 @@ def test_sampler_accepts_non_square_sources_larger_than_the_window(host, loaded,
 def _ksample(model, conditioning, vae, cfg, steps=3):
     import nodes
 
-    positive, negative = conditioning
+    positive, negative = conditioning[:2]
     positive, negative, latent = nodes.InpaintModelConditioning().encode(
         positive, negative, _image(), vae, _mask(), noise_mask=False
     )
@@ -383,7 +383,7 @@ def test_guided_model_works_with_sampler_custom_and_our_sampler(host, loaded, co
     model, vae, _ = loaded
     (patched,) = host.run("PaintByExample.SimilarityGuidance", model=model, similarity=5.0)
     positive, negative, latent = nodes.InpaintModelConditioning().encode(
-        *conditioning, _image(), vae, _mask(), noise_mask=False
+        *conditioning[:2], _image(), vae, _mask(), noise_mask=False
     )
     (sampler,) = KSamplerSelect().get_sampler("euler")
     (sigmas,) = BasicScheduler().get_sigmas(patched, "normal", 2, 1.0)

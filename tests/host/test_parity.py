@@ -45,7 +45,7 @@ def test_sampler_node_matches_the_standalone_editor(host, loaded):
     )
     reference = editor.edit(source, edit_mask, exemplar, settings).image
 
-    positive, negative = host.run(
+    positive, negative, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar.permute(0, 2, 3, 1)
     )
     image, _ = host.run(
