@@ -105,7 +105,10 @@ def _open_from_template_browser(page, name: str) -> list[dict]:
     if not dialog.is_visible():
         page.get_by_text("Templates", exact=True).first.click()
     dialog.get_by_text(PACK, exact=True).first.click()
-    for card in TEMPLATES:  # a card's picture loads once it is scrolled into view
+    thumbnails = []
+    # A card's picture is fetched when the card is scrolled into view and dropped again when it
+    # leaves it (the dialog shows about eight cards): each is read while it is in view.
+    for card in TEMPLATES:
         dialog.get_by_text(card, exact=True).first.scroll_into_view_if_needed()
         try:  # a card's picture is fetched, cached and shown; a missing one never loads
             page.wait_for_function(
@@ -117,14 +120,16 @@ def _open_from_template_browser(page, name: str) -> list[dict]:
                 timeout=20_000,
             )
         except PlaywrightTimeout:
-            pass  # reported below, card by card
-    thumbnails = page.evaluate(
-        """(names) => names.map(name => {
-            const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
-            return {name, width: img.naturalWidth, height: img.naturalHeight};
-        })""",
-        TEMPLATES,
-    )
+            pass  # reported by the caller, card by card
+        thumbnails.append(
+            page.evaluate(
+                """(name) => {
+                    const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
+                    return {name, width: img.naturalWidth, height: img.naturalHeight};
+                }""",
+                card,
+            )
+        )
     dialog.get_by_text(name, exact=True).first.click()
     page.wait_for_function("() => !document.querySelector('.p-dialog')")
     return thumbnails
