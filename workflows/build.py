@@ -171,7 +171,7 @@ NODE_SPECS: dict[str, Spec] = {
             ("feather", "INT"),
             ("color_match", "BOOLEAN"),
         ),
-        outputs=(("IMAGE", "IMAGE"), ("LATENT", "LATENT")),
+        outputs=(("IMAGE", "IMAGE"), ("LATENT", "LATENT"), ("preview", "IMAGE")),
         seeded=("seed",),
         size=(330, 400),
     ),
