@@ -31,7 +31,8 @@ from .color import match_color
 from .config import SCHEDULE
 from .guidance import DEFAULT_SIMILARITY, combine
 from .model import PaintByExampleModel
-from .preprocess import ResizeMode, preprocess_exemplar
+from .preprocess import ResizeMode, denormalize, preprocess_exemplar
+from .preview import window_preview
 
 if TYPE_CHECKING:
     from .lora import LoraFile
@@ -150,6 +151,10 @@ class EditResult:
     image: torch.Tensor  # [B, 3, H, W] 0..1, the source's size (or the processed size, see below)
     raw: torch.Tensor  # [B, 3, h, w] 0..1, the decoded window at processing size
     region: crop.Region | None  # None when the mask was empty and nothing was edited
+    # [1, 3, H', W'] 0..1: the processing window with the edit mask outlined and the exemplar as
+    # the encoder saw it beside it (``preview.window_preview``; the whole source when the mask
+    # was empty); what ``--preview`` writes.
+    preview: torch.Tensor | None = None
 
 
 RESIZE_MASK_HINT = " (or pass --resize-mask to stretch it)"
@@ -234,10 +239,17 @@ class Editor:
         mode: ResizeMode = "squash",
     ) -> torch.Tensor:
         """exemplar: [B, 3, H, W] or [B, H, W, 3] 0..1 -> condition [B, 1, D]."""
-        pixels = preprocess_exemplar(exemplar, self.model.encoder.config, exemplar_mask, mode)
+        return self._encode_exemplar(exemplar, exemplar_mask, mode)[0]
+
+    def _encode_exemplar(
+        self, exemplar: torch.Tensor, exemplar_mask: torch.Tensor | None, mode: ResizeMode
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (condition [B, 1, D], the exemplar as the encoder saw it [B, 3, S, S] 0..1)."""
+        config = self.model.encoder.config
+        pixels = preprocess_exemplar(exemplar, config, exemplar_mask, mode)
         condition = self.model.encoder(pixels.to(self.device))
         self._check_output(condition, "exemplar encoder", self.model.encoder)
-        return condition
+        return condition, denormalize(pixels, config.mean, config.std)
 
     def _learned_vector(self, batch: int) -> torch.Tensor:
         """The encoder's learned unconditional vector [batch, 1, D] (the guidance's other half),
@@ -326,10 +338,14 @@ class Editor:
             raise EditError("the editor works on one source and one mask at a time")
         check_mask_size(source, edit_mask)
         edit_bin = masks.binarize_edit_mask(edit_mask)
-        condition = self.encode_exemplar(exemplar, exemplar_mask, settings.exemplar_resize)
+        condition, exemplar_view = self._encode_exemplar(
+            exemplar, exemplar_mask, settings.exemplar_resize
+        )
+        exemplar_view = torch.cat(list(exemplar_view), dim=-1)  # several exemplars side by side
         if edit_bin.sum() == 0:
             log.warning("the mask is empty: returning the source unchanged")
-            return EditResult(image=source.clone(), raw=source.clone(), region=None)
+            preview = window_preview(source, edit_bin, exemplar_view)
+            return EditResult(source.clone(), source.clone(), None, preview)
 
         window = crop.prepare_window(
             source,
@@ -341,6 +357,7 @@ class Editor:
             whole_image=settings.whole_image,
         )
         region, keep = window.region, window.keep_mask
+        preview = window_preview(window.image, window.edit_mask, exemplar_view)
         masked = window.masked_image * 2 - 1  # -1..1, the edit area 0
         factor = self.model.vae_scale_factor
         latent_hw = (region.height // factor, region.width // factor)
@@ -372,9 +389,9 @@ class Editor:
         if settings.color_match:
             raw = match_color(raw, window.image, keep)
         if not settings.paste_back:
-            return EditResult(image=raw, raw=raw, region=region)
+            return EditResult(image=raw, raw=raw, region=region, preview=preview)
         image = crop.stitch(source, raw, region, edit_bin, settings.feather)
-        return EditResult(image=image, raw=raw, region=region)
+        return EditResult(image=image, raw=raw, region=region, preview=preview)
 
 
 def _step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict:

@@ -93,6 +93,13 @@ def normalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     return (image - mean_t) / std_t
 
 
+def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """``normalize``'s inverse: CLIP-normalised [..., 3, H, W] -> 0..1 (clamped), the pixels the
+    encoder saw (float rounding aside): x * std + mean = (x - (-mean / std)) / (1 / std)."""
+    shift = [-m / s for m, s in zip(mean, std, strict=True)]
+    return normalize(image, shift, [1 / s for s in std]).clamp(0, 1)
+
+
 def preprocess_exemplar(
     images: torch.Tensor,
     config: EncoderConfig,

@@ -112,3 +112,96 @@ def test_shapes_that_do_not_fit_are_refused_with_what_was_expected():
         window_preview(image, edit_mask[..., :10])
     with pytest.raises(ValueError, match=r"exemplar_view must be \[3, S, S\]"):
         window_preview(image, edit_mask, torch.rand(32, 32, 3))
+
+
+# ------------------------------------------------------------------ the editor and --preview
+
+
+def _edit_inputs(h: int = 96, w: int = 128):
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(1, 3, h, w, generator=g)
+    edit_mask = torch.zeros(1, 1, h, w)
+    edit_mask[..., 30:60, 40:90] = 1
+    return source, edit_mask, torch.rand(1, 3, 40, 40, generator=g)
+
+
+def test_the_editor_gives_the_preview_of_the_window_it_processed_and_the_encoders_view(
+    tiny_model,
+):
+    from exemplar_core import crop
+    from exemplar_core.editor import Editor, EditSettings
+    from exemplar_core.preprocess import denormalize, preprocess_exemplar
+
+    editor = Editor(tiny_model, device="cpu", progress=False)
+    source, edit_mask, exemplar = _edit_inputs()
+    settings = EditSettings(steps=1, size=64, feather=4, scheduler="ddim")
+    result = editor.edit(source, edit_mask, exemplar, settings)
+    window = crop.prepare_window(source, edit_mask, 0.25, 64, 4, editor.size_multiple)
+    config = tiny_model.encoder.config
+    view = denormalize(preprocess_exemplar(exemplar, config), config.mean, config.std)[0]
+    assert torch.equal(result.preview, window_preview(window.image, window.edit_mask, view))
+    layout = preview_layout(tuple(window.image.shape[-2:]), (config.image_size,) * 2)
+    assert result.preview.shape[-2:] == (layout.height, layout.width)
+
+
+def _cli_files(tmp_path, tiny_model):
+    import numpy as np
+    from PIL import Image
+
+    from exemplar_core.checkpoint import checkpoint_from_model, save_single_file
+
+    ckpt = save_single_file(checkpoint_from_model(tiny_model), tmp_path / "tiny.safetensors")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (72, 100, 3), dtype=np.uint8)).save(tmp_path / "src.png")
+    mask = np.zeros((72, 100), np.uint8)
+    mask[20:50, 30:70] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "ex.png")
+    return [
+        *("edit", "--checkpoint", str(ckpt), "--steps", "1", "--scheduler", "ddim"),
+        *("--source", str(tmp_path / "src.png"), "--mask", str(tmp_path / "mask.png")),
+        *("--exemplar", str(tmp_path / "ex.png")),
+    ]
+
+
+def test_cli_preview_writes_the_editors_preview(tmp_path, tiny_model, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from exemplar_core.cli import main
+    from exemplar_core.editor import Editor, EditSettings
+    from exemplar_core.image_io import load_mask, load_rgb, to_uint8
+
+    args = _cli_files(tmp_path, tiny_model)
+    preview = tmp_path / "previews" / "p.png"
+    assert main([*args, "--out", str(tmp_path / "out.png"), "--preview", str(preview)]) == 0
+    assert f"wrote the preview {preview}" in capsys.readouterr().out
+    editor = Editor(tiny_model, device="cpu", progress=False)
+    expected = editor.edit(
+        load_rgb(tmp_path / "src.png"),
+        load_mask(tmp_path / "mask.png"),
+        load_rgb(tmp_path / "ex.png"),
+        EditSettings(steps=1, scheduler="ddim"),
+    ).preview
+    assert np.array_equal(np.asarray(Image.open(preview)), to_uint8(expected))
+
+
+def test_cli_preview_never_replaces_a_file_and_is_checked_before_the_model_loads(
+    tmp_path, tiny_model, capsys
+):
+    from exemplar_core.cli import main
+
+    args = _cli_files(tmp_path, tiny_model)
+    out = tmp_path / "out.png"
+    users = tmp_path / "users.png"
+    users.write_bytes(b"the user's picture")
+    assert main([*args, "--out", str(out), "--preview", str(users)]) == 2
+    err = capsys.readouterr().err
+    assert "--preview" in err and "already exists" in err
+    assert users.read_bytes() == b"the user's picture" and not out.exists()
+    assert main([*args, "--out", str(out), "--preview", str(out)]) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--out", str(out), "--preview", str(tmp_path / "p.tif")]) == 2
+    assert "must end in .png" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--out", str(out), "--preview", str(users), "--overwrite"]) == 0
+    assert users.read_bytes()[:4] == b"\x89PNG"
