@@ -63,7 +63,7 @@ def _expected(host, loaded, image, mask, view) -> torch.Tensor:
 
 def test_preview_shows_each_images_window_and_its_own_exemplar_view(host, loaded):
     _, _, encoder = loaded
-    positive, negative = host.run(
+    positive, negative, *_ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(7, batch=2, width=40)
     )
     views = _views(2)
@@ -91,7 +91,7 @@ def test_preview_shows_each_images_window_and_its_own_exemplar_view(host, loaded
 
 def test_one_condition_of_combined_exemplars_shows_all_their_views(host, loaded):
     _, _, encoder = loaded
-    positive, negative = host.run(
+    positive, negative, *_ = host.run(
         "PaintByExample.ExemplarEncode",
         encoder=encoder,
         exemplar=_image(7, batch=2, width=40),
@@ -107,7 +107,7 @@ def test_one_condition_of_combined_exemplars_shows_all_their_views(host, loaded)
 
 def test_without_a_usable_exemplar_view_the_preview_is_the_window_only(host, loaded, caplog):
     _, _, encoder = loaded
-    positive, negative = host.run(
+    positive, negative, *_ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(7, width=40)
     )
     plain = [[tensor, dict(extras)] for tensor, extras in positive]
