@@ -77,8 +77,9 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         "--preview",
         metavar="FILE",
         help="also write a preview image, .png, .jpg or .webp: the processed window with the mask "
-        "outlined (magenta inside, black outside) and, framed in cyan, the exemplar as the "
-        "encoder saw it; never replaces an existing file unless --overwrite (default: none)",
+        "outlined (magenta on its edge, black just outside) and, framed in cyan, the exemplar "
+        "as the encoder saw it; never replaces an existing file unless --overwrite (default: "
+        "none)",
     )
     p.add_argument(
         "--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)"

@@ -212,8 +212,8 @@ class ExemplarInpaintSampler(io.ComfyNode):
                 io.Image.Output(
                     display_name="preview",
                     tooltip="Per image: the processing window with the edit mask outlined "
-                    "(magenta inside, black outside) and, framed in cyan, the exemplar exactly "
-                    "as the encoder saw it (whole-number nearest upscale). Padded to one size.",
+                    "(magenta on its edge, black just outside) and, framed in cyan, the exemplar "
+                    "exactly as the encoder saw it (enlarged by whole pixels). Padded to one size.",
                 ),
             ],
         )
