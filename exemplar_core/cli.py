@@ -82,6 +82,14 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="output image, .png, .jpg or .webp; its folder is created if missing (required)",
     )
     p.add_argument(
+        "--preview",
+        metavar="FILE",
+        help="also write a preview image, .png, .jpg or .webp: the processed window with the mask "
+        "outlined (magenta on its edge, black just outside) and, framed in cyan, the exemplar "
+        "as the encoder saw it; never replaces an existing file unless --overwrite (default: "
+        "none)",
+    )
+    p.add_argument(
         "--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)"
     )
     p.add_argument(
@@ -212,6 +220,12 @@ def run_edit(args: argparse.Namespace) -> int:
     inputs += [path for path, _ in lora_args]
     check_destination(out, overwrite=args.overwrite, inputs=inputs, what="--out")
     check_output_name(out)
+    preview = Path(args.preview) if args.preview else None
+    if preview is not None:
+        check_destination(
+            preview, overwrite=args.overwrite, inputs=[*inputs, out], what="--preview"
+        )
+        check_output_name(preview)
     loras = [(read_lora(path), strength) for path, strength in lora_args]
     for lora, _ in loras:
         check_layout(lora)  # what needs no model fails before the model is loaded
@@ -253,6 +267,9 @@ def run_edit(args: argparse.Namespace) -> int:
     result = editor.edit(source, mask, exemplar, settings, exemplar_mask=exemplar_mask)
     done = time.perf_counter()
     save_rgb(result.image, out, overwrite=args.overwrite)
+    if preview is not None:
+        save_rgb(result.preview, preview, overwrite=args.overwrite)
+        print(f"wrote the preview {preview}")
     print(
         f"wrote {out} ({result.image.shape[-1]}x{result.image.shape[-2]}): "
         f"{_what_was_written(result.region, settings.paste_back)}; "

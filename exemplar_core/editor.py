@@ -32,7 +32,8 @@ from .color import match_color
 from .config import SCHEDULE
 from .guidance import DEFAULT_SIMILARITY, combine
 from .model import PaintByExampleModel
-from .preprocess import ResizeMode, preprocess_exemplar
+from .preprocess import ResizeMode, frame_exemplar, normalize
+from .preview import window_preview
 
 if TYPE_CHECKING:
     from .lora import LoraFile
@@ -153,6 +154,10 @@ class EditResult:
     image: torch.Tensor  # [B, 3, H, W] 0..1, the source's size (or the processed size, see below)
     raw: torch.Tensor  # [B, 3, h, w] 0..1, the decoded window at processing size
     region: crop.Region | None  # None when the mask was empty and nothing was edited
+    # [1, 3, H', W'] 0..1: the processing window with the edit mask outlined and the exemplar as
+    # the encoder saw it beside it (``preview.window_preview``; the whole source when the mask
+    # was empty); what ``--preview`` writes.
+    preview: torch.Tensor | None = None
 
 
 RESIZE_MASK_HINT = " (or pass --resize-mask to stretch it)"
@@ -239,12 +244,22 @@ class Editor:
     ) -> torch.Tensor:
         """exemplar: [B, 3|4, H, W] or [B, H, W, 3|4] 0..1 -> condition [B, 1, D]. A 4th channel
         is alpha, the exemplar mask when none is given (``preprocess.frame_exemplar``)."""
-        pixels = preprocess_exemplar(
-            exemplar, self.model.encoder.config, exemplar_mask, mode, expand=expand
-        )
+        return self._encode_exemplar(exemplar, exemplar_mask, mode, expand)[0]
+
+    def _encode_exemplar(
+        self,
+        exemplar: torch.Tensor,
+        exemplar_mask: torch.Tensor | None,
+        mode: ResizeMode,
+        expand: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (condition [B, 1, D], the exemplar as the encoder saw it [B, 3, S, S] 0..1)."""
+        config = self.model.encoder.config
+        view = frame_exemplar(exemplar, config, exemplar_mask, mode, expand=expand)
+        pixels = normalize(view, config.mean, config.std)
         condition = self.model.encoder(pixels.to(self.device))
         self._check_output(condition, "exemplar encoder", self.model.encoder)
-        return condition
+        return condition, view
 
     def _learned_vector(self, batch: int) -> torch.Tensor:
         """The encoder's learned unconditional vector [batch, 1, D] (the guidance's other half),
@@ -334,12 +349,14 @@ class Editor:
             raise EditError("the editor works on one source and one mask at a time")
         check_mask_size(source, edit_mask)
         edit_bin = masks.binarize_edit_mask(edit_mask)
-        condition = self.encode_exemplar(
+        condition, exemplar_view = self._encode_exemplar(
             exemplar, exemplar_mask, settings.exemplar_resize, settings.exemplar_expand
         )
+        exemplar_view = torch.cat(list(exemplar_view), dim=-1)  # several exemplars side by side
         if edit_bin.sum() == 0:
             log.warning("the mask is empty: returning the source unchanged")
-            return EditResult(image=source.clone(), raw=source.clone(), region=None)
+            preview = window_preview(source, edit_bin, exemplar_view)
+            return EditResult(source.clone(), source.clone(), None, preview)
 
         window = crop.prepare_window(
             source,
@@ -351,6 +368,7 @@ class Editor:
             whole_image=settings.whole_image,
         )
         region, keep = window.region, window.keep_mask
+        preview = window_preview(window.image, window.edit_mask, exemplar_view)
         masked = window.masked_image * 2 - 1  # -1..1, the edit area 0
         factor = self.model.vae_scale_factor
         latent_hw = (region.height // factor, region.width // factor)
@@ -382,9 +400,9 @@ class Editor:
         if settings.color_match:
             raw = match_color(raw, window.image, keep)
         if not settings.paste_back:
-            return EditResult(image=raw, raw=raw, region=region)
+            return EditResult(image=raw, raw=raw, region=region, preview=preview)
         image = crop.stitch(source, raw, region, edit_bin, settings.feather)
-        return EditResult(image=image, raw=raw, region=region)
+        return EditResult(image=image, raw=raw, region=region, preview=preview)
 
 
 def _step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict:

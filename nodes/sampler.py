@@ -48,6 +48,7 @@ from .model_builder import (
     size_multiple,
     vae_source,
 )
+from .preview import sampler_previews
 from .types import CATEGORY, seed_input, similarity_input
 
 
@@ -208,6 +209,12 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     tooltip="The sampled window latent(s) at processing size (resized to a "
                     "common size when the windows differ).",
                 ),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="Per image: the processing window with the edit mask outlined "
+                    "(magenta on its edge, black just outside) and, framed in cyan, the exemplar "
+                    "exactly as the encoder saw it (enlarged by whole pixels). Padded to one size.",
+                ),
             ],
         )
 
@@ -272,10 +279,10 @@ class ExemplarInpaintSampler(io.ComfyNode):
             color_match=color_match,
             size_multiple=multiple,
         )
-        outputs, latents = [], []
+        outputs, latents, windows = [], [], []
         for index in range(count):
             edit = edit_masks[min(index, edit_masks.shape[0] - 1)]
-            result, latent = _edit_one(
+            result, latent, window = _edit_one(
                 model,
                 vae,
                 _select(positive, index, pos_batch),
@@ -287,7 +294,9 @@ class ExemplarInpaintSampler(io.ComfyNode):
             )
             outputs.append(result)
             latents.append(latent)
-        return io.NodeOutput(torch.cat(outputs), {"samples": _stack(latents)})
+            windows.append(window)
+        preview = sampler_previews(windows, positive, pos_batch)
+        return io.NodeOutput(torch.cat(outputs), {"samples": _stack(latents)}, preview)
 
 
 def _sampler_seed(seed: int, sampler_name: str) -> int:
@@ -338,8 +347,9 @@ def _edit_one(
     *,
     seed: int,
     settings: _Settings,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """source [1, H, W, 3], edit_mask [H, W] binary -> ([1, H, W, 3] edited, raw latent)."""
+) -> tuple[torch.Tensor, torch.Tensor, crop.Window]:
+    """source [1, H, W, 3], edit_mask [H, W] binary -> ([1, H, W, 3] edited, raw latent, the
+    processing window, for the preview)."""
     s = settings
     source_bchw = _to_bchw(source)
     window = crop.prepare_window(
@@ -387,4 +397,4 @@ def _edit_one(
     if s.color_match:
         raw = match_color(raw, window.image, window.keep_mask)
     stitched = crop.stitch(source_bchw, raw, window.region, edit_mask[None, None], s.feather)
-    return _to_bhwc(stitched), samples.cpu()
+    return _to_bhwc(stitched), samples.cpu(), window

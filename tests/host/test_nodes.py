@@ -56,7 +56,7 @@ def _sampler_inputs(loaded, conditioning, **overrides) -> dict:
 
 def _sample(host, loaded, conditioning, **overrides):
     inputs = _sampler_inputs(loaded, conditioning, **overrides)
-    return host.run("PaintByExample.InpaintSampler", **inputs)
+    return host.run("PaintByExample.InpaintSampler", **inputs)[:2]  # IMAGE, LATENT
 
 
 # ---------------------------------------------------------------------------------- schema
