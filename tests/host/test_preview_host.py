@@ -201,15 +201,6 @@ def test_a_prompt_saving_the_sampler_preview_shows_the_processing_window(
     assert magenta.sum() > 20  # the mask's outline is there
 
 
-ENCODE_SETS_VIEW = "EXEMPLAR_VIEW_KEY" in (REPO / "nodes" / "encode.py").read_text()
-
-
-@pytest.mark.xfail(
-    not ENCODE_SETS_VIEW,
-    strict=True,
-    reason="Exemplar Encode does not put the exemplar view into the conditioning yet "
-    "(issue 19, item 4's branch): the preview shows the window only",
-)
 def test_the_saved_preview_shows_the_exemplar_as_the_encoder_saw_it(preview_run, in_process_window):
     from exemplar_core.checkpoint import load_model
     from exemplar_core.image_io import load_rgb, to_uint8
