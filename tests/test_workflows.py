@@ -142,11 +142,19 @@ def test_thumbnails_carry_the_stamp_of_their_template_and_go_stale_when_it_chang
     assert build.main(["--check"]) == 1
 
 
-def test_the_second_mask_and_exemplar_are_what_their_script_makes():
+def _example_inputs_script():
     spec = importlib.util.spec_from_file_location("example_inputs", WORKFLOWS / "example_inputs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--check"]) == 0
+    return module
+
+
+def test_the_derived_example_inputs_are_what_their_script_makes():
+    assert _example_inputs_script().main(["--check"]) == 0
+
+
+def test_the_second_mask_is_a_region_apart_from_the_first():
+    module = _example_inputs_script()
     with Image.open(module.EXAMPLE_INPUTS / "mask2.png") as mask:
         second = mask.getbbox()
     with Image.open(module.EXAMPLE_INPUTS / "mask.png") as mask:
@@ -154,12 +162,9 @@ def test_the_second_mask_and_exemplar_are_what_their_script_makes():
     assert second == module.MASK2_BOX and not _overlap(first, second)  # two separate regions
 
 
-def test_the_cutout_example_is_what_its_script_makes_from_the_exemplar():
-    spec = importlib.util.spec_from_file_location("make_cutout", WORKFLOWS / "make_cutout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert module.main(["--check"]) == 0
-    with Image.open(module.TARGET) as cutout:
+def test_the_cutout_example_is_the_exemplars_object_on_a_transparent_canvas():
+    module = _example_inputs_script()
+    with Image.open(module.EXAMPLE_INPUTS / "exemplar_cutout.png") as cutout:
         assert cutout.mode == "RGBA" and cutout.size == module.CANVAS
         alpha = cutout.getchannel("A")
         assert alpha.getextrema() == (0, 255)
