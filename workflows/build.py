@@ -101,6 +101,11 @@ NODE_SPECS: dict[str, Spec] = {
         outputs=(("IMAGE", "IMAGE"),),
         size=(160, 50),
     ),
+    "EmptyLatentImage": Spec(
+        inputs=(("width", "INT"), ("height", "INT"), ("batch_size", "INT")),
+        outputs=(("LATENT", "LATENT"),),
+        size=(330, 110),
+    ),
     "VAEDecode": Spec(
         inputs=(("samples", "LATENT"), ("vae", "VAE")),
         outputs=(("IMAGE", "IMAGE"),),
@@ -904,11 +909,14 @@ WORKFLOWS: list[Workflow] = [
                 "Crop For Exemplar Edit cuts the window around the mask (context_margin), at the "
                 "model's size (resolution 0), and gives its edit mask and a crop description. "
                 "The window can go through any sampler: here ComfyUI's own "
-                "InpaintModelConditioning (noise_mask false: the model repaints the masked area "
-                "itself), KSampler (cfg is the similarity) and VAEDecode; a second, refining "
-                "pass fits in the same place. Stitch Exemplar Edit puts the edited window back "
-                "with the feathered blend; outside the blend the photo is unchanged.\n\n"
-                "The Inpaint Sampler does the same crop and stitch inside (one implementation).\n\n"
+                "InpaintModelConditioning (noise_mask false), KSampler (cfg is the similarity) "
+                "from an empty latent (Paint-by-Example paints from pure noise) and VAEDecode; a "
+                "second, refining pass fits in the same place. Stitch Exemplar Edit puts the "
+                "edited window back with the feathered blend; outside the blend the photo is "
+                "unchanged. The result is the Inpaint Sampler's, bit for bit (same code).\n\n"
+                "Empty latent: the window's size for the published model (512 x 512), twice it "
+                "for the demo model (128 x 128 for its 64 px window; its VAE shrinks 4x, not "
+                "8x).\n\n"
                 f"{INPUTS_NOTE}\n\n"
                 f"{MODEL_NOTE}"
             ),
@@ -957,7 +965,7 @@ WORKFLOWS: list[Workflow] = [
                     "scheduler": "ddim_uniform",
                     "positive": Link(7, 0),
                     "negative": Link(7, 1),
-                    "latent_image": Link(7, 2),
+                    "latent_image": Link(14, 0),
                     "denoise": 1.0,
                 },
                 (col(5), 210),
@@ -981,12 +989,19 @@ WORKFLOWS: list[Workflow] = [
                 (col(4), 290),
             ),
             _save(13, "save windows", Link(12, 0), "pbe_window", (col(4), 400)),
+            Node(
+                14,
+                "EmptyLatentImage",
+                "empty latent",
+                {"width": 128, "height": 128, "batch_size": 1},
+                (col(5), 640),
+            ),
         ],
         [
             INPUT_GROUP,
             MODEL_GROUP,
             Group("Crop the window", (6, 12, 13), "#a1309b"),
-            Group("Any sampler (stock nodes)", (7, 8, 9)),
+            Group("Any sampler (stock nodes)", (7, 8, 9, 14)),
             Group("Stitch back and save", (10, 11)),
         ],
         (

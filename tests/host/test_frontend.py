@@ -306,6 +306,24 @@ HELP_PAGES = [
         "greys out the area to repaint",
     ),
     (
+        "Paint-by-Example Exemplar Mapper",
+        "PaintByExample.ExemplarMapper",
+        "Against Exemplar Encode",
+        "you already use for other nodes serves here too",
+    ),
+    (
+        "Paint-by-Example Crop For Exemplar Edit",
+        "PaintByExample.CropForEdit",
+        "The same edit as the Inpaint Sampler",
+        "Cuts out the window the",
+    ),
+    (
+        "Paint-by-Example Stitch Exemplar Edit",
+        "PaintByExample.StitchEdit",
+        "Puts edited windows back where",
+        "outside the band the output is the image, bit for bit",
+    ),
+    (
         "Paint-by-Example LoRA Loader",
         "PaintByExample.LoraLoader",
         "Stacking, and the stock loader",
