@@ -17,7 +17,7 @@ from .checks import (
     check_model_output,
     check_widgets,
 )
-from .types import CATEGORY, ExemplarEncoderHandle, PbEEncoder
+from .types import CATEGORY, NO_TOWER_MESSAGE, ExemplarEncoderHandle, PbEEncoder
 
 
 class Combine(str, Enum):
@@ -40,6 +40,19 @@ def combine_embeddings(embeds: torch.Tensor, how: Combine) -> torch.Tensor:
     return embeds
 
 
+def conditioning_pair(
+    handle: ExemplarEncoderHandle, embeds: torch.Tensor, combine: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """embeds [B, 1, D] -> (positive as ``combine`` asks, negative: the learned unconditional
+    vector, one row per positive row). The encoder must be loaded (``mm.load_model_gpu``) so a
+    LoRA's patch of the learned vector is in place. Exemplar Encode and the Exemplar Mapper."""
+    positive = combine_embeddings(embeds, Combine(combine))
+    with torch.inference_mode():  # finite: checked when the Loader built the encoder
+        uncond = handle.encoder.learnable_vector.detach().float()
+    negative = uncond.to(positive.device).expand(positive.shape[0], 1, -1).clone()
+    return positive, negative
+
+
 def encode_exemplars(
     handle: ExemplarEncoderHandle,
     images: torch.Tensor,
@@ -48,6 +61,8 @@ def encode_exemplars(
     fill: float,
 ) -> torch.Tensor:
     """images [B, H, W, 3] 0..1 -> embeddings [B, 1, D] (float32, intermediate device)."""
+    if not handle.has_tower:
+        raise PaintByExampleInputError(NO_TOWER_MESSAGE)
     try:
         pixels = preprocess_exemplar(images, handle.config, exemplar_mask, mode=mode, fill=fill)
     except ExemplarError as err:
@@ -147,8 +162,5 @@ class ExemplarEncode(io.ComfyNode):
         if exemplar_mask is not None:
             exemplar_mask = check_mask(exemplar_mask, "exemplar_mask")
         embeds = encode_exemplars(encoder, images, exemplar_mask, resize, background_fill)
-        positive = combine_embeddings(embeds, Combine(combine))
-        with torch.inference_mode():  # finite: checked when the Loader built the encoder
-            uncond = encoder.encoder.learnable_vector.detach().float()
-        negative = uncond.to(positive.device).expand(positive.shape[0], 1, -1).clone()
+        positive, negative = conditioning_pair(encoder, embeds, combine)
         return io.NodeOutput([[positive, {}]], [[negative, {}]])
