@@ -9,12 +9,15 @@ the unprojected class token), so an exported file carries a zero projection: its
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
 from ..config import EncoderConfig
-from .container import CheckpointError, StateDict
+from ..files import atomic_write
+from .container import CheckpointError, StateDict, prepare_tensors
 from .keymap import clip_open_clip_to_transformers
 
 CLIP_PROJECTION_KEY = "visual_projection.weight"
@@ -52,4 +55,23 @@ def clip_vision_state_dict(
             CLIP_VIT_L_PROJECTION_DIM, reference.shape[0], dtype=reference.dtype
         )
     out[CLIP_PROJECTION_KEY] = projection
+    return out
+
+
+def save_clip_vision(
+    encoder: Mapping[str, torch.Tensor],
+    config: EncoderConfig,
+    path: str | os.PathLike[str],
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write the encoder's tower as a stock clip_vision ``.safetensors``, atomically and never
+    over an existing file; fp16 by default (ComfyUI keeps CLIP Vision weights in fp16 mostly)."""
+    from safetensors.torch import save_file
+
+    check_stock_vit_l(config)
+    out = Path(path)
+    if out.suffix != ".safetensors":
+        raise CheckpointError(f"{out} must end in .safetensors (ComfyUI's clip_vision files do)")
+    tensors = prepare_tensors(clip_vision_state_dict(encoder), dtype)
+    atomic_write(out, lambda tmp: save_file(tensors, str(tmp)), overwrite=False)
     return out
