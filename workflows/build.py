@@ -130,7 +130,7 @@ NODE_SPECS: dict[str, Spec] = {
         size=(330, 270),
     ),
     node_ids.LOADER: Spec(
-        inputs=(("model_name", "COMBO"), ("weight_dtype", "COMBO")),
+        inputs=(("model_name", "COMBO"), ("weight_dtype", "COMBO"), ("clip_tower", "COMBO")),
         outputs=(("MODEL", "MODEL"), ("VAE", "VAE"), ("PBE_ENCODER", "PBE_ENCODER")),
         size=(330, 130),
     ),
@@ -145,6 +145,25 @@ NODE_SPECS: dict[str, Spec] = {
         ),
         outputs=(("positive", "CONDITIONING"), ("negative", "CONDITIONING")),
         size=(330, 150),
+    ),
+    node_ids.EXEMPLAR_MAPPER: Spec(
+        inputs=(
+            ("encoder", "PBE_ENCODER"),
+            ("clip_vision_output", "CLIP_VISION_OUTPUT"),
+            ("combine", "COMBO"),
+        ),
+        outputs=(("positive", "CONDITIONING"), ("negative", "CONDITIONING")),
+        size=(330, 100),
+    ),
+    "CLIPVisionLoader": Spec(
+        inputs=(("clip_name", "COMBO"),),
+        outputs=(("CLIP_VISION", "CLIP_VISION"),),
+        size=(330, 60),
+    ),
+    "CLIPVisionEncode": Spec(
+        inputs=(("clip_vision", "CLIP_VISION"), ("image", "IMAGE"), ("crop", "COMBO")),
+        outputs=(("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT"),),
+        size=(250, 80),
     ),
     node_ids.MASK_BEZIER_JITTER: Spec(
         inputs=(("mask", "MASK"), ("seed", "INT"), ("jitter", "INT"), ("box_expansion", "FLOAT")),
@@ -334,7 +353,7 @@ def _loaders() -> list[Node]:
             1,
             node_ids.LOADER,
             "loader",
-            {"model_name": DEFAULT_MODEL, "weight_dtype": "default"},
+            {"model_name": DEFAULT_MODEL, "weight_dtype": "default", "clip_tower": "load"},
             (col(0), ROW2),
         ),
         Node(2, "LoadImage", "source", {"image": f"{EXAMPLE_PREFIX}source.png"}, (col(1), 0)),
