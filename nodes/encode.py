@@ -40,6 +40,42 @@ def combine_embeddings(embeds: torch.Tensor, how: Combine) -> torch.Tensor:
     return embeds
 
 
+def combine_input() -> io.Combo.Input:
+    """The ``combine`` input of Exemplar Encode and the Exemplar Mapper."""
+    return io.Combo.Input(
+        "combine",
+        options=Combine,
+        default=Combine.SEPARATE,
+        tooltip=(
+            "Several exemplars: keep one condition per exemplar (batch), average "
+            "their embeddings into one, or concatenate them as tokens of one condition."
+        ),
+    )
+
+
+def conditioning_outputs() -> list[io.Conditioning.Output]:
+    """The ``positive`` and ``negative`` outputs of Exemplar Encode and the Exemplar Mapper."""
+    return [
+        io.Conditioning.Output(
+            display_name="positive",
+            tooltip="The exemplar condition, [B, 1, D] (D = 768 for the published model).",
+        ),
+        io.Conditioning.Output(
+            display_name="negative",
+            tooltip="The learned unconditional vector (Paint-by-Example's negative).",
+        ),
+    ]
+
+
+def check_encoder(encoder: object) -> None:
+    """A PBE_ENCODER input that is not the Loader's encoder handle fails with a message."""
+    if not isinstance(encoder, ExemplarEncoderHandle):
+        raise PaintByExampleInputError(
+            f"'encoder' must be the PBE_ENCODER output of the Paint-by-Example Loader, got "
+            f"{type(encoder).__name__}"
+        )
+
+
 def conditioning_pair(
     handle: ExemplarEncoderHandle, embeds: torch.Tensor, combine: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,15 +132,7 @@ class ExemplarEncode(io.ComfyNode):
                     tooltip="Exemplar image(s), at least 16 px a side; a batch gives one "
                     "condition each unless combined.",
                 ),
-                io.Combo.Input(
-                    "combine",
-                    options=Combine,
-                    default=Combine.SEPARATE,
-                    tooltip=(
-                        "Several exemplars: keep one condition per exemplar (batch), average "
-                        "their embeddings into one, or concatenate them as tokens of one condition."
-                    ),
-                ),
+                combine_input(),
                 io.Combo.Input(
                     "resize",
                     options=ResizeMode,
@@ -131,14 +159,7 @@ class ExemplarEncode(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Conditioning.Output(
-                    display_name="positive",
-                    tooltip="The exemplar condition, [B, 1, D] (D = 768 for the published model).",
-                ),
-                io.Conditioning.Output(
-                    display_name="negative",
-                    tooltip="The learned unconditional vector (Paint-by-Example's negative).",
-                ),
+                *conditioning_outputs(),
             ],
         )
 
@@ -153,11 +174,7 @@ class ExemplarEncode(io.ComfyNode):
         exemplar_mask: torch.Tensor | None = None,
     ) -> io.NodeOutput:
         check_widgets(cls, locals())
-        if not isinstance(encoder, ExemplarEncoderHandle):
-            raise PaintByExampleInputError(
-                f"'encoder' must be the PBE_ENCODER output of the Paint-by-Example Loader, got "
-                f"{type(encoder).__name__}"
-            )
+        check_encoder(encoder)
         images = check_image(exemplar, "exemplar")
         if exemplar_mask is not None:
             exemplar_mask = check_mask(exemplar_mask, "exemplar_mask")

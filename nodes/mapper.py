@@ -15,7 +15,13 @@ from comfy_api.latest import io
 from ..exemplar_core import node_ids
 from ..exemplar_core.config import EncoderConfig
 from .checks import PaintByExampleInputError, check_model_output, check_widgets
-from .encode import Combine, conditioning_pair
+from .encode import (
+    Combine,
+    check_encoder,
+    combine_input,
+    conditioning_outputs,
+    conditioning_pair,
+)
 from .types import CATEGORY, ExemplarEncoderHandle, PbEEncoder
 
 # Vision towers a CLIP_VISION_OUTPUT often comes from, by token width, for messages.
@@ -122,26 +128,9 @@ class ExemplarMapper(io.ComfyNode):
                     "clip-vit-large-patch14.safetensors in models/clip_vision), crop 'none' "
                     "(the paper's squash; 'center' crops wide exemplars).",
                 ),
-                io.Combo.Input(
-                    "combine",
-                    options=Combine,
-                    default=Combine.SEPARATE,
-                    tooltip=(
-                        "Several exemplars: keep one condition per exemplar (batch), average "
-                        "their embeddings into one, or concatenate them as tokens of one condition."
-                    ),
-                ),
+                combine_input(),
             ],
-            outputs=[
-                io.Conditioning.Output(
-                    display_name="positive",
-                    tooltip="The exemplar condition, [B, 1, D] (D = 768 for the published model).",
-                ),
-                io.Conditioning.Output(
-                    display_name="negative",
-                    tooltip="The learned unconditional vector (Paint-by-Example's negative).",
-                ),
-            ],
+            outputs=conditioning_outputs(),
         )
 
     @classmethod
@@ -152,11 +141,7 @@ class ExemplarMapper(io.ComfyNode):
         combine: str = Combine.SEPARATE.value,
     ) -> io.NodeOutput:
         check_widgets(cls, {"combine": combine})
-        if not isinstance(encoder, ExemplarEncoderHandle):
-            raise PaintByExampleInputError(
-                f"'encoder' must be the PBE_ENCODER output of the Paint-by-Example Loader, got "
-                f"{type(encoder).__name__}"
-            )
+        check_encoder(encoder)
         embeds = map_class_token(encoder, class_token(clip_vision_output, encoder.config))
         positive, negative = conditioning_pair(encoder, embeds, combine)
         return io.NodeOutput([[positive, {}]], [[negative, {}]])
