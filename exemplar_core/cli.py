@@ -1,4 +1,5 @@
-"""``python -m exemplar_core``: edit, convert, info, merge-lora, demo, headless (no ComfyUI needed).
+"""``python -m exemplar_core``: edit, convert, info, merge-lora, export-clip-vision, demo, headless
+(no ComfyUI needed).
 
 Every command exits 0 on success, 2 on bad input (with a message naming the problem and what is
 expected), 1 when a ComfyUI server refuses or fails a headless workflow.

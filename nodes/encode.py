@@ -24,7 +24,13 @@ from .checks import (
     check_model_output,
     check_widgets,
 )
-from .types import CATEGORY, EXEMPLAR_VIEW_KEY, ExemplarEncoderHandle, PbEEncoder
+from .types import (
+    CATEGORY,
+    EXEMPLAR_VIEW_KEY,
+    NO_TOWER_MESSAGE,
+    ExemplarEncoderHandle,
+    PbEEncoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,55 @@ def combine_embeddings(embeds: torch.Tensor, how: Combine) -> torch.Tensor:
     return embeds
 
 
+def combine_input() -> io.Combo.Input:
+    """The ``combine`` input of Exemplar Encode and the Exemplar Mapper."""
+    return io.Combo.Input(
+        "combine",
+        options=Combine,
+        default=Combine.SEPARATE,
+        tooltip=(
+            "Several exemplars: keep one condition per exemplar (batch), average "
+            "their embeddings into one, or concatenate them as tokens of one condition."
+        ),
+    )
+
+
+def conditioning_outputs() -> list[io.Conditioning.Output]:
+    """The ``positive`` and ``negative`` outputs of Exemplar Encode and the Exemplar Mapper."""
+    return [
+        io.Conditioning.Output(
+            display_name="positive",
+            tooltip="The exemplar condition, [B, 1, D] (D = 768 for the published model).",
+        ),
+        io.Conditioning.Output(
+            display_name="negative",
+            tooltip="The learned unconditional vector (Paint-by-Example's negative).",
+        ),
+    ]
+
+
+def check_encoder(encoder: object) -> None:
+    """A PBE_ENCODER input that is not the Loader's encoder handle fails with a message."""
+    if not isinstance(encoder, ExemplarEncoderHandle):
+        raise PaintByExampleInputError(
+            f"'encoder' must be the PBE_ENCODER output of the Paint-by-Example Loader, got "
+            f"{type(encoder).__name__}"
+        )
+
+
+def conditioning_pair(
+    handle: ExemplarEncoderHandle, embeds: torch.Tensor, combine: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """embeds [B, 1, D] -> (positive as ``combine`` asks, negative: the learned unconditional
+    vector, one row per positive row). The encoder must be loaded (``mm.load_model_gpu``) so a
+    LoRA's patch of the learned vector is in place. Exemplar Encode and the Exemplar Mapper."""
+    positive = combine_embeddings(embeds, Combine(combine))
+    with torch.inference_mode():  # finite: checked when the Loader built the encoder
+        uncond = handle.encoder.learnable_vector.detach().float()
+    negative = uncond.to(positive.device).expand(positive.shape[0], 1, -1).clone()
+    return positive, negative
+
+
 def encode_exemplars(
     handle: ExemplarEncoderHandle,
     images: torch.Tensor,
@@ -95,6 +150,8 @@ def encode_exemplars(
     """images [B, H, W, 3|4] 0..1 (a 4th channel: alpha, the mask when none is given) ->
     embeddings [B, 1, D] (float32, intermediate device) and the exemplars as the encoder saw
     them, [B, 3, S, S] 0..1 (``frame_exemplar``)."""
+    if not handle.has_tower:
+        raise PaintByExampleInputError(NO_TOWER_MESSAGE)
     try:
         view = frame_exemplar(images, handle.config, exemplar_mask, mode, fill, expand)
     except ExemplarError as err:
@@ -130,15 +187,7 @@ class ExemplarEncode(io.ComfyNode):
                     tooltip="Exemplar image(s), at least 16 px a side; a batch gives one "
                     "condition each unless combined.",
                 ),
-                io.Combo.Input(
-                    "combine",
-                    options=Combine,
-                    default=Combine.SEPARATE,
-                    tooltip=(
-                        "Several exemplars: keep one condition per exemplar (batch), average "
-                        "their embeddings into one, or concatenate them as tokens of one condition."
-                    ),
-                ),
+                combine_input(),
                 io.Combo.Input(
                     "resize",
                     options=ResizeMode,
@@ -189,14 +238,7 @@ class ExemplarEncode(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Conditioning.Output(
-                    display_name="positive",
-                    tooltip="The exemplar condition, [B, 1, D] (D = 768 for the published model).",
-                ),
-                io.Conditioning.Output(
-                    display_name="negative",
-                    tooltip="The learned unconditional vector (Paint-by-Example's negative).",
-                ),
+                *conditioning_outputs(),
                 io.Image.Output(
                     display_name="exemplar_view",
                     tooltip="The exemplar(s) as the encoder sees them after framing, "
@@ -218,11 +260,7 @@ class ExemplarEncode(io.ComfyNode):
         exemplar_mask_marks: str = MaskMarks.OBJECT.value,
     ) -> io.NodeOutput:
         check_widgets(cls, locals())
-        if not isinstance(encoder, ExemplarEncoderHandle):
-            raise PaintByExampleInputError(
-                f"'encoder' must be the PBE_ENCODER output of the Paint-by-Example Loader, got "
-                f"{type(encoder).__name__}"
-            )
+        check_encoder(encoder)
         rgb = check_image(exemplar, "exemplar")
         images = exemplar if exemplar.shape[-1] == 4 else rgb  # alpha: the mask when none given
         if exemplar_mask is not None:
@@ -231,10 +269,7 @@ class ExemplarEncode(io.ComfyNode):
         embeds, view = encode_exemplars(
             encoder, images, exemplar_mask, resize, background_fill, object_expand
         )
-        positive = combine_embeddings(embeds, Combine(combine))
-        with torch.inference_mode():  # finite: checked when the Loader built the encoder
-            uncond = encoder.encoder.learnable_vector.detach().float()
-        negative = uncond.to(positive.device).expand(positive.shape[0], 1, -1).clone()
+        positive, negative = conditioning_pair(encoder, embeds, combine)
         view = view.permute(0, 2, 3, 1).contiguous().cpu()  # [B, S, S, 3], ComfyUI's layout
         # ComfyUI's samplers ignore extras keys they do not know; the Inpaint Sampler's preview
         # reads this one (nodes/types.py).

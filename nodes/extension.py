@@ -43,6 +43,7 @@ def node_list() -> list[type[io.ComfyNode]]:
     from .guidance import SimilarityGuidance
     from .loader import Loader
     from .lora import LoraLoader
+    from .mapper import ExemplarMapper
     from .sampler import ExemplarInpaintSampler
 
     return [
@@ -52,6 +53,7 @@ def node_list() -> list[type[io.ComfyNode]]:
         ExemplarInpaintSampler,
         SimilarityGuidance,
         LoraLoader,
+        ExemplarMapper,
     ]
 
 

@@ -13,6 +13,7 @@ NODE_IDS = [
     "PaintByExample.InpaintSampler",
     "PaintByExample.SimilarityGuidance",
     "PaintByExample.LoraLoader",
+    "PaintByExample.ExemplarMapper",
 ]
 SIZE = 64
 
