@@ -1005,7 +1005,7 @@ WORKFLOWS: list[Workflow] = [
             Group("Stitch back and save", (10, 11)),
         ],
         (
-            Tile("source", input="source.png"),
+            Tile("mask", input="mask.png"),
             Tile("window", save="save windows", index=0),
             Tile("edited window", save="save windows", index=1),
             Tile("stitched", save="save"),
