@@ -170,10 +170,37 @@ NODE_SPECS: dict[str, Spec] = {
             ("resolution", "INT"),
             ("feather", "INT"),
             ("color_match", "BOOLEAN"),
+            ("mask_grow", "INT"),
+            ("mask_blur", "INT"),
         ),
         outputs=(("IMAGE", "IMAGE"), ("LATENT", "LATENT")),
         seeded=("seed",),
         size=(330, 400),
+    ),
+    node_ids.CROP_FOR_EDIT: Spec(
+        inputs=(  # ComfyUI lists the optional model and vae after the required inputs
+            ("image", "IMAGE"),
+            ("mask", "MASK"),
+            ("context_margin", "FLOAT"),
+            ("resolution", "INT"),
+            ("feather", "INT"),
+            ("mask_grow", "INT"),
+            ("mask_blur", "INT"),
+            ("model", "MODEL"),
+            ("vae", "VAE"),
+        ),
+        outputs=(("window", "IMAGE"), ("window_mask", "MASK"), ("crop", "PBE_CROP")),
+        size=(330, 260),
+    ),
+    node_ids.STITCH_EDIT: Spec(
+        inputs=(
+            ("crop", "PBE_CROP"),
+            ("edited", "IMAGE"),
+            ("color_match", "BOOLEAN"),
+            ("image", "IMAGE"),
+        ),
+        outputs=(("IMAGE", "IMAGE"),),
+        size=(330, 110),
     ),
     node_ids.SIMILARITY_GUIDANCE: Spec(
         inputs=(
@@ -386,6 +413,8 @@ def _sampler(
             "resolution": 0,
             "feather": 16,
             "color_match": False,
+            "mask_grow": 0,
+            "mask_blur": 0,
         },
         pos,
     )
