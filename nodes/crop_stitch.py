@@ -66,6 +66,15 @@ def feather_input() -> io.Int.Input:
     )
 
 
+def color_match_input() -> io.Boolean.Input:
+    return io.Boolean.Input(
+        "color_match",
+        default=False,
+        tooltip="Match the window's colours to the source's kept pixels (removes VAE colour "
+        "drift).",
+    )
+
+
 def mask_grow_input(optional: bool) -> io.Int.Input:
     return io.Int.Input(
         "mask_grow",
@@ -334,12 +343,7 @@ class StitchExemplarEdit(io.ComfyNode):
                     tooltip="Optional: stitch into this image instead of the cropped one (it "
                     "must have the cropped image's size), e.g. to apply a second edit.",
                 ),
-                io.Boolean.Input(
-                    "color_match",
-                    default=False,
-                    tooltip="Match the window's colours to the source's kept pixels (removes VAE "
-                    "colour drift).",
-                ),
+                color_match_input(),
             ],
             outputs=[
                 io.Image.Output(

@@ -32,6 +32,7 @@ from .checks import (
     check_widgets,
 )
 from .crop_stitch import (
+    color_match_input,
     context_margin_input,
     crop_one,
     edit_masks,
@@ -165,12 +166,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     "resolution (512 for the published model, 64 for the embedded mini model).",
                 ),
                 feather_input(),
-                io.Boolean.Input(
-                    "color_match",
-                    default=False,
-                    tooltip="Match the window's colours to the source's kept pixels (removes VAE "
-                    "colour drift).",
-                ),
+                color_match_input(),
                 mask_grow_input(optional=True),
                 mask_blur_input(optional=True),
             ],
