@@ -126,12 +126,17 @@ def bright(user_install) -> dict[str, str]:
     return _write_inputs(user_install.input_directory, "bright", low=64)  # pixels >= 0.25
 
 
-def test_split_path_through_stock_nodes_is_the_samplers_edit_bit_for_bit(user_install, bright):
-    out = _first(_run(user_install, _prompt(bright, tag="_a")))
+@pytest.mark.parametrize("low", [64, 0], ids=["pixels from 0.25", "full range"])
+def test_split_path_through_stock_nodes_is_the_samplers_edit_bit_for_bit(user_install, low):
+    """Below 0.25 the stock node's greyed-out window, (x - 0.5) * keep + 0.5, differs from the
+    sampler's x * keep + 0.5 * edit in the last bit; ComfyUI's VAE encodes 2 x - 1, where the
+    two round to the same number, so the full range is bit for bit the same edit too."""
+    files = _write_inputs(user_install.input_directory, f"split{low}", low=low)
+    out = _first(_run(user_install, _prompt(files, tag=f"_a{low}")))
     assert out["17"].shape == (1, 4, WINDOW // 4, WINDOW // 4)
     assert torch.equal(out["17"], out["8"]), "the sampled latents differ"
     assert np.array_equal(out["16"], out["7"]), "the stitched images differ"
-    source = np.asarray(Image.open(user_install.input_directory / bright["source"]))
+    source = np.asarray(Image.open(user_install.input_directory / files["source"]))
     y0, y1, x0, x1 = BOX
     assert not np.array_equal(out["16"][y0:y1, x0:x1], source[y0:y1, x0:x1])
     outside = np.ones((HEIGHT, WIDTH), bool)
