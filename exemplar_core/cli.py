@@ -129,6 +129,20 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="px over which the edit blends into the source (default: %(default)s)",
     )
     p.add_argument(
+        "--mask-grow",
+        type=int,
+        default=d.mask_grow,
+        help="px to grow the edit mask by before the window is planned, negative to shrink it; "
+        "separate from --feather, which blends the result (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mask-blur",
+        type=int,
+        default=d.mask_blur,
+        help="px radius of a blur of the edit mask, re-binarised at 0.5 after the grow: smooths "
+        "its outline (default: %(default)s)",
+    )
+    p.add_argument(
         "--color-match",
         action="store_true",
         help="match the edit's colours to the source around it (default: off)",
@@ -251,6 +265,8 @@ def run_edit(args: argparse.Namespace) -> int:
         whole_image=args.whole_image,
         context_margin=args.context_margin,
         feather=args.feather,
+        mask_grow=args.mask_grow,
+        mask_blur=args.mask_blur,
         color_match=args.color_match,
         mask_resize=args.mask_resize,
         exemplar_resize=args.exemplar_resize,

@@ -21,6 +21,8 @@ from .checks import (
     CONTEXT_MARGIN_MAX,
     EXEMPLAR_EXPAND_MAX,
     FEATHER_MAX,
+    MASK_BLUR_MAX,
+    MASK_GROW_MAX,
     RESOLUTION_MAX,
     SEED_MAX,
     SIMILARITY_MAX,
@@ -87,6 +89,8 @@ class EditSettings:
     whole_image: bool = False  # resize the whole image instead of cropping around the mask
     context_margin: float = 0.25  # extra context around the mask's box, times its longer side
     feather: int = 16  # px over which the edit blends into the source
+    mask_grow: int = 0  # px the edit mask grows by (negative shrinks), before the window is planned
+    mask_blur: int = 0  # px radius of the edit mask's blur (re-binarised), after the grow
     color_match: bool = False
     mask_resize: masks.MaskResize = "bilinear"
     exemplar_resize: ResizeMode = "squash"
@@ -110,6 +114,8 @@ class EditSettings:
             "context_margin": (0.0, CONTEXT_MARGIN_MAX, False),
             "exemplar_expand": (1.0, EXEMPLAR_EXPAND_MAX, False),
             "feather": (0, FEATHER_MAX, True),
+            "mask_grow": (-MASK_GROW_MAX, MASK_GROW_MAX, True),
+            "mask_blur": (0, MASK_BLUR_MAX, True),
             "eta": (0.0, 1.0, False),
         }
         for name, (low, high, integer) in limits.items():
@@ -349,6 +355,14 @@ class Editor:
             raise EditError("the editor works on one source and one mask at a time")
         check_mask_size(source, edit_mask)
         edit_bin = masks.binarize_edit_mask(edit_mask)
+        if edit_bin.sum() > 0:  # the stitch feather stays separate: it blends the grown mask
+            names = (settings.name_of("mask_grow"), settings.name_of("mask_blur"))
+            try:
+                edit_bin = masks.grow_and_blur(
+                    edit_bin, settings.mask_grow, settings.mask_blur, names
+                )
+            except SettingError as err:
+                raise EditSettingError(err.name, err.problem) from None
         condition, exemplar_view = self._encode_exemplar(
             exemplar, exemplar_mask, settings.exemplar_resize, settings.exemplar_expand
         )

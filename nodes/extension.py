@@ -39,6 +39,7 @@ def check_comfyui_version() -> None:
 
 def node_list() -> list[type[io.ComfyNode]]:
     from .bezier_mask import MaskBezierJitter
+    from .crop_stitch import CropForExemplarEdit, StitchExemplarEdit
     from .encode import ExemplarEncode
     from .guidance import SimilarityGuidance
     from .loader import Loader
@@ -54,6 +55,8 @@ def node_list() -> list[type[io.ComfyNode]]:
         SimilarityGuidance,
         LoraLoader,
         ExemplarMapper,
+        CropForExemplarEdit,
+        StitchExemplarEdit,
     ]
 
 

@@ -96,6 +96,8 @@ def test_16_bit_greyscale_source_is_accepted(files):
         ("--similarity", "nan", "--similarity must be a finite number between 0 and 50, got nan"),
         ("--context-margin", "nan", "--context-margin must be a finite number between 0 and 4"),
         ("--feather", "-3", "--feather must be a whole number between 0 and 256, got -3"),
+        ("--mask-blur", "-1", "--mask-blur must be a whole number between 0 and 256, got -1"),
+        ("--mask-grow", "200", "--mask-grow 200 is larger than the 100x72 image: use at most 100"),
         ("--seed", str(2**64), "--seed must be a whole number between 0 and 18446744073709551615"),
         ("--steps", "0", "--steps must be a whole number between 1 and 1000, got 0"),
         ("--size", "100000", "--size must be a whole number between 1 and 2048"),

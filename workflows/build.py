@@ -208,26 +208,26 @@ NODE_SPECS: dict[str, Spec] = {
         size=(330, 450),
     ),
     node_ids.CROP_FOR_EDIT: Spec(
-        inputs=(
+        inputs=(  # ComfyUI lists the optional model and vae after the required inputs
             ("image", "IMAGE"),
             ("mask", "MASK"),
-            ("model", "MODEL"),
-            ("vae", "VAE"),
             ("context_margin", "FLOAT"),
             ("resolution", "INT"),
             ("feather", "INT"),
             ("mask_grow", "INT"),
             ("mask_blur", "INT"),
+            ("model", "MODEL"),
+            ("vae", "VAE"),
         ),
         outputs=(("window", "IMAGE"), ("window_mask", "MASK"), ("crop", "PBE_CROP")),
-        size=(330, 230),
+        size=(330, 260),
     ),
     node_ids.STITCH_EDIT: Spec(
         inputs=(
             ("crop", "PBE_CROP"),
             ("edited", "IMAGE"),
-            ("image", "IMAGE"),
             ("color_match", "BOOLEAN"),
+            ("image", "IMAGE"),
         ),
         outputs=(("IMAGE", "IMAGE"),),
         size=(330, 110),

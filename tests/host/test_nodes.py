@@ -14,6 +14,8 @@ NODE_IDS = [
     "PaintByExample.SimilarityGuidance",
     "PaintByExample.LoraLoader",
     "PaintByExample.ExemplarMapper",
+    "PaintByExample.CropForEdit",
+    "PaintByExample.StitchEdit",
 ]
 SIZE = 64
 
@@ -294,6 +296,60 @@ def test_sampler_accepts_non_square_sources_larger_than_the_window(host, loaded,
     mask[:, 30:50, 100:130] = 1
     out, _ = _sample(host, loaded, conditioning, image=image, mask=mask)
     assert out.shape == image.shape
+
+
+def test_sampler_mask_grow_and_blur_default_to_todays_edit_and_change_it_when_set(
+    host, loaded, conditioning
+):
+    plain, _ = _sample(host, loaded, conditioning)
+    same, _ = _sample(host, loaded, conditioning, mask_grow=0, mask_blur=0)
+    grown, _ = _sample(host, loaded, conditioning, mask_grow=3, mask_blur=1)
+    assert torch.equal(plain, same) and not torch.equal(plain, grown)
+
+
+# ------------------------------------------------------------------------- crop and stitch
+
+
+def test_crop_description_holds_each_images_window_and_windows_share_one_size(host, loaded):
+    model, vae, _ = loaded
+    images = torch.rand(2, 96, 160, 3, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(2, 96, 160)
+    masks[0, 30:50, 100:130] = 1  # at least the resolution: the 96 px height
+    masks[1, 5:90, 3:90] = 1  # a wide window clipped to the image's height: 145 x 96 -> 128 x 80
+    window, window_mask, crop = host.run(
+        "PaintByExample.CropForEdit", image=images, mask=masks, model=model, vae=vae,
+        resolution=128, feather=4, mask_grow=2,
+    )  # fmt: skip
+    regions = [item.window.region for item in crop.items]
+    assert [(r.width, r.height) for r in regions] == [(128, 128), (128, 80)]
+    assert [r.crop_size for r in regions] == [(96, 96), (145, 96)]
+    assert crop.source_size == (160, 96) and crop.feather == 4
+    grown = host.module("exemplar_core.masks").grow_and_blur(masks[0], 2, 0)
+    assert torch.equal(crop.items[0].edit_mask[0, 0], grown)  # the full-size, grown mask
+    assert window.shape == (2, 128, 128, 3) and window_mask.shape == (2, 128, 128)  # the largest
+    assert set(window_mask.unique().tolist()) == {0.0, 1.0}
+    (back,) = host.run("PaintByExample.StitchEdit", crop=crop, edited=window)
+    band = host.module("exemplar_core.crop").feather_alpha(crop.items[0].edit_mask, 4)[0, 0] > 0
+    assert torch.equal(back[0][~band], images[0][~band])
+
+
+def test_stitch_takes_k_variants_of_one_crop_and_refuses_a_mismatched_batch(host):
+    image = torch.rand(1, 64, 64, 3)
+    (window, _, crop) = host.run("PaintByExample.CropForEdit", image=image, mask=_mask())
+    assert window.shape == (1, 512, 512, 3)  # without a model: 512 px, multiples of 64
+    variants = torch.rand(3, 40, 40, 3)
+    (out,) = host.run("PaintByExample.StitchEdit", crop=crop, edited=variants)
+    assert out.shape == (3, 64, 64, 3) and not torch.equal(out[0], out[1])
+    two = host.run("PaintByExample.CropForEdit", image=torch.rand(2, 64, 64, 3), mask=_mask())[2]
+    error = host.module("nodes.checks").PaintByExampleInputError
+    with pytest.raises(error, match="3 edited windows for a crop of 2 images"):
+        host.run("PaintByExample.StitchEdit", crop=two, edited=variants)
+    with pytest.raises(error, match="image is 32x32 but the crop was made from a 64x64 image"):
+        host.run(
+            "PaintByExample.StitchEdit", crop=crop, edited=window, image=torch.rand(1, 32, 32, 3)
+        )
+    with pytest.raises(error, match="connect both model and vae"):
+        host.run("PaintByExample.CropForEdit", image=image, mask=_mask(), vae=object())
 
 
 # ---------------------------------------------------------------------------------- guidance
