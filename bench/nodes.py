@@ -85,8 +85,8 @@ def _inputs(width: int, height: int, box):
 def _sample(host, args, model, vae, conditioning, image, mask):
     """The Inpaint Sampler node at seed 0, similarity 5 with the benchmark's steps, sampler,
     scheduler and size; returns the IMAGE."""
-    positive, negative = conditioning
-    result, _ = host.run(
+    positive, negative = conditioning[:2]
+    result, *_ = host.run(
         node_ids.INPAINT_SAMPLER,
         model=model,
         vae=vae,

@@ -1,4 +1,5 @@
-"""``python -m exemplar_core``: edit, convert, info, merge-lora, demo, headless (no ComfyUI needed).
+"""``python -m exemplar_core``: edit, convert, info, merge-lora, export-clip-vision, demo, headless
+(no ComfyUI needed).
 
 Every command exits 0 on success, 2 on bad input (with a message naming the problem and what is
 expected), 1 when a ComfyUI server refuses or fails a headless workflow.
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+log = logging.getLogger(__name__)
 
 
 def _dtype(name: str):
@@ -34,8 +36,12 @@ class _RememberOption(argparse.Action):
 
 
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
+    from typing import get_args
+
+    from .checks import EXEMPLAR_EXPAND_MAX
     from .dtypes import DTYPES
     from .editor import SCHEDULERS, EditSettings
+    from .preprocess import ResizeMode
 
     d = EditSettings()
     p = subparsers.add_parser(
@@ -61,17 +67,28 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="white = repaint; the source's size unless --resize-mask (required)",
     )
     p.add_argument(
-        "--exemplar", required=True, help="image of the object to paint in, any size (required)"
+        "--exemplar",
+        required=True,
+        help="image of the object to paint in, any size; a cut-out (transparent PNG) uses its "
+        "alpha as the exemplar mask, opaque = the object (required)",
     )
     p.add_argument(
         "--exemplar-mask",
-        help="white = the object in the exemplar; the rest is ignored (default: none, the "
-        "whole exemplar)",
+        help="white = the object in the exemplar; the rest is ignored; wins over the exemplar's "
+        "alpha (default: none, the exemplar's alpha if it has one, else the whole exemplar)",
     )
     p.add_argument(
         "--out",
         required=True,
         help="output image, .png, .jpg or .webp; its folder is created if missing (required)",
+    )
+    p.add_argument(
+        "--preview",
+        metavar="FILE",
+        help="also write a preview image, .png, .jpg or .webp: the processed window with the mask "
+        "outlined (magenta on its edge, black just outside) and, framed in cyan, the exemplar "
+        "as the encoder saw it; never replaces an existing file unless --overwrite (default: "
+        "none)",
     )
     p.add_argument(
         "--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)"
@@ -112,6 +129,20 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="px over which the edit blends into the source (default: %(default)s)",
     )
     p.add_argument(
+        "--mask-grow",
+        type=int,
+        default=d.mask_grow,
+        help="px to grow the edit mask by before the window is planned, negative to shrink it; "
+        "separate from --feather, which blends the result (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mask-blur",
+        type=int,
+        default=d.mask_blur,
+        help="px radius of a blur of the edit mask, re-binarised at 0.5 after the grow: smooths "
+        "its outline (default: %(default)s)",
+    )
+    p.add_argument(
         "--color-match",
         action="store_true",
         help="match the edit's colours to the source around it (default: off)",
@@ -138,10 +169,20 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--exemplar-resize",
-        choices=("squash", "center_crop"),
+        choices=get_args(ResizeMode),
         default=d.exemplar_resize,
-        help="squash to the encoder size as the official code, or centre-crop as diffusers "
-        "(default: %(default)s)",
+        help="how the exemplar (its object's box, with an exemplar mask or alpha) fits the "
+        "encoder's square: squash as the official code, centre-crop as diffusers, or "
+        "pad_to_square (padded with white, the object keeps its aspect) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--exemplar-expand",
+        type=float,
+        default=d.exemplar_expand,
+        metavar="R",
+        help="grow the object's box (the whole exemplar without a mask) R times around its "
+        f"centre before framing, 1 to {EXEMPLAR_EXPAND_MAX:g}; beyond the image is white "
+        "(default: %(default)s, the tight box)",
     )
     p.add_argument(
         "--resize-mask",
@@ -184,7 +225,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
     from .editor import Editor, EditSettings, check_mask_size
     from .files import check_destination
-    from .image_io import check_output_name, load_mask, load_rgb, save_rgb
+    from .image_io import check_output_name, load_exemplar, load_mask, load_rgb, save_rgb
     from .lora import check_layout, parse_lora_argument, read_lora
 
     # --out is checked before anything is loaded: a model load takes seconds to minutes.
@@ -194,15 +235,22 @@ def run_edit(args: argparse.Namespace) -> int:
     inputs += [path for path, _ in lora_args]
     check_destination(out, overwrite=args.overwrite, inputs=inputs, what="--out")
     check_output_name(out)
+    preview = Path(args.preview) if args.preview else None
+    if preview is not None:
+        check_destination(
+            preview, overwrite=args.overwrite, inputs=[*inputs, out], what="--preview"
+        )
+        check_output_name(preview)
     loras = [(read_lora(path), strength) for path, strength in lora_args]
     for lora, _ in loras:
         check_layout(lora)  # what needs no model fails before the model is loaded
     source = load_rgb(args.source, "source")
     mask = load_mask(args.mask, "mask")
-    exemplar = load_rgb(args.exemplar, "exemplar")
+    exemplar = load_exemplar(args.exemplar, "exemplar")
     exemplar_mask = (
         load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
     )
+    _report_exemplar_mask(exemplar, exemplar_mask)
     if args.resize_mask and mask.shape[-2:] != source.shape[-2:]:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     check_mask_size(source, mask)  # before the model is loaded
@@ -217,9 +265,12 @@ def run_edit(args: argparse.Namespace) -> int:
         whole_image=args.whole_image,
         context_margin=args.context_margin,
         feather=args.feather,
+        mask_grow=args.mask_grow,
+        mask_blur=args.mask_blur,
         color_match=args.color_match,
         mask_resize=args.mask_resize,
         exemplar_resize=args.exemplar_resize,
+        exemplar_expand=args.exemplar_expand,
     )
     device = None if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -233,12 +284,32 @@ def run_edit(args: argparse.Namespace) -> int:
     result = editor.edit(source, mask, exemplar, settings, exemplar_mask=exemplar_mask)
     done = time.perf_counter()
     save_rgb(result.image, out, overwrite=args.overwrite)
+    if preview is not None:
+        save_rgb(result.preview, preview, overwrite=args.overwrite)
+        print(f"wrote the preview {preview}")
     print(
         f"wrote {out} ({result.image.shape[-1]}x{result.image.shape[-2]}): "
         f"{_what_was_written(result.region, settings.paste_back)}; "
         f"load {loaded - start:.1f}s, edit {done - loaded:.1f}s on {editor.device}"
     )
     return 0
+
+
+def _report_exemplar_mask(exemplar, exemplar_mask) -> None:
+    """Say which exemplar mask the edit uses when a cut-out's alpha is involved, and warn of an
+    --exemplar-mask that looks like a background mask."""
+    from .preprocess import mask_looks_inverted
+
+    if exemplar.shape[1] == 4:
+        if exemplar_mask is None:
+            print("--exemplar has transparency: its alpha is the exemplar mask (opaque = object)")
+        else:
+            print("--exemplar has transparency, but --exemplar-mask is given and is used instead")
+    if exemplar_mask is not None and mask_looks_inverted(exemplar_mask):
+        log.warning(
+            "--exemplar-mask covers the whole border but not the centre: white must be the "
+            "object; if yours marks the background, invert it"
+        )
 
 
 def _what_was_written(region, paste_back: bool) -> str:

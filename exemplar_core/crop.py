@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .color import match_color
 from .masks import binarize_edit_mask, keep_from_edit, mask_box
 
 
@@ -92,7 +93,7 @@ def whole_image_region(width: int, height: int, resolution: int, multiple: int =
     return Region(0, 0, width, height, pw, ph)
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
     """x: [B, C, H, W] -> [B, C, size[0], size[1]] (antialiased when shrinking)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -103,13 +104,13 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> to
 def crop_image(image: torch.Tensor, region: Region) -> torch.Tensor:
     """image: [B, 3, H, W] 0..1 -> the window at processing size [B, 3, height, width], 0..1."""
     window = image[..., region.y0 : region.y1, region.x0 : region.x1]
-    return _resize(window, (region.height, region.width)).clamp(0, 1)
+    return resize(window, (region.height, region.width)).clamp(0, 1)
 
 
 def crop_mask(mask: torch.Tensor, region: Region) -> torch.Tensor:
     """mask: [B, 1, H, W] 0..1 -> [B, 1, height, width] (bilinear, soft edges kept)."""
     window = mask[..., region.y0 : region.y1, region.x0 : region.x1]
-    return _resize(window, (region.height, region.width), mode="bilinear").clamp(0, 1)
+    return resize(window, (region.height, region.width), mode="bilinear").clamp(0, 1)
 
 
 def feather_alpha(edit_mask: torch.Tensor, feather: int) -> torch.Tensor:
@@ -139,7 +140,7 @@ def stitch(
     mask's feather band (bit for bit), the generated pixels on the mask, a linear ramp between.
     """
     crop_w, crop_h = region.crop_size
-    back = _resize(generated, (crop_h, crop_w)).clamp(0, 1)
+    back = resize(generated, (crop_h, crop_w)).clamp(0, 1)
     window_mask = binarize_edit_mask(
         edit_mask[..., region.y0 : region.y1, region.x0 : region.x1]
     ).to(source.dtype)
@@ -194,3 +195,25 @@ def prepare_window(
         region = plan_region(edit_mask[0, 0], context_margin, resolution, feather, multiple)
     window_edit = binarize_edit_mask(crop_mask(edit_mask, region))
     return Window(region, crop_image(source, region), window_edit)
+
+
+def blend_back(
+    source: torch.Tensor,
+    generated: torch.Tensor,
+    window: Window,
+    edit_mask: torch.Tensor,
+    feather: int,
+    color_match: bool = False,
+) -> torch.Tensor:
+    """Put a processed window back into the source: ``stitch``, after resizing ``generated`` to
+    the window's processing size when it has another and, with ``color_match``, matching its
+    colours to the window's kept pixels.
+
+    source: [1, 3, H, W] 0..1; generated: [1, 3, h, w] 0..1, any size; edit_mask: [1, 1, H, W]
+    binary, the mask the window was planned on. Returns [1, 3, H, W].
+    """
+    size = (window.region.height, window.region.width)
+    generated = resize(generated, size).clamp(0, 1)
+    if color_match:
+        generated = match_color(generated, window.image, window.keep_mask)
+    return stitch(source, generated, window.region, edit_mask, feather)

@@ -19,7 +19,10 @@ import torch
 from . import crop, masks
 from .checks import (
     CONTEXT_MARGIN_MAX,
+    EXEMPLAR_EXPAND_MAX,
     FEATHER_MAX,
+    MASK_BLUR_MAX,
+    MASK_GROW_MAX,
     RESOLUTION_MAX,
     SEED_MAX,
     SIMILARITY_MAX,
@@ -31,7 +34,8 @@ from .color import match_color
 from .config import SCHEDULE
 from .guidance import DEFAULT_SIMILARITY, combine
 from .model import PaintByExampleModel
-from .preprocess import ResizeMode, preprocess_exemplar
+from .preprocess import ResizeMode, frame_exemplar, normalize
+from .preview import window_preview
 
 if TYPE_CHECKING:
     from .lora import LoraFile
@@ -85,9 +89,12 @@ class EditSettings:
     whole_image: bool = False  # resize the whole image instead of cropping around the mask
     context_margin: float = 0.25  # extra context around the mask's box, times its longer side
     feather: int = 16  # px over which the edit blends into the source
+    mask_grow: int = 0  # px the edit mask grows by (negative shrinks), before the window is planned
+    mask_blur: int = 0  # px radius of the edit mask's blur (re-binarised), after the grow
     color_match: bool = False
     mask_resize: masks.MaskResize = "bilinear"
     exemplar_resize: ResizeMode = "squash"
+    exemplar_expand: float = 1.0  # the exemplar object's box grows this many times (framing)
     eta: float = 0.0  # DDIM only
     # What the user calls each field where it is not the field's name (the CLI's options), so
     # every message names the setting the user gave; not a setting itself.
@@ -105,7 +112,10 @@ class EditSettings:
             "seed": (0, SEED_MAX, True),
             "size": (1, RESOLUTION_MAX, True),
             "context_margin": (0.0, CONTEXT_MARGIN_MAX, False),
+            "exemplar_expand": (1.0, EXEMPLAR_EXPAND_MAX, False),
             "feather": (0, FEATHER_MAX, True),
+            "mask_grow": (-MASK_GROW_MAX, MASK_GROW_MAX, True),
+            "mask_blur": (0, MASK_BLUR_MAX, True),
             "eta": (0.0, 1.0, False),
         }
         for name, (low, high, integer) in limits.items():
@@ -150,6 +160,10 @@ class EditResult:
     image: torch.Tensor  # [B, 3, H, W] 0..1, the source's size (or the processed size, see below)
     raw: torch.Tensor  # [B, 3, h, w] 0..1, the decoded window at processing size
     region: crop.Region | None  # None when the mask was empty and nothing was edited
+    # [1, 3, H', W'] 0..1: the processing window with the edit mask outlined and the exemplar as
+    # the encoder saw it beside it (``preview.window_preview``; the whole source when the mask
+    # was empty); what ``--preview`` writes.
+    preview: torch.Tensor | None = None
 
 
 RESIZE_MASK_HINT = " (or pass --resize-mask to stretch it)"
@@ -232,12 +246,26 @@ class Editor:
         exemplar: torch.Tensor,
         exemplar_mask: torch.Tensor | None = None,
         mode: ResizeMode = "squash",
+        expand: float = 1.0,
     ) -> torch.Tensor:
-        """exemplar: [B, 3, H, W] or [B, H, W, 3] 0..1 -> condition [B, 1, D]."""
-        pixels = preprocess_exemplar(exemplar, self.model.encoder.config, exemplar_mask, mode)
+        """exemplar: [B, 3|4, H, W] or [B, H, W, 3|4] 0..1 -> condition [B, 1, D]. A 4th channel
+        is alpha, the exemplar mask when none is given (``preprocess.frame_exemplar``)."""
+        return self._encode_exemplar(exemplar, exemplar_mask, mode, expand)[0]
+
+    def _encode_exemplar(
+        self,
+        exemplar: torch.Tensor,
+        exemplar_mask: torch.Tensor | None,
+        mode: ResizeMode,
+        expand: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (condition [B, 1, D], the exemplar as the encoder saw it [B, 3, S, S] 0..1)."""
+        config = self.model.encoder.config
+        view = frame_exemplar(exemplar, config, exemplar_mask, mode, expand=expand)
+        pixels = normalize(view, config.mean, config.std)
         condition = self.model.encoder(pixels.to(self.device))
         self._check_output(condition, "exemplar encoder", self.model.encoder)
-        return condition
+        return condition, view
 
     def _learned_vector(self, batch: int) -> torch.Tensor:
         """The encoder's learned unconditional vector [batch, 1, D] (the guidance's other half),
@@ -316,7 +344,8 @@ class Editor:
         callback: Callable[[int, int], None] | None = None,
     ) -> EditResult:
         """One edit. source [1, 3, H, W] 0..1; edit_mask [1, 1, H, W] 0..1 (white = edit, the
-        source's size); exemplar [1, 3, h, w] 0..1 (at least 16 px a side). With paste-back the
+        source's size); exemplar [1, 3, h, w] 0..1 (at least 16 px a side; [1, 4, h, w]: its alpha
+        is the exemplar mask unless ``exemplar_mask`` is given). With paste-back the
         result has the source's size; without it, the processed window's."""
         settings = settings or EditSettings()
         settings.check(self.size_multiple)
@@ -326,10 +355,22 @@ class Editor:
             raise EditError("the editor works on one source and one mask at a time")
         check_mask_size(source, edit_mask)
         edit_bin = masks.binarize_edit_mask(edit_mask)
-        condition = self.encode_exemplar(exemplar, exemplar_mask, settings.exemplar_resize)
+        if edit_bin.sum() > 0:  # the stitch feather stays separate: it blends the grown mask
+            names = (settings.name_of("mask_grow"), settings.name_of("mask_blur"))
+            try:
+                edit_bin = masks.grow_and_blur(
+                    edit_bin, settings.mask_grow, settings.mask_blur, names
+                )
+            except SettingError as err:
+                raise EditSettingError(err.name, err.problem) from None
+        condition, exemplar_view = self._encode_exemplar(
+            exemplar, exemplar_mask, settings.exemplar_resize, settings.exemplar_expand
+        )
+        exemplar_view = torch.cat(list(exemplar_view), dim=-1)  # several exemplars side by side
         if edit_bin.sum() == 0:
             log.warning("the mask is empty: returning the source unchanged")
-            return EditResult(image=source.clone(), raw=source.clone(), region=None)
+            preview = window_preview(source, edit_bin, exemplar_view)
+            return EditResult(source.clone(), source.clone(), None, preview)
 
         window = crop.prepare_window(
             source,
@@ -341,6 +382,7 @@ class Editor:
             whole_image=settings.whole_image,
         )
         region, keep = window.region, window.keep_mask
+        preview = window_preview(window.image, window.edit_mask, exemplar_view)
         masked = window.masked_image * 2 - 1  # -1..1, the edit area 0
         factor = self.model.vae_scale_factor
         latent_hw = (region.height // factor, region.width // factor)
@@ -372,9 +414,9 @@ class Editor:
         if settings.color_match:
             raw = match_color(raw, window.image, keep)
         if not settings.paste_back:
-            return EditResult(image=raw, raw=raw, region=region)
+            return EditResult(image=raw, raw=raw, region=region, preview=preview)
         image = crop.stitch(source, raw, region, edit_bin, settings.feather)
-        return EditResult(image=image, raw=raw, region=region)
+        return EditResult(image=image, raw=raw, region=region, preview=preview)
 
 
 def _step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict:

@@ -10,6 +10,10 @@ State-dict keys (the project's canonical layout, also used in the single-file fo
 - ``mapper.resblocks.N.{ln_1, attn.c_qkv, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj}``: the names of
   the official checkpoint's ``cond_stage_model.mapper``, so those weights load directly.
 - ``final_ln.*``, ``proj_out.*``, ``learnable_vector`` ``[1, 1, out_dim]``.
+
+Without its tower (``ExemplarEncoder(config, tower=False)``) the encoder keeps only the tower's
+final LayerNorm (``tower.ln_post.*``, same keys) and the trained parts: it projects a class token
+computed elsewhere (ComfyUI's CLIP Vision of the same ViT) and never holds the tower's weights.
 """
 
 from __future__ import annotations
@@ -110,14 +114,56 @@ def build_tower(config: EncoderConfig) -> nn.Module:
     return tower
 
 
-class ExemplarEncoder(nn.Module):
-    """Exemplar pixels ``[B, 3, S, S]`` (CLIP-normalised, S = image_size) -> ``[B, 1, out_dim]``."""
+class TowerMissingError(RuntimeError):
+    """The pixel path was called on an encoder built without its CLIP tower."""
 
-    def __init__(self, config: EncoderConfig | None = None) -> None:
+    def __init__(self) -> None:
+        super().__init__(
+            "this exemplar encoder was built without its CLIP tower (tower=False): it projects "
+            "class tokens (project_class_token), not pixels; build it with tower=True to encode "
+            "exemplar images"
+        )
+
+
+class TowerHead(nn.Module):
+    """What a tower-less encoder keeps of the tower: its final LayerNorm ``ln_post`` (so the keys
+    stay ``tower.ln_post.*``). It has no pixel path."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        from open_clip.transformer import LayerNorm
+
+        self.ln_post = LayerNorm(width)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise TowerMissingError()
+
+
+TOWER_HEAD_PREFIX = "tower.ln_post."
+
+
+def towerless_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full encoder state dict -> the keys a tower-less encoder has (the tower's weights are
+    left out, not copied; ``tower.ln_post.*`` stays)."""
+    return {
+        key: value
+        for key, value in state_dict.items()
+        if not key.startswith("tower.") or key.startswith(TOWER_HEAD_PREFIX)
+    }
+
+
+class ExemplarEncoder(nn.Module):
+    """Exemplar pixels ``[B, 3, S, S]`` (CLIP-normalised, S = image_size) -> ``[B, 1, out_dim]``.
+
+    ``tower=False`` builds it without the CLIP tower (only ``tower.ln_post`` is kept): it then
+    projects class tokens (``project_class_token``) and refuses pixels.
+    """
+
+    def __init__(self, config: EncoderConfig | None = None, tower: bool = True) -> None:
         super().__init__()
         self.config = config or EncoderConfig()
         width = self.config.width
-        self.tower = build_tower(self.config)
+        self.tower = build_tower(self.config) if tower else TowerHead(width)
         self.mapper = Mapper(width, self.config.mapper_layers, self.config.mapper_heads)
         self.final_ln = LayerNormFp32(width)
         self.proj_out = nn.Linear(width, self.config.out_dim)
@@ -131,8 +177,15 @@ class ExemplarEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.proj_out.weight.device
 
+    @property
+    def has_tower(self) -> bool:
+        """Whether the CLIP tower is here (False: built with ``tower=False``)."""
+        return not isinstance(self.tower, TowerHead)
+
     def pooled(self, pixels: torch.Tensor) -> torch.Tensor:
         """The tower's class token after its final LayerNorm: [B, width]."""
+        if not self.has_tower:
+            raise TowerMissingError()
         size = self.config.image_size
         if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[-2:] != (size, size):
             raise ValueError(
@@ -145,6 +198,17 @@ class ExemplarEncoder(nn.Module):
         """Mapper -> final LN -> projection: [B, width] -> [B, 1, out_dim]."""
         x = self.mapper(pooled[:, None, :])
         return self.proj_out(self.final_ln(x))
+
+    def project_class_token(self, class_token: torch.Tensor) -> torch.Tensor:
+        """The tower's class token before its final LayerNorm (a CLIP vision model's
+        ``last_hidden_state[:, 0]``), [B, width] -> [B, 1, out_dim]: ln_post, then ``project``.
+        Works with and without the tower."""
+        if class_token.ndim != 2 or class_token.shape[-1] != self.config.width:
+            raise ValueError(
+                f"class token must be [B, {self.config.width}], got {list(class_token.shape)}"
+            )
+        x = class_token.to(device=self.device, dtype=self.dtype)
+        return self.project(self.tower.ln_post(x))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.project(self.pooled(pixels))

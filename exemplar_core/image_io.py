@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .files import DestinationError, atomic_write
+
+log = logging.getLogger(__name__)
 
 
 class ImageError(ValueError):
@@ -52,9 +55,36 @@ def _to_float_array(image: Image.Image) -> np.ndarray:
 
 def load_rgb(path: str | os.PathLike[str], what: str = "image") -> torch.Tensor:
     """Image file -> [1, 3, H, W] float 0..1. Greyscale is replicated, alpha is dropped."""
+    return _rgb_tensor(_to_float_array(_open(path, what)))
+
+
+def load_exemplar(path: str | os.PathLike[str], what: str = "exemplar") -> torch.Tensor:
+    """Exemplar file -> [1, 3, H, W] float 0..1, or [1, 4, H, W] when its alpha marks an object
+    (a cut-out: part transparent, part opaque), the alpha (1 = opaque) then being the exemplar
+    mask (``preprocess.frame_exemplar``). An alpha that marks nothing is dropped: a fully opaque
+    one silently (many PNGs carry one), a fully transparent one with a warning."""
     array = _to_float_array(_open(path, what))
-    channels = array.shape[-1]
-    if channels in (1, 2):  # L or LA
+    if array.shape[-1] not in (2, 4):
+        return _rgb_tensor(array)
+    alpha = array[..., -1]
+    rgb = _rgb_tensor(array[..., :-1])
+    if alpha.min() >= 1.0:
+        return rgb
+    if alpha.max() <= 0.0:
+        log.warning(
+            "%s %s is fully transparent: its alpha is ignored and its colours are used as they "
+            "are; save the object opaque on a transparent background",
+            what,
+            path,
+        )
+        return rgb
+    return torch.cat([rgb, torch.from_numpy(np.ascontiguousarray(alpha))[None, None]], dim=1)
+
+
+def _rgb_tensor(array: np.ndarray) -> torch.Tensor:
+    """[H, W, C] float 0..1 (C = 1 grey, 2 grey + alpha, 3 or 4) -> [1, 3, H, W]: grey is
+    replicated, alpha is dropped."""
+    if array.shape[-1] in (1, 2):
         array = np.repeat(array[..., :1], 3, axis=-1)
     else:
         array = array[..., :3]

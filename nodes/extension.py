@@ -39,10 +39,12 @@ def check_comfyui_version() -> None:
 
 def node_list() -> list[type[io.ComfyNode]]:
     from .bezier_mask import MaskBezierJitter
+    from .crop_stitch import CropForExemplarEdit, StitchExemplarEdit
     from .encode import ExemplarEncode
     from .guidance import SimilarityGuidance
     from .loader import Loader
     from .lora import LoraLoader
+    from .mapper import ExemplarMapper
     from .sampler import ExemplarInpaintSampler
 
     return [
@@ -52,6 +54,9 @@ def node_list() -> list[type[io.ComfyNode]]:
         ExemplarInpaintSampler,
         SimilarityGuidance,
         LoraLoader,
+        ExemplarMapper,
+        CropForExemplarEdit,
+        StitchExemplarEdit,
     ]
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ..exemplar_core import model as core_model
 from ..exemplar_core.checkpoint.arch import ldm_unet_kwargs, ldm_vae_ddconfig
-from ..exemplar_core.encoder import ExemplarEncoder
+from ..exemplar_core.encoder import ExemplarEncoder, towerless_state_dict
 from .checks import check_model_output
 from .types import EncoderContainer, ExemplarEncoderHandle
 
@@ -126,8 +126,14 @@ def comfy_vae(ckpt, dtype: torch.dtype | None = None) -> comfy.sd.VAE:
     return vae
 
 
-def comfy_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHandle:
-    """PbECheckpoint -> exemplar encoder in a ModelPatcher (loaded to the device on use)."""
+def comfy_encoder(
+    ckpt, dtype: torch.dtype | None = None, tower: bool = True
+) -> ExemplarEncoderHandle:
+    """PbECheckpoint -> exemplar encoder in a ModelPatcher (loaded to the device on use).
+
+    ``tower=False``: without the CLIP tower (only its final LayerNorm is kept, for the Exemplar
+    Mapper); the tower's weights are neither built nor kept (1.2 GB in fp32 at ViT-L size).
+    """
     load_device = mm.text_encoder_device()
     offload_device = mm.text_encoder_offload_device()
     if dtype is None:  # a plain torch module (no manual-cast ops): fp32 unless the device does fp16
@@ -137,11 +143,10 @@ def comfy_encoder(ckpt, dtype: torch.dtype | None = None) -> ExemplarEncoderHand
             dtype = torch.bfloat16
         else:
             dtype = torch.float32
-    encoder = ExemplarEncoder(ckpt.configs.encoder)
-    _check_keys(
-        "exemplar encoder", set(encoder.state_dict().keys()), set(ckpt.encoder.keys()), ckpt.source
-    )
-    encoder.load_state_dict(ckpt.encoder, strict=True)
+    encoder = ExemplarEncoder(ckpt.configs.encoder, tower=tower)
+    state = ckpt.encoder if tower else towerless_state_dict(ckpt.encoder)
+    _check_keys("exemplar encoder", set(encoder.state_dict().keys()), set(state), ckpt.source)
+    encoder.load_state_dict(state, strict=True)
     # The learned vector (every negative condition) is checked here, once, not at each encode.
     check_model_output(
         encoder.learnable_vector.detach().float(),

@@ -22,32 +22,30 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..exemplar_core import crop, node_ids
-from ..exemplar_core.checks import (
-    CONTEXT_MARGIN_MAX,
-    FEATHER_MAX,
-    RESOLUTION_MAX,
-    SEED_MAX,
-)
-from ..exemplar_core.color import match_color
+from ..exemplar_core.checks import RESOLUTION_MAX, SEED_MAX
 from ..exemplar_core.guidance import DEFAULT_SIMILARITY
-from ..exemplar_core.masks import binarize_edit_mask
 from .checks import (
     PaintByExampleInputError,
     check_batch,
-    check_edit_mask_content,
     check_image,
-    check_mask,
     check_model_output,
-    check_same_size,
     check_widgets,
 )
-from .model_builder import (
-    is_pbe_model,
-    model_native_size,
-    model_source,
-    size_multiple,
-    vae_source,
+from .crop_stitch import (
+    color_match_input,
+    context_margin_input,
+    crop_one,
+    edit_masks,
+    feather_input,
+    mask_blur_input,
+    mask_grow_input,
+    stitch_one,
+    to_bchw,
+    to_bhwc,
+    window_size,
 )
+from .model_builder import is_pbe_model, model_source, vae_source
+from .preview import sampler_previews
 from .types import CATEGORY, seed_input, similarity_input
 
 
@@ -87,14 +85,6 @@ def _select(conditioning: list, index: int, batch: int) -> list:
 
 def _context_dim(model) -> int | None:
     return model.model.model_config.unet_config.get("context_dim")
-
-
-def _to_bchw(image: torch.Tensor) -> torch.Tensor:
-    return image.permute(0, 3, 1, 2)
-
-
-def _to_bhwc(image: torch.Tensor) -> torch.Tensor:
-    return image.permute(0, 2, 3, 1)
 
 
 class ExemplarInpaintSampler(io.ComfyNode):
@@ -166,15 +156,7 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     tooltip="1 = paint from pure noise (Paint-by-Example's setting); lower keeps "
                     "more of the source under the mask.",
                 ),
-                io.Float.Input(
-                    "context_margin",
-                    default=0.25,
-                    min=0.0,
-                    max=CONTEXT_MARGIN_MAX,
-                    step=0.05,
-                    tooltip="Context around the mask's box, as a share of its longer side, on "
-                    "each side of the processed window.",
-                ),
+                context_margin_input(),
                 io.Int.Input(
                     "resolution",
                     default=0,
@@ -184,19 +166,10 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     tooltip="Longer side of the processed window. 0 = the model's own training "
                     "resolution (512 for the published model, 64 for the embedded mini model).",
                 ),
-                io.Int.Input(
-                    "feather",
-                    default=16,
-                    min=0,
-                    max=FEATHER_MAX,
-                    tooltip="Pixels over which the edit blends into the source outside the mask.",
-                ),
-                io.Boolean.Input(
-                    "color_match",
-                    default=False,
-                    tooltip="Match the window's colours to the source's kept pixels (removes VAE "
-                    "colour drift).",
-                ),
+                feather_input(),
+                color_match_input(),
+                mask_grow_input(optional=True),
+                mask_blur_input(optional=True),
             ],
             outputs=[
                 io.Image.Output(
@@ -207,6 +180,12 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     display_name="LATENT",
                     tooltip="The sampled window latent(s) at processing size (resized to a "
                     "common size when the windows differ).",
+                ),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="Per image: the processing window with the edit mask outlined "
+                    "(magenta on its edge, black just outside) and, framed in cyan, the exemplar "
+                    "exactly as the encoder saw it (enlarged by whole pixels). Padded to one size.",
                 ),
             ],
         )
@@ -230,6 +209,8 @@ class ExemplarInpaintSampler(io.ComfyNode):
         resolution: int = 0,
         feather: int = 16,
         color_match: bool = False,
+        mask_grow: int = 0,
+        mask_blur: int = 0,
     ) -> io.NodeOutput:
         check_widgets(cls, locals())
         if not is_pbe_model(model):
@@ -241,24 +222,14 @@ class ExemplarInpaintSampler(io.ComfyNode):
         if not hasattr(vae, "encode") or not hasattr(vae, "decode"):
             raise PaintByExampleInputError("'vae' must be a VAE (the Loader's VAE output)")
         images = check_image(image, "image").float()
-        masks = check_mask(mask, "mask").float()
         count = images.shape[0]
-        check_batch(masks.shape[0], count, "masks")
-        check_same_size(masks, images)
+        edits = edit_masks(images, mask, mask_grow, mask_blur)
         context_dim = _context_dim(model)
         pos_batch = _condition_batch(positive, "positive", context_dim)
         neg_batch = _condition_batch(negative, "negative", context_dim)
         check_batch(pos_batch, count, "positive conditions")
         check_batch(neg_batch, count, "negative conditions")
-        edit_masks = binarize_edit_mask(masks.clamp(0, 1))
-        for index in range(masks.shape[0]):
-            check_edit_mask_content(edit_masks[index], index)
-        multiple = size_multiple(model, vae)
-        resolution = resolution or model_native_size(model)
-        if resolution < multiple or resolution % multiple:
-            raise PaintByExampleInputError(
-                f"resolution {resolution} is not a multiple of {multiple}, which this model needs"
-            )
+        resolution, multiple = window_size(model, vae, resolution)
 
         settings = _Settings(
             steps=steps,
@@ -272,10 +243,10 @@ class ExemplarInpaintSampler(io.ComfyNode):
             color_match=color_match,
             size_multiple=multiple,
         )
-        outputs, latents = [], []
+        outputs, latents, windows = [], [], []
         for index in range(count):
-            edit = edit_masks[min(index, edit_masks.shape[0] - 1)]
-            result, latent = _edit_one(
+            edit = edits[min(index, edits.shape[0] - 1)]
+            result, latent, window = _edit_one(
                 model,
                 vae,
                 _select(positive, index, pos_batch),
@@ -287,7 +258,9 @@ class ExemplarInpaintSampler(io.ComfyNode):
             )
             outputs.append(result)
             latents.append(latent)
-        return io.NodeOutput(torch.cat(outputs), {"samples": _stack(latents)})
+            windows.append(window)
+        preview = sampler_previews(windows, positive, pos_batch)
+        return io.NodeOutput(torch.cat(outputs), {"samples": _stack(latents)}, preview)
 
 
 def _sampler_seed(seed: int, sampler_name: str) -> int:
@@ -338,21 +311,17 @@ def _edit_one(
     *,
     seed: int,
     settings: _Settings,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """source [1, H, W, 3], edit_mask [H, W] binary -> ([1, H, W, 3] edited, raw latent)."""
+) -> tuple[torch.Tensor, torch.Tensor, crop.Window]:
+    """source [1, H, W, 3], edit_mask [H, W] binary -> ([1, H, W, 3] edited, raw latent, the
+    processing window, for the preview)."""
     s = settings
-    source_bchw = _to_bchw(source)
-    window = crop.prepare_window(
-        source_bchw,
-        edit_mask[None, None],
-        s.context_margin,
-        s.resolution,
-        s.feather,
-        s.size_multiple,
+    item = crop_one(
+        to_bchw(source), edit_mask, s.context_margin, s.resolution, s.feather, s.size_multiple
     )
-    masked_latent = vae.encode(_to_bhwc(window.masked_image))  # VAE.encode takes 0..1 pixels
+    window = item.window
+    masked_latent = vae.encode(to_bhwc(window.masked_image))  # VAE.encode takes 0..1 pixels
     if s.denoise < 1.0:
-        start = vae.encode(_to_bhwc(window.image))
+        start = vae.encode(to_bhwc(window.image))
     else:  # Paint-by-Example starts from pure noise: nothing of the source leaks in
         start = torch.zeros_like(masked_latent)
     # The edit mask: "mask_inverted" makes ComfyUI invert it (exemplar_core/masks.py explains).
@@ -383,8 +352,6 @@ def _edit_one(
     check_model_output(samples, "UNet", model_source(model), model.model.diffusion_model)
     decoded = vae.decode(samples)[..., :3].float()
     check_model_output(decoded, "VAE decoder", vae_source(vae), _vae_module(vae))
-    raw = _to_bchw(decoded).cpu().clamp(0, 1)
-    if s.color_match:
-        raw = match_color(raw, window.image, window.keep_mask)
-    stitched = crop.stitch(source_bchw, raw, window.region, edit_mask[None, None], s.feather)
-    return _to_bhwc(stitched), samples.cpu()
+    raw = to_bchw(decoded).cpu().clamp(0, 1)
+    stitched = stitch_one(item, raw, s.feather, s.color_match)
+    return to_bhwc(stitched), samples.cpu(), window

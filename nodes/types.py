@@ -77,3 +77,16 @@ class ExemplarEncoderHandle:
     @property
     def out_dim(self) -> int:
         return self.config.out_dim
+
+    @property
+    def has_tower(self) -> bool:
+        """False when the Loader skipped the CLIP tower (clip_tower "skip"): only the Exemplar
+        Mapper can use this encoder then."""
+        return bool(self.encoder.has_tower)
+
+
+# Exemplar Encode's message for an encoder loaded without its tower.
+NO_TOWER_MESSAGE = (
+    "this exemplar encoder was loaded without its CLIP tower (Loader clip_tower 'skip'): use "
+    "CLIPVisionEncode + Paint-by-Example Exemplar Mapper, or set the Loader's clip_tower to 'load'"
+)

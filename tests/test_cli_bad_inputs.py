@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -123,6 +124,34 @@ CASES = [
         "edit-unknown-scheduler",
         _edit("--scheduler", "lms"),
         ("--scheduler", "invalid choice", "ddim"),
+    ),
+    Case(
+        "edit-exemplar-expand-below-1",
+        _edit("--exemplar-expand", "0.5", checkpoint=GARBAGE_CKPT),
+        ("--exemplar-expand", "between 1 and 4, got 0.5"),
+    ),
+    Case(
+        "edit-exemplar-expand-nan",
+        _edit("--exemplar-expand", "nan", checkpoint=GARBAGE_CKPT),
+        ("--exemplar-expand", "finite number", "got nan"),
+    ),
+    Case(
+        "edit-unknown-exemplar-resize",
+        _edit("--exemplar-resize", "pad"),
+        ("--exemplar-resize", "invalid choice", "pad_to_square"),
+    ),
+    Case(
+        "edit-cutout-exemplar-uses-its-alpha",
+        _edit(
+            "--exemplar-resize",
+            "pad_to_square",
+            "--exemplar-expand",
+            "1.2",
+            exemplar="{t}/cut.png",
+            out="{t}/cut_out.png",
+        ),
+        ("--exemplar has transparency: its alpha is the exemplar mask",),
+        rc=0,
     ),
     Case(
         "edit-out-in-read-only-folder",
@@ -366,6 +395,7 @@ def _write_case_files(t: Path) -> None:
     Image.fromarray(mask).save(t / "mask.png")
     Image.fromarray(np.full((36, 50), 255, np.uint8)).save(t / "small_mask.png")
     Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(t / "ex.png")
+    shutil.copy(ROOT / "example_inputs" / "exemplar_cutout.png", t / "cut.png")
     (t / "notimage.png").write_text("not an image")
     (t / "keep.png").write_bytes(b"the user's own picture")
     (t / "keep.safetensors").write_bytes(b"the user's own model")

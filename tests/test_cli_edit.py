@@ -96,6 +96,8 @@ def test_16_bit_greyscale_source_is_accepted(files):
         ("--similarity", "nan", "--similarity must be a finite number between 0 and 50, got nan"),
         ("--context-margin", "nan", "--context-margin must be a finite number between 0 and 4"),
         ("--feather", "-3", "--feather must be a whole number between 0 and 256, got -3"),
+        ("--mask-blur", "-1", "--mask-blur must be a whole number between 0 and 256, got -1"),
+        ("--mask-grow", "200", "--mask-grow 200 is larger than the 100x72 image: use at most 100"),
         ("--seed", str(2**64), "--seed must be a whole number between 0 and 18446744073709551615"),
         ("--steps", "0", "--steps must be a whole number between 1 and 1000, got 0"),
         ("--size", "100000", "--size must be a whole number between 1 and 2048"),
@@ -168,3 +170,48 @@ def test_demo_refuses_bad_numbers_by_option_before_loading(files, capsys, extra,
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp / "demo").exists()
+
+
+def test_preview_writes_the_window_with_its_outline_and_the_encoders_view(
+    files, tiny_model, capsys
+):
+    from exemplar_core import crop
+    from exemplar_core.image_io import load_mask, load_rgb, to_uint8
+    from exemplar_core.preview import VIEW_FRAME, preview_layout, window_preview
+
+    tmp, ckpt = files
+    preview = tmp / "previews" / "p.png"
+    assert main(_args(tmp, ckpt, "out.png", "--preview", str(preview), "--feather", "4")) == 0
+    assert f"wrote the preview {preview}" in capsys.readouterr().out
+    saved = np.asarray(Image.open(preview)).astype(int)
+    mask = (load_mask(tmp / "mask.png") >= 0.5).float()
+    configs = tiny_model.configs
+    source = load_rgb(tmp / "src.png")
+    window = crop.prepare_window(source, mask, 0.25, configs.native_size, 4, configs.size_multiple)
+    outlined = to_uint8(window_preview(window.image, window.edit_mask)).astype(int)
+    h, w = outlined.shape[:2]
+    assert np.abs(saved[:h, :w] - outlined).max() <= 1
+    side = configs.encoder.image_size
+    layout = preview_layout((h, w), (side, side))
+    assert saved.shape[:2] == (layout.height, layout.width)
+    v = layout.view
+    assert (saved[v.y0 - 1, v.x0 : v.x1] == np.array(VIEW_FRAME) * 255).all()
+
+
+def test_preview_never_replaces_a_file_and_is_checked_before_the_model_loads(files, capsys):
+    tmp, ckpt = files
+    out = tmp / "out.png"
+    users = tmp / "users.png"
+    users.write_bytes(b"the user's picture")
+    assert main(_args(tmp, ckpt, "out.png", "--preview", str(users))) == 2
+    err = capsys.readouterr().err
+    assert "--preview" in err and "already exists" in err
+    assert users.read_bytes() == b"the user's picture" and not out.exists()
+    assert main(_args(tmp, ckpt, "out.png", "--preview", str(out))) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and not out.exists()
+    assert main(_args(tmp, ckpt, "out.png", "--preview", str(tmp / "src.png"))) == 2
+    assert "is one of the inputs" in capsys.readouterr().err and not out.exists()
+    assert main(_args(tmp, ckpt, "out.png", "--preview", str(tmp / "p.tif"))) == 2
+    assert "must end in .png" in capsys.readouterr().err and not out.exists()
+    assert main(_args(tmp, ckpt, "out.png", "--preview", str(users), "--overwrite")) == 0
+    assert users.read_bytes()[:4] == b"\x89PNG"

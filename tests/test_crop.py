@@ -68,3 +68,19 @@ def test_crop_then_stitch_of_the_identity_returns_the_source_on_the_mask():
     window = crop.crop_image(source, r)
     out = crop.stitch(source, window, r, m[None, None], feather=4)
     assert torch.allclose(out, source, atol=1e-6)
+
+
+def test_blend_back_resizes_the_edited_window_back_and_keeps_the_source_beyond_the_band():
+    source = torch.rand(1, 3, 80, 120, generator=torch.Generator().manual_seed(3))
+    edit_mask = torch.zeros(1, 1, 80, 120)
+    edit_mask[..., 30:50, 40:70] = 1
+    window = crop.prepare_window(source, edit_mask, 0.25, 64, 4, 64)
+    red = torch.zeros(1, 3, 20, 30)
+    red[:, 0] = 1
+    out = crop.blend_back(source, red, window, edit_mask, feather=4)  # any size: resized back
+    outside = (crop.feather_alpha(edit_mask, 4) == 0).expand_as(source)
+    assert torch.equal(out[outside], source[outside])
+    assert torch.allclose(out[:, 0, 30:50, 40:70], torch.ones(1, 20, 30), atol=1e-5)
+    assert torch.allclose(out[:, 1:, 30:50, 40:70], torch.zeros(1, 2, 20, 30), atol=1e-5)
+    matched = crop.blend_back(source, red, window, edit_mask, feather=4, color_match=True)
+    assert not torch.equal(matched, out) and torch.equal(matched[outside], source[outside])

@@ -165,10 +165,15 @@ def test_bad_input_gets_a_clear_error(editor, change, error, message):
         ("seed", -1, "seed must be a whole number between 0 and"),
         ("context_margin", float("nan"), "context_margin must be a finite number"),
         ("feather", -1, "feather must be a whole number between 0 and 256, got -1"),
+        ("mask_blur", -2, "mask_blur must be a whole number between 0 and 256, got -2"),
+        ("mask_grow", 2000, "mask_grow must be a whole number between -1024 and 1024"),
         ("eta", float("nan"), "eta must be a finite number between 0 and 1, got nan"),
         ("size", 100_000, "size must be a whole number between 1 and 2048"),
         ("steps", 2.5, "steps must be a whole number"),
         ("scheduler", "plms2", "scheduler must be one of pndm, ddim"),
+        ("exemplar_expand", 0.9, "exemplar_expand must be a finite number between 1 and 4"),
+        ("exemplar_expand", float("nan"), "exemplar_expand must be a finite number .* got nan"),
+        ("exemplar_resize", "pad", "exemplar_resize must be one of .*pad_to_square, got 'pad'"),
     ],
 )
 def test_settings_refuse_nan_infinity_and_out_of_range_values_by_name(field, value, message):
@@ -233,3 +238,25 @@ def test_nan_weights_fail_naming_the_file_and_the_part(tiny_model, tmp_path, par
     message = str(caught.value)
     assert f"the {named} of {path} produced NaN" in message
     assert "weights hold NaN or infinite values" in message and "black image" in message
+
+
+def test_mask_grow_enlarges_the_repainted_area_and_the_feather_stays_separate(editor):
+    source, mask, exemplar = _inputs()
+    plain = editor.edit(source, mask, exemplar, FAST).image
+    settings = EditSettings(**{**FAST.__dict__, "mask_grow": 6})
+    grown = editor.edit(source, mask, exemplar, settings).image
+    ring = torch.zeros(96, 128, dtype=torch.bool)  # 6 px around the mask: repainted when grown
+    ring[30 - 6 : 60 + 6, 40 - 6 : 90 + 6] = True
+    ring[30 - 4 : 60 + 4, 40 - 4 : 90 + 4] = False  # (beyond the plain edit's feather band)
+    assert torch.equal(plain[..., ring], source[..., ring])
+    assert not torch.equal(grown[..., ring], source[..., ring])
+    outside = torch.ones(96, 128, dtype=torch.bool)  # grow 6 + feather 4: the source beyond
+    outside[30 - 10 : 60 + 10, 40 - 10 : 90 + 10] = False
+    assert torch.equal(grown[..., outside], source[..., outside])
+
+
+def test_a_shrink_that_removes_the_mask_names_the_option(editor):
+    source, mask, exemplar = _inputs()
+    settings = EditSettings.from_options(steps=2, size=64, scheduler="ddim", mask_grow=-20)
+    with pytest.raises(EditError, match="^--mask-grow -20 removes the whole mask"):
+        editor.edit(source, mask, exemplar, settings)

@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from exemplar_core.config import ConfigError, EncoderConfig
-from exemplar_core.encoder import ExemplarEncoder, count_parameters
+from exemplar_core.encoder import (
+    ExemplarEncoder,
+    TowerMissingError,
+    count_parameters,
+    towerless_state_dict,
+)
 from exemplar_core.model import ModelConfigs, PaintByExampleModel
 
 
@@ -81,3 +86,53 @@ def test_multi_head_mapper_uses_the_official_per_head_qkv_layout():
     weights = torch.einsum("bthc,bshc->bhts", q, k).div(2.0).softmax(-1)
     expected = attn.c_proj(torch.einsum("bhts,bshc->bthc", weights, v).reshape(2, 3, 8))
     assert torch.allclose(attn(x), expected, atol=1e-6)
+
+
+def class_token_of(encoder: ExemplarEncoder, pixels: torch.Tensor) -> torch.Tensor:
+    """The tower's class token as it enters ``ln_post`` (what ComfyUI's CLIP Vision gives as
+    ``last_hidden_state[:, 0]``): [B, width]."""
+    seen = []
+    hook = encoder.tower.ln_post.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        encoder.pooled(pixels)
+    finally:
+        hook.remove()
+    tokens = seen[0]
+    return tokens[:, 0] if tokens.ndim == 3 else tokens
+
+
+def test_towerless_encoder_projects_exactly_as_the_full_one(tiny_model):
+    full = tiny_model.encoder
+    cfg = full.config
+    towerless = ExemplarEncoder(cfg, tower=False)
+    towerless.load_state_dict(towerless_state_dict(full.state_dict()), strict=True)
+    pixels = torch.randn(3, 3, cfg.image_size, cfg.image_size)
+    token = class_token_of(full, pixels)
+    assert torch.equal(towerless.project_class_token(token), full(pixels))
+    assert torch.equal(full.project_class_token(token), full(pixels))
+
+
+def test_towerless_encoder_keeps_only_the_final_layernorm_of_the_tower(tiny_model):
+    towerless = ExemplarEncoder(tiny_model.encoder.config, tower=False)
+    tower_keys = sorted(k for k in towerless.state_dict() if k.startswith("tower."))
+    assert tower_keys == ["tower.ln_post.bias", "tower.ln_post.weight"]
+    assert not towerless.has_tower and tiny_model.encoder.has_tower
+    expected = set(towerless_state_dict(tiny_model.encoder.state_dict()))
+    assert set(towerless.state_dict()) == expected
+    size = towerless.config.image_size
+    with pytest.raises(TowerMissingError, match="without its CLIP tower"):
+        towerless(torch.randn(1, 3, size, size))
+
+
+def test_towerless_published_encoder_saves_the_towers_1_2_gb():
+    with torch.device("meta"):
+        full = ExemplarEncoder(EncoderConfig())
+        towerless = ExemplarEncoder(EncoderConfig(), tower=False)
+    saved = count_parameters(full) - count_parameters(towerless)
+    assert saved == 303_179_776 - 2 * 1024  # the tower less its final LayerNorm
+    assert saved * 4 == 1_212_710_912  # bytes in fp32: the Loader's clip_tower "skip"
+
+
+def test_class_token_of_the_wrong_width_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match=r"class token must be \[B, 32\]"):
+        tiny_model.encoder.project_class_token(torch.randn(1, 64))

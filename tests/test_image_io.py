@@ -52,3 +52,23 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path):
     assert load_rgb(target).max() == 0
     save_rgb(torch.ones(1, 3, 4, 4), target, overwrite=True)
     assert load_rgb(target).min() == 1
+
+
+def test_an_exemplars_alpha_is_kept_only_when_it_marks_an_object(tmp_path, caplog):
+    from exemplar_core.image_io import load_exemplar
+
+    la = np.zeros((8, 6, 2), np.uint8)
+    la[..., 0] = 200
+    la[2:6, 1:5, 1] = 255  # an opaque object on a transparent background, greyscale
+    Image.fromarray(la, "LA").save(tmp_path / "cut.png")
+    cut = load_exemplar(tmp_path / "cut.png")
+    assert cut.shape == (1, 4, 8, 6)
+    assert torch.equal(cut[0, 3], torch.from_numpy(la[..., 1] / 255.0).float())
+    assert torch.allclose(cut[0, :3], torch.full((3, 8, 6), 200 / 255))
+    opaque = np.full((8, 6, 4), 255, np.uint8)
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    Image.fromarray(np.zeros((8, 6, 4), np.uint8), "RGBA").save(tmp_path / "clear.png")
+    assert load_exemplar(tmp_path / "opaque.png").shape == (1, 3, 8, 6)
+    assert "fully transparent" not in caplog.text
+    assert load_exemplar(tmp_path / "clear.png").shape == (1, 3, 8, 6)
+    assert "clear.png is fully transparent: its alpha is ignored" in caplog.text

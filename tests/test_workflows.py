@@ -11,7 +11,18 @@ import pytest
 from PIL import Image
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-EXPECTED = {"basic_exemplar_edit", "stock_ksampler_edit", "similarity_sweep", "bezier_mask_demo"}
+EXPECTED = {
+    "basic_exemplar_edit",
+    "stock_ksampler_edit",
+    "similarity_sweep",
+    "bezier_mask_demo",
+    "clip_vision_mapper_edit",
+    "mask_grow_and_blur",
+    "cutout_exemplar_framing",
+    "edit_previews",
+    "crop_and_stitch",
+    "two_objects_edit",
+}
 
 
 def _build():
@@ -129,3 +140,32 @@ def test_thumbnails_carry_the_stamp_of_their_template_and_go_stale_when_it_chang
     problems = build.stale_thumbnails()
     assert len(problems) == 1 and problems[0].startswith(f"{workflow.name}.jpg")
     assert build.main(["--check"]) == 1
+
+
+def _example_inputs_script():
+    spec = importlib.util.spec_from_file_location("example_inputs", WORKFLOWS / "example_inputs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_derived_example_inputs_are_what_their_script_makes():
+    assert _example_inputs_script().main(["--check"]) == 0
+
+
+def test_the_second_mask_is_a_region_apart_from_the_first():
+    module = _example_inputs_script()
+    with Image.open(module.EXAMPLE_INPUTS / "mask2.png") as mask:
+        second = mask.getbbox()
+    with Image.open(module.EXAMPLE_INPUTS / "mask.png") as mask:
+        first = mask.getbbox()
+    assert second == module.MASK2_BOX and not _overlap(first, second)  # two separate regions
+
+
+def test_the_cutout_example_is_the_exemplars_object_on_a_transparent_canvas():
+    module = _example_inputs_script()
+    with Image.open(module.EXAMPLE_INPUTS / "exemplar_cutout.png") as cutout:
+        assert cutout.mode == "RGBA" and cutout.size == module.CANVAS
+        alpha = cutout.getchannel("A")
+        assert alpha.getextrema() == (0, 255)
+        assert alpha.getpixel((0, 0)) == 0 and alpha.getpixel((84, 42)) == 255  # the object

@@ -13,8 +13,10 @@ which the UI format needs (its ``widgets_values`` are positional); the host test
 ComfyUI's ``/object_info``, and the browser tests check the layout in the real frontend.
 
 Thumbnails come from a real run of each template (its API twin, through the headless runner) with
-the embedded model. Each one carries a stamp: a hash of the template, the model and the example
-inputs it was made from, so ``--check`` finds a stale thumbnail without ComfyUI. ``--thumbnails``
+the embedded model; a template that needs model files the pack does not ship (the CLIP Vision +
+Exemplar Mapper path) is not run: its thumbnail shows its inputs and says what the result needs.
+Each one carries a stamp: a hash of the template, the model and the example inputs it was made
+from, so ``--check`` finds a stale thumbnail without ComfyUI. ``--thumbnails``
 starts a ComfyUI from ``COMFYUI_PATH`` with the pack installed as a user would have it, or uses a
 running one given with ``--server`` (it must have this pack and its example inputs).
 Everything else runs without ComfyUI.
@@ -85,11 +87,24 @@ NODE_SPECS: dict[str, Spec] = {
         size=PREVIEW,
     ),
     "SaveImage": Spec(inputs=(("images", "IMAGE"), ("filename_prefix", "STRING")), size=PREVIEW),
+    "CLIPVisionLoader": Spec(
+        inputs=(("clip_name", "COMBO"),), outputs=(("CLIP_VISION", "CLIP_VISION"),), size=(330, 60)
+    ),
+    "CLIPVisionEncode": Spec(
+        inputs=(("clip_vision", "CLIP_VISION"), ("image", "IMAGE"), ("crop", "COMBO")),
+        outputs=(("CLIP_VISION_OUTPUT", "CLIP_VISION_OUTPUT"),),
+        size=(330, 80),
+    ),
     "MaskToImage": Spec(inputs=(("mask", "MASK"),), outputs=(("IMAGE", "IMAGE"),), size=(200, 30)),
     "ImageBatch": Spec(
         inputs=(("image1", "IMAGE"), ("image2", "IMAGE")),
         outputs=(("IMAGE", "IMAGE"),),
         size=(160, 50),
+    ),
+    "EmptyLatentImage": Spec(
+        inputs=(("width", "INT"), ("height", "INT"), ("batch_size", "INT")),
+        outputs=(("LATENT", "LATENT"),),
+        size=(330, 110),
     ),
     "VAEDecode": Spec(
         inputs=(("samples", "LATENT"), ("vae", "VAE")),
@@ -130,7 +145,7 @@ NODE_SPECS: dict[str, Spec] = {
         size=(330, 270),
     ),
     node_ids.LOADER: Spec(
-        inputs=(("model_name", "COMBO"), ("weight_dtype", "COMBO")),
+        inputs=(("model_name", "COMBO"), ("weight_dtype", "COMBO"), ("clip_tower", "COMBO")),
         outputs=(("MODEL", "MODEL"), ("VAE", "VAE"), ("PBE_ENCODER", "PBE_ENCODER")),
         size=(330, 130),
     ),
@@ -142,9 +157,24 @@ NODE_SPECS: dict[str, Spec] = {
             ("resize", "COMBO"),
             ("background_fill", "FLOAT"),
             ("exemplar_mask", "MASK"),
+            ("object_expand", "FLOAT"),
+            ("exemplar_mask_marks", "COMBO"),
+        ),
+        outputs=(
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("exemplar_view", "IMAGE"),
+        ),
+        size=(330, 210),
+    ),
+    node_ids.EXEMPLAR_MAPPER: Spec(
+        inputs=(
+            ("encoder", "PBE_ENCODER"),
+            ("clip_vision_output", "CLIP_VISION_OUTPUT"),
+            ("combine", "COMBO"),
         ),
         outputs=(("positive", "CONDITIONING"), ("negative", "CONDITIONING")),
-        size=(330, 150),
+        size=(330, 100),
     ),
     node_ids.MASK_BEZIER_JITTER: Spec(
         inputs=(("mask", "MASK"), ("seed", "INT"), ("jitter", "INT"), ("box_expansion", "FLOAT")),
@@ -170,10 +200,37 @@ NODE_SPECS: dict[str, Spec] = {
             ("resolution", "INT"),
             ("feather", "INT"),
             ("color_match", "BOOLEAN"),
+            ("mask_grow", "INT"),
+            ("mask_blur", "INT"),
         ),
-        outputs=(("IMAGE", "IMAGE"), ("LATENT", "LATENT")),
+        outputs=(("IMAGE", "IMAGE"), ("LATENT", "LATENT"), ("preview", "IMAGE")),
         seeded=("seed",),
-        size=(330, 400),
+        size=(330, 450),
+    ),
+    node_ids.CROP_FOR_EDIT: Spec(
+        inputs=(  # ComfyUI lists the optional model and vae after the required inputs
+            ("image", "IMAGE"),
+            ("mask", "MASK"),
+            ("context_margin", "FLOAT"),
+            ("resolution", "INT"),
+            ("feather", "INT"),
+            ("mask_grow", "INT"),
+            ("mask_blur", "INT"),
+            ("model", "MODEL"),
+            ("vae", "VAE"),
+        ),
+        outputs=(("window", "IMAGE"), ("window_mask", "MASK"), ("crop", "PBE_CROP")),
+        size=(330, 260),
+    ),
+    node_ids.STITCH_EDIT: Spec(
+        inputs=(
+            ("crop", "PBE_CROP"),
+            ("edited", "IMAGE"),
+            ("color_match", "BOOLEAN"),
+            ("image", "IMAGE"),
+        ),
+        outputs=(("IMAGE", "IMAGE"),),
+        size=(330, 110),
     ),
     node_ids.SIMILARITY_GUIDANCE: Spec(
         inputs=(
@@ -227,13 +284,15 @@ class Group:
 
 @dataclass(frozen=True)
 class Tile:
-    """One picture of a thumbnail: an example input file, or the ``index``-th image saved by the
-    SaveImage node titled ``save``."""
+    """One picture of a thumbnail: an example input file, the ``index``-th image saved by the
+    SaveImage node titled ``save``, or a ``text`` saying what a result needs when the template
+    cannot run on the embedded model (no picture pretends to be one)."""
 
     label: str
     input: str | None = None  # file in example_inputs/
     save: str | None = None
     index: int = 0
+    text: str | None = None
 
 
 @dataclass
@@ -248,6 +307,21 @@ class Workflow:
         """The nodes ComfyUI executes (Notes are the frontend's own)."""
         return [node for node in self.nodes if not NODE_SPECS[node.class_type].virtual]
 
+    @property
+    def needs_unshipped_models(self) -> bool:
+        """Whether it names model files the pack does not ship (the published weights, a CLIP
+        Vision file): the tests put random full-size ones in place to run it."""
+        return any(
+            node.class_type == "CLIPVisionLoader"
+            or node.inputs.get("model_name", DEFAULT_MODEL) != DEFAULT_MODEL
+            for node in self.real_nodes()
+        )
+
+    @property
+    def runs_for_thumbnail(self) -> bool:
+        """Whether the thumbnail shows a result of a run (with the embedded model)."""
+        return any(tile.save for tile in self.thumbnail)
+
 
 # ------------------------------------------------------------------------------------------
 # Canvas geometry (the frontend's, comfyui-frontend-package 1.27)
@@ -257,7 +331,7 @@ TITLE_HEIGHT = 30  # LiteGraph.NODE_TITLE_HEIGHT
 GROUP_HEADER = 64  # a group's title band (font 24 px) and the node badges above title bars
 GROUP_PAD = 10
 COLUMN = 370  # a 330 px node and a 40 px gap
-ROW2 = 540  # bodies of the second row: below the tallest first-row node and both groups' frames
+ROW2 = 600  # bodies of the second row: below the tallest first-row node and both groups' frames
 VIEW = (1850, 950)  # canvas area of a 1920x1080 screen, for the view the template opens at
 VIEW_MARGIN = 60
 MIN_SCALE, MAX_SCALE = 0.8, 1.0  # readable: the frontend draws text in full above about 0.57
@@ -318,6 +392,9 @@ MODEL_NOTE = (
     "weights (Fantasy-Studio/Paint-by-Example, or this pack's converted single file) in "
     "ComfyUI/models/paint_by_example and pick them here."
 )
+PUBLISHED_MODEL = "paint-by-example.safetensors"  # the README's convert command writes this name
+CLIP_VISION_FILE = "clip-vit-large-patch14.safetensors"  # OpenAI's ViT-L/14, in models/clip_vision
+CLIP_TOWER_SKIP = "skip (CLIP Vision + Exemplar Mapper)"
 INPUTS_NOTE = (
     "Change the three inputs: source (your photo), mask (white = repaint, the photo's size), "
     "exemplar (a photo of the object to paint in)."
@@ -328,13 +405,15 @@ def _note(text: str) -> Node:
     return Node(NOTE_ID, "Note", "About this template", {"text": text}, (col(0), 0))
 
 
-def _loaders() -> list[Node]:
+def _loaders(exemplar: str = "exemplar.png", **encode: Any) -> list[Node]:
+    """Loader (1), source (2), mask (3), exemplar (4) and Exemplar Encode (5); ``encode``
+    overrides the encoder's widget values."""
     return [
         Node(
             1,
             node_ids.LOADER,
             "loader",
-            {"model_name": DEFAULT_MODEL, "weight_dtype": "default"},
+            {"model_name": DEFAULT_MODEL, "weight_dtype": "default", "clip_tower": "load"},
             (col(0), ROW2),
         ),
         Node(2, "LoadImage", "source", {"image": f"{EXAMPLE_PREFIX}source.png"}, (col(1), 0)),
@@ -345,26 +424,40 @@ def _loaders() -> list[Node]:
             {"image": f"{EXAMPLE_PREFIX}mask.png", "channel": "red"},
             (col(2), 0),
         ),
-        Node(4, "LoadImage", "exemplar", {"image": f"{EXAMPLE_PREFIX}exemplar.png"}, (col(3), 0)),
-        Node(
-            5,
-            node_ids.EXEMPLAR_ENCODE,
-            "encode",
-            {
-                "encoder": Link(1, 2),
-                "exemplar": Link(4, 0),
-                "combine": "one per exemplar",
-                "resize": "squash",
-                "background_fill": 1.0,
-            },
-            (col(1), ROW2),
-        ),
+        Node(4, "LoadImage", "exemplar", {"image": f"{EXAMPLE_PREFIX}{exemplar}"}, (col(3), 0)),
+        _encode(5, "encode", Link(4, 0), (col(1), ROW2), **encode),
     ]
 
 
+def _encode(node_id: int, title: str, exemplar: Link, pos: tuple[int, int], **widgets: Any) -> Node:
+    return Node(
+        node_id,
+        node_ids.EXEMPLAR_ENCODE,
+        title,
+        {
+            "encoder": Link(1, 2),
+            "exemplar": exemplar,
+            "combine": "one per exemplar",
+            "resize": "squash",
+            "background_fill": 1.0,
+            "object_expand": 1.0,
+            "exemplar_mask_marks": "object",
+            **widgets,
+        },
+        pos,
+    )
+
+
 def _sampler(
-    node_id: int, title: str, model: Link, mask: Link, similarity: float, pos: tuple[int, int]
+    node_id: int,
+    title: str,
+    model: Link,
+    mask: Link,
+    similarity: float,
+    pos: tuple[int, int],
+    **inputs: Any,
 ) -> Node:
+    """The Inpaint Sampler on the source (2) with node 5's conditioning; ``inputs`` overrides."""
     return Node(
         node_id,
         node_ids.INPAINT_SAMPLER,
@@ -386,6 +479,9 @@ def _sampler(
             "resolution": 0,
             "feather": 16,
             "color_match": False,
+            "mask_grow": 0,
+            "mask_blur": 0,
+            **inputs,
         },
         pos,
     )
@@ -588,6 +684,390 @@ WORKFLOWS: list[Workflow] = [
             Tile("Bezier mask", save="save mask"),
             Tile("exemplar", input="exemplar.png"),
             Tile("result", save="save"),
+        ),
+    ),
+    Workflow(
+        "clip_vision_mapper_edit",
+        "The exemplar through ComfyUI's own CLIP Vision nodes and the Exemplar Mapper.",
+        [
+            _note(
+                "CLIP Vision + Exemplar Mapper\n\n"
+                "Paint-by-Example's exemplar encoder is OpenAI's CLIP ViT-L/14 (frozen) followed "
+                "by a small mapper. Here the CLIP part is ComfyUI's own: CLIP Vision Loader and "
+                "CLIP Vision Encode (crop none = the paper's squash); the Exemplar Mapper turns "
+                "its output into the same conditioning as Exemplar Encode. The Loader's "
+                "clip_tower skip leaves the checkpoint's own tower unloaded (about 1.2 GB less "
+                "at fp32).\n\n"
+                "Needs two files the pack does not ship (the small demo model's tower is not "
+                "ViT-L, so it cannot run this path):\n"
+                "- ComfyUI/models/paint_by_example/paint-by-example.safetensors: the published "
+                "weights (Fantasy-Studio/Paint-by-Example), converted as the README shows;\n"
+                "- ComfyUI/models/clip_vision/clip-vit-large-patch14.safetensors: OpenAI's CLIP "
+                "ViT-L/14 (openai/clip-vit-large-patch14), the file many IPAdapter users have.\n"
+                "Other names work: pick your files in the two loaders.\n\n"
+                f"{INPUTS_NOTE}"
+            ),
+            Node(
+                1,
+                node_ids.LOADER,
+                "loader",
+                {
+                    "model_name": PUBLISHED_MODEL,
+                    "weight_dtype": "default",
+                    "clip_tower": CLIP_TOWER_SKIP,
+                },
+                (col(0), ROW2),
+            ),
+            *_loaders()[1:4],
+            Node(
+                5,
+                node_ids.EXEMPLAR_MAPPER,
+                "mapper",
+                {
+                    "encoder": Link(1, 2),
+                    "clip_vision_output": Link(7, 0),
+                    "combine": "one per exemplar",
+                },
+                (col(0), ROW2 + 200),
+            ),
+            Node(
+                6,
+                "CLIPVisionLoader",
+                "clip vision",
+                {"clip_name": CLIP_VISION_FILE},
+                (col(1), ROW2),
+            ),
+            Node(
+                7,
+                "CLIPVisionEncode",
+                "clip vision encode",
+                {"clip_vision": Link(6, 0), "image": Link(4, 0), "crop": "none"},
+                (col(2), ROW2),
+            ),
+            _sampler(8, "sampler", Link(1, 0), Link(3, 0), 5.0, (col(4), 0)),
+            _save(9, "save", Link(8, 0), "pbe_mapper_edit", (col(5), 0)),
+        ],
+        [
+            INPUT_GROUP,
+            Group("Model and exemplar mapper", (1, 5), "#8A8"),
+            Group("CLIP Vision (stock nodes)", (6, 7), "#a1309b"),
+            Group("Edit and save", (8, 9)),
+        ],
+        INPUT_TILES
+        + (
+            Tile(
+                "result",
+                text="Needs the published\nweights and CLIP\nViT-L/14 (see the\nNote): the demo\n"
+                "model's tower is\nnot ViT-L.",
+            ),
+        ),
+    ),
+    Workflow(
+        "mask_grow_and_blur",
+        "The edit area grown and smoothed on the sampler, the stitch feather left as it is.",
+        [
+            _note(
+                "Mask grow and blur\n\n"
+                "The same edit twice: with the mask as drawn, and with the edit area grown by "
+                "8 px and its outline smoothed (mask_blur 8: blurred, then cut at half). Both "
+                "happen before the sampler plans its window, so the repainted area grows; the "
+                "blend into the photo (feather 16) stays the same. Shrink with a negative "
+                "mask_grow; feather alone widens the blend without repainting more.\n\n"
+                "The second row shows each sampler's preview: the window it processed with the "
+                "edit area outlined, and the exemplar as the encoder saw it.\n\n"
+                f"{INPUTS_NOTE}\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
+            _sampler(6, "as drawn", Link(1, 0), Link(3, 0), 5.0, (col(4), 0)),
+            _sampler(
+                7,
+                "grown and blurred",
+                Link(1, 0),
+                Link(3, 0),
+                5.0,
+                (col(5), 0),
+                mask_grow=8,
+                mask_blur=8,
+            ),
+            Node(
+                8,
+                "ImageBatch",
+                "results",
+                {"image1": Link(6, 0), "image2": Link(7, 0)},
+                (col(4), ROW2),
+            ),
+            _save(9, "save", Link(8, 0), "pbe_grow_blur", (col(4), ROW2 + 110)),
+            Node(
+                10,
+                "ImageBatch",
+                "previews",
+                {"image1": Link(6, 2), "image2": Link(7, 2)},
+                (col(5), ROW2),
+            ),
+            _save(11, "save previews", Link(10, 0), "pbe_grow_blur_preview", (col(5), ROW2 + 110)),
+        ],
+        [
+            INPUT_GROUP,
+            MODEL_GROUP,
+            Group("As drawn, and grown 8 px + blurred 8 px", (6, 7)),
+            Group("Results and previews, in that order", (8, 9, 10, 11), "#a1309b"),
+        ],
+        (
+            Tile("as drawn", save="save", index=0),
+            Tile("grown 8, blurred 8", save="save", index=1),
+            Tile("window, as drawn", save="save previews", index=0),
+            Tile("window, grown", save="save previews", index=1),
+        ),
+    ),
+    Workflow(
+        "cutout_exemplar_framing",
+        "A cut-out (transparent PNG) exemplar: its alpha as the exemplar mask, padded to square.",
+        [
+            _note(
+                "Cut-out exemplar, padded to square\n\n"
+                "The exemplar is a transparent PNG. LoadImage gives its transparency as a MASK "
+                "(1 = transparent), wired into Exemplar Encode's exemplar_mask with "
+                "exemplar_mask_marks background. resize pad_to_square frames the object's box "
+                "grown by object_expand (1.2) on a square of background_fill (white) without "
+                "stretching it; squash and center_crop are the paper's framings. The saved "
+                "exemplar view is what the encoder sees.\n\n"
+                "Background removal: ComfyUI 0.3.64 has no background-removal node. With a "
+                "ComfyUI that has one (recent releases ship Remove Background) or a pack that "
+                "adds one (ComfyUI-RMBG, ComfyUI_essentials...), load an ordinary photo and "
+                "connect its MASK to exemplar_mask: exemplar_mask_marks object when white = "
+                "the object, background when white = the background.\n\n"
+                "Change the inputs: source, mask (white = repaint), exemplar (a cut-out "
+                "PNG).\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(
+                "exemplar_cutout.png",
+                exemplar_mask=Link(4, 1),
+                resize="pad_to_square",
+                object_expand=1.2,
+                exemplar_mask_marks="background",
+            ),
+            _sampler(6, "sampler", Link(1, 0), Link(3, 0), 5.0, (col(4), 0)),
+            _save(7, "save", Link(6, 0), "pbe_cutout_edit", (col(5), 0)),
+            _save(8, "save exemplar view", Link(5, 2), "pbe_cutout_view", (col(2), ROW2)),
+        ],
+        [
+            INPUT_GROUP,
+            MODEL_GROUP,
+            Group("What the encoder sees", (8,), "#a1309b"),
+            Group("Edit and save", (6, 7)),
+        ],
+        (
+            Tile("cut-out exemplar", input="exemplar_cutout.png"),
+            Tile("encoder's view", save="save exemplar view"),
+            Tile("source", input="source.png"),
+            Tile("result", save="save"),
+        ),
+    ),
+    Workflow(
+        "edit_previews",
+        "See why an edit went wrong: the sampler's window with the mask, the encoder's exemplar.",
+        [
+            _note(
+                "Previews\n\n"
+                "Two optional outputs show what the model worked on. The sampler's preview: the "
+                "window it cut around the mask, at the size it sampled it, with the edit area "
+                "outlined, next to the exemplar as the encoder saw it. Exemplar Encode's "
+                "exemplar_view: the exemplar after framing, at the encoder's input size.\n\n"
+                "A mask that covers too little, a window that cuts the scene, an exemplar "
+                "cropped or squashed out of shape: each shows at once here. Connect a Preview "
+                "Image instead of a Save Image to keep them out of your output folder.\n\n"
+                f"{INPUTS_NOTE}\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
+            _sampler(6, "sampler", Link(1, 0), Link(3, 0), 5.0, (col(4), 0)),
+            _save(7, "save", Link(6, 0), "pbe_edit", (col(5), 0)),
+            _save(8, "save exemplar view", Link(5, 2), "pbe_exemplar_view", (col(2), ROW2)),
+            _save(9, "save preview", Link(6, 2), "pbe_window_preview", (col(3), ROW2)),
+        ],
+        [
+            INPUT_GROUP,
+            MODEL_GROUP,
+            Group("Edit and save", (6, 7)),
+            Group("Previews", (8, 9), "#a1309b"),
+        ],
+        (
+            Tile("exemplar", input="exemplar.png"),
+            Tile("encoder's view", save="save exemplar view"),
+            Tile("window preview", save="save preview"),
+            Tile("result", save="save"),
+        ),
+    ),
+    Workflow(
+        "crop_and_stitch",
+        "Crop For Exemplar Edit, any sampler on the window (stock KSampler), Stitch Exemplar Edit.",
+        [
+            _note(
+                "Crop and stitch as their own nodes\n\n"
+                "Crop For Exemplar Edit cuts the window around the mask (context_margin), at the "
+                "model's size (resolution 0), and gives its edit mask and a crop description. "
+                "The window can go through any sampler: here ComfyUI's own "
+                "InpaintModelConditioning (noise_mask false), KSampler (cfg is the similarity) "
+                "from an empty latent (Paint-by-Example paints from pure noise) and VAEDecode; a "
+                "second, refining pass fits in the same place. Stitch Exemplar Edit puts the "
+                "edited window back with the feathered blend; outside the blend the photo is "
+                "unchanged. The result is the Inpaint Sampler's, bit for bit (same code).\n\n"
+                "Empty latent: the window's size for the published model (512 x 512), twice it "
+                "for the demo model (128 x 128 for its 64 px window; its VAE shrinks 4x, not "
+                "8x).\n\n"
+                f"{INPUTS_NOTE}\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
+            Node(
+                6,
+                node_ids.CROP_FOR_EDIT,
+                "crop",
+                {
+                    "image": Link(2, 0),
+                    "mask": Link(3, 0),
+                    "model": Link(1, 0),
+                    "vae": Link(1, 1),
+                    "context_margin": 0.25,
+                    "resolution": 0,
+                    "feather": 16,
+                    "mask_grow": 0,
+                    "mask_blur": 0,
+                },
+                (col(4), 0),
+            ),
+            Node(
+                7,
+                "InpaintModelConditioning",
+                "inpaint conditioning",
+                {
+                    "positive": Link(5, 0),
+                    "negative": Link(5, 1),
+                    "vae": Link(1, 1),
+                    "pixels": Link(6, 0),
+                    "mask": Link(6, 1),
+                    "noise_mask": False,
+                },
+                (col(5), 0),
+            ),
+            Node(
+                8,
+                "KSampler",
+                "ksampler",
+                {
+                    "model": Link(1, 0),
+                    "seed": 0,
+                    "steps": 50,
+                    "cfg": 5.0,
+                    "sampler_name": "ddim",
+                    "scheduler": "ddim_uniform",
+                    "positive": Link(7, 0),
+                    "negative": Link(7, 1),
+                    "latent_image": Link(14, 0),
+                    "denoise": 1.0,
+                },
+                (col(5), 210),
+            ),
+            Node(
+                9, "VAEDecode", "decode", {"samples": Link(8, 0), "vae": Link(1, 1)}, (col(5), 530)
+            ),
+            Node(
+                10,
+                node_ids.STITCH_EDIT,
+                "stitch",
+                {"crop": Link(6, 2), "edited": Link(9, 0), "color_match": False},
+                (col(6), 0),
+            ),
+            _save(11, "save", Link(10, 0), "pbe_crop_stitch", (col(6), 170)),
+            Node(
+                12,
+                "ImageBatch",
+                "window, edited",
+                {"image1": Link(6, 0), "image2": Link(9, 0)},
+                (col(4), 290),
+            ),
+            _save(13, "save windows", Link(12, 0), "pbe_window", (col(4), 400)),
+            Node(
+                14,
+                "EmptyLatentImage",
+                "empty latent",
+                {"width": 128, "height": 128, "batch_size": 1},
+                (col(5), 640),
+            ),
+        ],
+        [
+            INPUT_GROUP,
+            MODEL_GROUP,
+            Group("Crop the window", (6, 12, 13), "#a1309b"),
+            Group("Any sampler (stock nodes)", (7, 8, 9, 14)),
+            Group("Stitch back and save", (10, 11)),
+        ],
+        (
+            Tile("mask", input="mask.png"),
+            Tile("window", save="save windows", index=0),
+            Tile("edited window", save="save windows", index=1),
+            Tile("stitched", save="save"),
+        ),
+    ),
+    Workflow(
+        "two_objects_edit",
+        "Several objects in one image: two regions repainted with two exemplars, chained.",
+        [
+            _note(
+                "Several objects in one image\n\n"
+                "Two edits chained: the first sampler paints exemplar into mask, the second "
+                "paints exemplar 2 into mask 2 on the first one's result. Each edit touches only "
+                "its own window, so the first object stays as painted. For more objects, chain "
+                "one Exemplar Encode and one sampler per object (each with its own seed and "
+                "similarity).\n\n"
+                "Change the five inputs: source (your photo), mask and mask 2 (white = repaint, "
+                "the photo's size, not overlapping), exemplar and exemplar 2 (photos of the "
+                "objects).\n\n"
+                f"{MODEL_NOTE}"
+            ),
+            *_loaders(),
+            Node(
+                6,
+                "LoadImageMask",
+                "mask 2",
+                {"image": f"{EXAMPLE_PREFIX}mask2.png", "channel": "red"},
+                (col(4), 0),
+            ),
+            Node(
+                7,
+                "LoadImage",
+                "exemplar 2",
+                {"image": f"{EXAMPLE_PREFIX}exemplar2.png"},
+                (col(5), 0),
+            ),
+            _encode(8, "encode 2", Link(7, 0), (col(2), ROW2)),
+            _sampler(9, "sampler", Link(1, 0), Link(3, 0), 5.0, (col(3), ROW2)),
+            _sampler(
+                10,
+                "sampler 2",
+                Link(1, 0),
+                Link(6, 0),
+                5.0,
+                (col(4), ROW2),
+                positive=Link(8, 0),
+                negative=Link(8, 1),
+                image=Link(9, 0),
+            ),
+            _save(11, "save", Link(10, 0), "pbe_two_objects", (col(5), ROW2)),
+        ],
+        [
+            Group("Inputs: change these", (2, 3, 4, 6, 7), "#b58b2a"),
+            Group("Model and exemplar encoding", (1, 5, 8), "#8A8"),
+            Group("Edit 1, then edit 2 on its result", (9, 10)),
+            Group("Save", (11,)),
+        ],
+        (
+            Tile("source", input="source.png"),
+            Tile("exemplar", input="exemplar.png"),
+            Tile("exemplar 2", input="exemplar2.png"),
+            Tile("both edits", save="save"),
         ),
     ),
 ]
@@ -807,7 +1287,16 @@ def compose_thumbnail(workflow: Workflow, saved: dict[str, list[Path]]):
     sheet = Image.new("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=20)
+    small = ImageFont.load_default(size=17)
     for index, tile in enumerate(workflow.thumbnail):
+        left, top, right, bottom = tile_cell(index)
+        label_at = ((left + right) // 2, top - TILE_LABEL + 6)
+        draw.text(label_at, tile.label, fill=(230, 230, 230), font=font, anchor="mt")
+        if tile.text is not None:
+            draw.multiline_text(
+                (left + 12, top + 8), tile.text, fill=(230, 200, 120), font=small, spacing=6
+            )
+            continue
         if tile.input is not None:
             path = EXAMPLE_INPUTS / tile.input
         else:
@@ -819,16 +1308,27 @@ def compose_thumbnail(workflow: Workflow, saved: dict[str, list[Path]]):
                 )
             path = files[tile.index]
         with Image.open(path) as image:
-            picture = image.convert("RGB")
-        left, top, right, bottom = tile_cell(index)
+            picture = _on_checkerboard(image) if "A" in image.getbands() else image.convert("RGB")
         room = min(right - left, bottom - top) - 8
         scale = room / max(picture.size)
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
         picture = picture.resize(size, Image.NEAREST)
         sheet.paste(picture, (left + (right - left - size[0]) // 2, top + 4))
-        label_at = ((left + right) // 2, top - TILE_LABEL + 6)
-        draw.text(label_at, tile.label, fill=(230, 230, 230), font=font, anchor="mt")
     return sheet
+
+
+def _on_checkerboard(image):
+    """A picture with transparency as image editors show it: over a grey checkerboard."""
+    from PIL import Image
+
+    rgba = image.convert("RGBA")
+    board = Image.new("RGBA", rgba.size, (200, 200, 200, 255))
+    square = max(1, min(rgba.size) // 8)
+    dark = Image.new("RGBA", (square, square), (150, 150, 150, 255))
+    for y in range(0, rgba.height, square):
+        for x in range((y // square) % 2 * square, rgba.width, 2 * square):
+            board.paste(dark, (x, y))
+    return Image.alpha_composite(board, rgba).convert("RGB")
 
 
 def write_thumbnail(workflow: Workflow, saved: dict[str, list[Path]]) -> Path:
@@ -854,7 +1354,8 @@ def run_template(workflow: Workflow, server: str, out: Path) -> dict[str, list[P
 
 def make_thumbnails(server: str | None) -> list[Path]:
     """Run every template and write its thumbnail; starts a ComfyUI (COMFYUI_PATH) with the
-    pack installed as a user would when ``server`` is None."""
+    pack installed as a user would when ``server`` is None. A template whose thumbnail shows no
+    result (it needs model files the pack does not ship) is not run."""
     with tempfile.TemporaryDirectory(prefix="pbe-thumbnails-") as scratch:
         running = None
         if server is None:
@@ -871,7 +1372,9 @@ def make_thumbnails(server: str | None) -> list[Path]:
         try:
             written = []
             for workflow in WORKFLOWS:
-                saved = run_template(workflow, server, Path(scratch) / workflow.name)
+                saved = {}
+                if workflow.runs_for_thumbnail:
+                    saved = run_template(workflow, server, Path(scratch) / workflow.name)
                 written.append(write_thumbnail(workflow, saved))
             return written
         finally:

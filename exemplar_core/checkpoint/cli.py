@@ -1,4 +1,4 @@
-"""``convert``, ``info`` and ``merge-lora``: any Paint-by-Example checkpoint -> the single file.
+"""``convert``, ``info``, ``merge-lora``, ``export-clip-vision``: checkpoint commands.
 
 Part of ``python -m exemplar_core``; standalone: ``python -m exemplar_core.checkpoint.cli convert
 SRC DST.safetensors [--dtype fp16]``, ``python -m exemplar_core.checkpoint.cli info FILE`` (a
@@ -200,6 +200,24 @@ def run_merge_lora(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
+def run_export_clip_vision(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    from .clip_vision import save_clip_vision
+
+    out = out or sys.stdout
+    src, dst = Path(args.src), Path(args.dst)
+    try:
+        if dst.exists():  # never replaced: the user's CLIP Vision file may be the real one
+            raise DestinationError(f"DST {dst} already exists; choose another path")
+        check_destination(dst, overwrite=False, inputs=[src], what="DST")
+        ckpt = load_checkpoint(src)
+        save_clip_vision(ckpt.encoder, ckpt.configs.encoder, dst, DTYPES[args.dtype])
+    except (CheckpointError, DestinationError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {dst} ({args.dtype}, {dst.stat().st_size / 2**20:.1f} MiB)", file=out)
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add the ``convert`` and ``info`` subcommands to an argparse subparsers object."""
     convert = subparsers.add_parser(
@@ -272,6 +290,26 @@ def register(subparsers: Any) -> None:
         help="replace --out if it exists (default: an existing --out is an error)",
     )
     merge.set_defaults(func=run_merge_lora)
+
+    export = subparsers.add_parser(
+        "export-clip-vision",
+        help="write a checkpoint's CLIP tower as a stock clip_vision file (Exemplar Mapper)",
+        description="Write the checkpoint's OpenAI CLIP ViT-L/14 tower in the layout ComfyUI's "
+        "CLIPVisionLoader reads (models/clip_vision), for CLIPVisionEncode + Exemplar Mapper when "
+        "no clip-vit-large-patch14 file is at hand. The checkpoint holds no CLIP projection, so "
+        "the file's image_embeds are zero (other CLIP Vision uses need the real file). DST is "
+        "never replaced.",
+    )
+    export.add_argument("src", help="a Paint-by-Example checkpoint (any layout convert reads)")
+    export.add_argument("dst", help="output .safetensors path (must not exist)")
+    export.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="fp16",
+        help="storage dtype; ComfyUI keeps CLIP Vision in fp16 on most devices "
+        "(default: %(default)s)",
+    )
+    export.set_defaults(func=run_export_clip_vision)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -65,3 +65,16 @@ def user_install_newer_loader(tmp_path_factory):
     server = pbe_host.start_user_install(base, newer_loader=True)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def vit_l_pair(tmp_path_factory) -> Path:
+    """A models folder with the two files the CLIP Vision + Exemplar Mapper template names
+    (random but full-size ViT-L/14: ``vit_l_files.write_vit_l_pair``), written once; tests link
+    them into an install's models folder with ``pbe_host.add_model_files`` when they need them."""
+    from vit_l_files import write_vit_l_pair
+
+    build = pbe_host.workflows_build()
+    root = tmp_path_factory.mktemp("vit_l_models")
+    write_vit_l_pair(root, build.PUBLISHED_MODEL, build.CLIP_VISION_FILE)
+    return root

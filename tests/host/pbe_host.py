@@ -279,6 +279,21 @@ class Server:
                 self.process.wait(timeout=10)
 
 
+def add_model_files(server: Server, models: Path) -> None:
+    """Put every file under ``models`` (laid out as ComfyUI's ``models/`` folder) into the
+    running install's models folder, as a user adds files while ComfyUI runs (it lists a folder
+    afresh when it changed). Hard links where possible: the files are large."""
+    for source in sorted(p for p in models.rglob("*") if p.is_file()):
+        destination = server.base_directory / "models" / source.relative_to(models)
+        if destination.exists():
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, destination)
+        except OSError:
+            shutil.copy2(source, destination)
+
+
 class StartError(RuntimeError):
     """ComfyUI did not start: why (``reason``), then the end of its log."""
 

@@ -261,6 +261,22 @@ def exemplar_mask(image: str) -> Edit:
     return edit
 
 
+def crop_and_stitch_into(image: str) -> Edit:
+    """Crop For Exemplar Edit of the source and mask, its window stitched straight back, into the
+    image ``image`` instead of the cropped one."""
+
+    def edit(prompt: dict) -> None:
+        crop = {"image": ["2", 0], "mask": ["3", 0], "context_margin": 0.25, "resolution": 0}
+        crop.update(feather=16, mask_grow=0, mask_blur=0)
+        prompt["30"] = {"class_type": "PaintByExample.CropForEdit", "inputs": crop}
+        prompt["29"] = {"class_type": "LoadImage", "inputs": {"image": image}}
+        stitch = {"crop": ["30", 2], "edited": ["30", 0], "image": ["29", 0], "color_match": False}
+        prompt["31"] = {"class_type": "PaintByExample.StitchEdit", "inputs": stitch}
+        prompt["32"] = {"class_type": "PreviewImage", "inputs": {"images": ["31", 0]}}
+
+    return edit
+
+
 def large_source(prompt: dict) -> None:
     inputs = {"width": 2048, "height": 2048, "batch_size": 1, "color": 0x808080}
     prompt["26"] = {"class_type": "EmptyImage", "inputs": inputs}
@@ -324,6 +340,35 @@ CASES = [
     ),
     Case("1 px masked in a 64 px image", sets(**{"3.image": "dot_mask.png"}), OK),
     Case("2048x2048 image, small mask", large_source, OK),
+    # --- mask grow and blur (Inpaint Sampler), Crop For Exemplar Edit -> Stitch Exemplar Edit
+    Case(
+        "mask_grow larger than the image",
+        sets(**{"6.mask_grow": 1000}),
+        FAILED,
+        ("mask_grow 1000 is larger than the 64x64 image", "at most 64"),
+        "6",
+    ),
+    Case(
+        "mask_grow shrinks the mask away",
+        sets(**{"6.mask_grow": -40}),
+        FAILED,
+        ("mask_grow -40 removes the whole mask", "24x24 px box", "smaller shrink"),
+        "6",
+    ),
+    Case(
+        "negative mask_blur (API prompt)",
+        sets(**{"6.mask_blur": -3}),
+        REFUSED,
+        ("smaller than min of 0", "mask_blur"),
+        "6.mask_blur",
+    ),
+    Case(
+        "crop of a 64 px image stitched into a 32 px one",
+        crop_and_stitch_into("mask32.png"),
+        FAILED,
+        ("image is 32x32", "crop was made from a 64x64 image"),
+        "31",
+    ),
     Case(
         "resolution 4096 (over the max)",
         sets(**{"6.resolution": 4096}),

@@ -105,24 +105,31 @@ def _open_from_template_browser(page, name: str) -> list[dict]:
     if not dialog.is_visible():
         page.get_by_text("Templates", exact=True).first.click()
     dialog.get_by_text(PACK, exact=True).first.click()
-    try:  # a card's picture is fetched, cached and shown; a missing one never loads
-        page.wait_for_function(
-            """(names) => names.every(name => {
-                const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
-                return img && img.complete && img.naturalWidth > 0;
-            })""",
-            arg=TEMPLATES,
-            timeout=20_000,
+    thumbnails = []
+    # A card's picture is fetched when the card is scrolled into view and dropped again when it
+    # leaves it (the dialog shows about eight cards): each is read while it is in view.
+    for card in TEMPLATES:
+        dialog.get_by_text(card, exact=True).first.scroll_into_view_if_needed()
+        try:  # a card's picture is fetched, cached and shown; a missing one never loads
+            page.wait_for_function(
+                """(name) => {
+                    const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
+                    return img && img.complete && img.naturalWidth > 0;
+                }""",
+                arg=card,
+                timeout=20_000,
+            )
+        except PlaywrightTimeout:
+            pass  # reported by the caller, card by card
+        thumbnails.append(
+            page.evaluate(
+                """(name) => {
+                    const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
+                    return {name, width: img.naturalWidth, height: img.naturalHeight};
+                }""",
+                card,
+            )
         )
-    except PlaywrightTimeout:
-        pass  # reported below, card by card
-    thumbnails = page.evaluate(
-        """(names) => names.map(name => {
-            const img = document.querySelector(`.p-dialog img[alt="${name}"]`);
-            return {name, width: img.naturalWidth, height: img.naturalHeight};
-        })""",
-        TEMPLATES,
-    )
     dialog.get_by_text(name, exact=True).first.click()
     page.wait_for_function("() => !document.querySelector('.p-dialog')")
     return thumbnails
@@ -221,9 +228,12 @@ def _queue_and_wait(page, server, timeout: float = 600.0) -> dict:
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_template_opens_from_the_browser_runs_from_the_run_button_as_its_api_twin(
-    page, user_install, build, screenshots, name
+    page, user_install, build, screenshots, name, request
 ):
     workflow = next(w for w in build.WORKFLOWS if w.name == name)
+    if workflow.needs_unshipped_models:  # a user puts the files in place, then presses Refresh
+        pbe_host.add_model_files(user_install, request.getfixturevalue("vit_l_pair"))
+        page.evaluate("() => app.refreshComboInNodes()")
     thumbnails = _open_from_template_browser(page, name)
     for card in thumbnails:  # the cards show pictures, not blank placeholders
         assert (card["width"], card["height"]) == (512, 512), card
@@ -294,6 +304,24 @@ HELP_PAGES = [
         "PaintByExample.InpaintSampler",
         "Batches and errors",
         "greys out the area to repaint",
+    ),
+    (
+        "Paint-by-Example Exemplar Mapper",
+        "PaintByExample.ExemplarMapper",
+        "Against Exemplar Encode",
+        "you already use for other nodes serves here too",
+    ),
+    (
+        "Paint-by-Example Crop For Exemplar Edit",
+        "PaintByExample.CropForEdit",
+        "The same edit as the Inpaint Sampler",
+        "Cuts out the window the",
+    ),
+    (
+        "Paint-by-Example Stitch Exemplar Edit",
+        "PaintByExample.StitchEdit",
+        "Puts edited windows back where",
+        "outside the band the output is the image, bit for bit",
     ),
     (
         "Paint-by-Example LoRA Loader",

@@ -75,11 +75,13 @@ def test_every_image_a_template_loads_is_offered_by_the_image_loaders(installed)
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
-def test_every_api_twin_runs_as_it_is_and_matches_its_thumbnail(installed, name, tmp_path):
+def test_every_api_twin_runs_as_it_is_and_matches_its_thumbnail(installed, name, tmp_path, request):
     from exemplar_core.headless import RunOptions, run_outputs
 
     build = pbe_host.workflows_build()
     workflow = next(w for w in build.WORKFLOWS if w.name == name)
+    if workflow.needs_unshipped_models:
+        pbe_host.add_model_files(installed, request.getfixturevalue("vit_l_pair"))
     options = RunOptions(
         workflow=REPO / "workflows/api" / f"{name}.json",
         server=installed.url,
@@ -90,7 +92,7 @@ def test_every_api_twin_runs_as_it_is_and_matches_its_thumbnail(installed, name,
     saved: dict[str, list[Path]] = {}
     for item in run_outputs(options):  # raises with the server's message unless it succeeded
         saved.setdefault(item.title, []).append(item.path)
-    wanted = {tile.save for tile in workflow.thumbnail if tile.save}
+    wanted = {"save"} | {tile.save for tile in workflow.thumbnail if tile.save}
     assert wanted <= set(saved), (name, sorted(saved))
     fresh = build.compose_thumbnail(workflow, saved)
     with Image.open(build.thumbnail_path(workflow)) as committed:

@@ -183,7 +183,9 @@ def unet_output(patcher) -> torch.Tensor:
 def condition(host, handle) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) of Exemplar Encode on a fixed image."""
     image = torch.rand(1, 40, 40, 3, generator=torch.Generator().manual_seed(5))
-    positive, negative = host.run("PaintByExample.ExemplarEncode", encoder=handle, exemplar=image)
+    positive, negative, _ = host.run(
+        "PaintByExample.ExemplarEncode", encoder=handle, exemplar=image
+    )
     return positive[0][0].clone(), negative[0][0].clone()
 
 

@@ -13,6 +13,9 @@ NODE_IDS = [
     "PaintByExample.InpaintSampler",
     "PaintByExample.SimilarityGuidance",
     "PaintByExample.LoraLoader",
+    "PaintByExample.ExemplarMapper",
+    "PaintByExample.CropForEdit",
+    "PaintByExample.StitchEdit",
 ]
 SIZE = 64
 
@@ -38,7 +41,7 @@ def _sampler_inputs(loaded, conditioning, **overrides) -> dict:
     """The Inpaint Sampler's inputs on the tiny model, the test image and mask; ``overrides``
     replace any of them."""
     model, vae, _ = loaded
-    positive, negative = conditioning
+    positive, negative = conditioning[:2]
     inputs = dict(
         model=model,
         vae=vae,
@@ -56,7 +59,7 @@ def _sampler_inputs(loaded, conditioning, **overrides) -> dict:
 
 def _sample(host, loaded, conditioning, **overrides):
     inputs = _sampler_inputs(loaded, conditioning, **overrides)
-    return host.run("PaintByExample.InpaintSampler", **inputs)
+    return host.run("PaintByExample.InpaintSampler", **inputs)[:2]  # IMAGE, LATENT
 
 
 # ---------------------------------------------------------------------------------- schema
@@ -146,7 +149,7 @@ def test_stock_inpaint_conditioning_feeds_the_unet_masked_latent_then_keep_mask(
     import nodes
 
     model, vae, encoder = loaded
-    positive, negative = host.run(
+    positive, negative, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(5, size=32)
     )
     aligned = _mask(box=(16, 40, 24, 48))  # 8-aligned: exact at latent size
@@ -175,7 +178,7 @@ def test_stock_inpaint_conditioning_feeds_the_unet_masked_latent_then_keep_mask(
 
 def test_encode_gives_one_token_per_exemplar_and_the_learned_negative(host, loaded):
     _, _, encoder = loaded
-    positive, negative = host.run(
+    positive, negative, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=_image(1, batch=3, size=32)
     )
     assert positive[0][0].shape == (3, 1, 32)
@@ -189,7 +192,7 @@ def test_encode_matches_the_core_encoder(host, loaded):
 
     _, _, encoder = loaded
     images = _image(2, batch=2, size=48)
-    positive, _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
+    positive, _, _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
     core = pbe_host.tiny_model().encoder
     with torch.no_grad():
         reference = core(preprocess_exemplar(images, core.config))
@@ -199,11 +202,11 @@ def test_encode_matches_the_core_encoder(host, loaded):
 def test_several_exemplars_combine_by_mean_or_concatenated_tokens(host, loaded):
     _, _, encoder = loaded
     images = _image(3, batch=3, size=32)
-    (separate,), _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
-    (mean,), neg_mean = host.run(
+    (separate,), _, _ = host.run("PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images)
+    (mean,), neg_mean, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images, combine="mean"
     )
-    (concat,), _ = host.run(
+    (concat,), _, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=images, combine="concat tokens"
     )
     assert torch.allclose(mean[0], separate[0].mean(0, keepdim=True), atol=1e-6)
@@ -216,13 +219,13 @@ def test_exemplar_mask_crops_to_the_object(host, loaded):
     image = _image(4, size=48)
     object_mask = torch.zeros(1, 48, 48)
     object_mask[:, 8:40, 8:40] = 1
-    (with_mask,), _ = host.run(
+    (with_mask,), _, _ = host.run(
         "PaintByExample.ExemplarEncode",
         encoder=encoder,
         exemplar=image,
         exemplar_mask=object_mask,
     )
-    (cropped,), _ = host.run(
+    (cropped,), _, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=image[:, 8:40, 8:40]
     )
     assert torch.allclose(with_mask[0], cropped[0], atol=1e-5)
@@ -295,13 +298,67 @@ def test_sampler_accepts_non_square_sources_larger_than_the_window(host, loaded,
     assert out.shape == image.shape
 
 
+def test_sampler_mask_grow_and_blur_default_to_todays_edit_and_change_it_when_set(
+    host, loaded, conditioning
+):
+    plain, _ = _sample(host, loaded, conditioning)
+    same, _ = _sample(host, loaded, conditioning, mask_grow=0, mask_blur=0)
+    grown, _ = _sample(host, loaded, conditioning, mask_grow=3, mask_blur=1)
+    assert torch.equal(plain, same) and not torch.equal(plain, grown)
+
+
+# ------------------------------------------------------------------------- crop and stitch
+
+
+def test_crop_description_holds_each_images_window_and_windows_share_one_size(host, loaded):
+    model, vae, _ = loaded
+    images = torch.rand(2, 96, 160, 3, generator=torch.Generator().manual_seed(1))
+    masks = torch.zeros(2, 96, 160)
+    masks[0, 30:50, 100:130] = 1  # at least the resolution: the 96 px height
+    masks[1, 5:90, 3:90] = 1  # a wide window clipped to the image's height: 145 x 96 -> 128 x 80
+    window, window_mask, crop = host.run(
+        "PaintByExample.CropForEdit", image=images, mask=masks, model=model, vae=vae,
+        resolution=128, feather=4, mask_grow=2,
+    )  # fmt: skip
+    regions = [item.window.region for item in crop.items]
+    assert [(r.width, r.height) for r in regions] == [(128, 128), (128, 80)]
+    assert [r.crop_size for r in regions] == [(96, 96), (145, 96)]
+    assert crop.source_size == (160, 96) and crop.feather == 4
+    grown = host.module("exemplar_core.masks").grow_and_blur(masks[0], 2, 0)
+    assert torch.equal(crop.items[0].edit_mask[0, 0], grown)  # the full-size, grown mask
+    assert window.shape == (2, 128, 128, 3) and window_mask.shape == (2, 128, 128)  # the largest
+    assert set(window_mask.unique().tolist()) == {0.0, 1.0}
+    (back,) = host.run("PaintByExample.StitchEdit", crop=crop, edited=window)
+    band = host.module("exemplar_core.crop").feather_alpha(crop.items[0].edit_mask, 4)[0, 0] > 0
+    assert torch.equal(back[0][~band], images[0][~band])
+
+
+def test_stitch_takes_k_variants_of_one_crop_and_refuses_a_mismatched_batch(host):
+    image = torch.rand(1, 64, 64, 3)
+    (window, _, crop) = host.run("PaintByExample.CropForEdit", image=image, mask=_mask())
+    assert window.shape == (1, 512, 512, 3)  # without a model: 512 px, multiples of 64
+    variants = torch.rand(3, 40, 40, 3)
+    (out,) = host.run("PaintByExample.StitchEdit", crop=crop, edited=variants)
+    assert out.shape == (3, 64, 64, 3) and not torch.equal(out[0], out[1])
+    two = host.run("PaintByExample.CropForEdit", image=torch.rand(2, 64, 64, 3), mask=_mask())[2]
+    error = host.module("nodes.checks").PaintByExampleInputError
+    with pytest.raises(error, match="3 edited windows for a crop of 2 images"):
+        host.run("PaintByExample.StitchEdit", crop=two, edited=variants)
+    with pytest.raises(error, match="image is 32x32 but the crop was made from a 64x64 image"):
+        host.run(
+            "PaintByExample.StitchEdit", crop=crop, edited=window, image=torch.rand(1, 32, 32, 3)
+        )
+    with pytest.raises(error, match="connect both model and vae"):
+        host.run("PaintByExample.CropForEdit", image=image, mask=_mask(), vae=object())
+
+
 # ---------------------------------------------------------------------------------- guidance
 
 
 def _ksample(model, conditioning, vae, cfg, steps=3):
     import nodes
 
-    positive, negative = conditioning
+    positive, negative = conditioning[:2]
     positive, negative, latent = nodes.InpaintModelConditioning().encode(
         positive, negative, _image(), vae, _mask(), noise_mask=False
     )
@@ -383,7 +440,7 @@ def test_guided_model_works_with_sampler_custom_and_our_sampler(host, loaded, co
     model, vae, _ = loaded
     (patched,) = host.run("PaintByExample.SimilarityGuidance", model=model, similarity=5.0)
     positive, negative, latent = nodes.InpaintModelConditioning().encode(
-        *conditioning, _image(), vae, _mask(), noise_mask=False
+        *conditioning[:2], _image(), vae, _mask(), noise_mask=False
     )
     (sampler,) = KSamplerSelect().get_sampler("euler")
     (sigmas,) = BasicScheduler().get_sigmas(patched, "normal", 2, 1.0)

@@ -45,10 +45,10 @@ def test_sampler_node_matches_the_standalone_editor(host, loaded):
     )
     reference = editor.edit(source, edit_mask, exemplar, settings).image
 
-    positive, negative = host.run(
+    positive, negative, _ = host.run(
         "PaintByExample.ExemplarEncode", encoder=encoder, exemplar=exemplar.permute(0, 2, 3, 1)
     )
-    image, _ = host.run(
+    image, *_ = host.run(
         "PaintByExample.InpaintSampler",
         model=model,
         vae=vae,
