@@ -130,12 +130,17 @@ def window_size(model, vae, resolution: int) -> tuple[int, int]:
     if model is not None:
         multiple = size_multiple(model, vae)
         resolution = resolution or model_native_size(model)
+        needs = "which this model needs (its UNet's and VAE's size multiple)"
     else:
         multiple = DEFAULT_MULTIPLE
         resolution = resolution or DEFAULT_RESOLUTION
+        needs = (
+            "which the window needs without a model; connect model and vae to use the "
+            "model's own size multiple instead"
+        )
     if resolution < multiple or resolution % multiple:
         raise PaintByExampleInputError(
-            f"resolution {resolution} is not a multiple of {multiple}, which this model needs"
+            f"resolution {resolution} is not a multiple of {multiple}, {needs}"
         )
     return resolution, multiple
 

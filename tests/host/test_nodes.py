@@ -333,6 +333,16 @@ def test_crop_description_holds_each_images_window_and_windows_share_one_size(ho
     assert torch.equal(back[0][~band], images[0][~band])
 
 
+def test_crop_without_a_model_names_its_own_size_multiple_not_a_models(host):
+    message = _error(
+        host, "PaintByExample.CropForEdit", image=_image(), mask=_mask(), resolution=480
+    )
+    assert "resolution 480 is not a multiple of 64, which the window needs without a model" in (
+        message
+    )
+    assert "connect model and vae" in message and "this model" not in message
+
+
 def test_stitch_takes_k_variants_of_one_crop_and_refuses_a_mismatched_batch(host):
     image = torch.rand(1, 64, 64, 3)
     (window, _, crop) = host.run("PaintByExample.CropForEdit", image=image, mask=_mask())
