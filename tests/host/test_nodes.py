@@ -343,6 +343,19 @@ def test_crop_without_a_model_names_its_own_size_multiple_not_a_models(host):
     assert "connect model and vae" in message and "this model" not in message
 
 
+def test_crop_reads_the_native_size_of_this_packs_model_only(host, loaded):
+    model, vae, _ = loaded
+    not_pbe = model.clone()  # another pack's MODEL: no marker, whatever else its options hold
+    not_pbe.model_options.pop("paint_by_example")
+    sizes = {}
+    for name, candidate in (("pbe", model), ("other", not_pbe)):
+        window, _, _ = host.run(
+            "PaintByExample.CropForEdit", image=_image(), mask=_mask(), model=candidate, vae=vae
+        )
+        sizes[name] = tuple(window.shape[1:3])
+    assert sizes == {"pbe": (SIZE, SIZE), "other": (512, 512)}  # the tiny model is 64 px native
+
+
 def test_stitch_takes_k_variants_of_one_crop_and_refuses_a_mismatched_batch(host):
     image = torch.rand(1, 64, 64, 3)
     (window, _, crop) = host.run("PaintByExample.CropForEdit", image=image, mask=_mask())
