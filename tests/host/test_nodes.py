@@ -187,6 +187,16 @@ def test_encode_gives_one_token_per_exemplar_and_the_learned_negative(host, load
     assert torch.allclose(negative[0][0], learned.expand(3, 1, 32))
 
 
+def test_encode_ignores_an_alpha_with_no_opaque_pixel(host, loaded):
+    _, _, encoder = loaded
+    rgb = _image(4, size=32)
+    faint = torch.cat([rgb, torch.full((1, 32, 32, 1), 0.3)], dim=-1)  # nothing reaches 0.5
+    encode = "PaintByExample.ExemplarEncode"
+    by_rgb = host.run(encode, encoder=encoder, exemplar=rgb)
+    by_faint = host.run(encode, encoder=encoder, exemplar=faint)  # not "exemplar mask is empty"
+    assert torch.equal(by_faint[0][0][0], by_rgb[0][0][0])
+
+
 def test_encode_matches_the_core_encoder(host, loaded):
     from exemplar_core.preprocess import preprocess_exemplar
 
