@@ -224,7 +224,7 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from .editor import Editor, EditSettings, check_mask_size
-    from .files import check_destination
+    from .files import DestinationError, check_destination, same_file
     from .image_io import check_output_name, load_exemplar, load_mask, load_rgb, save_rgb
     from .lora import check_layout, parse_lora_argument, read_lora
 
@@ -237,9 +237,11 @@ def run_edit(args: argparse.Namespace) -> int:
     check_output_name(out)
     preview = Path(args.preview) if args.preview else None
     if preview is not None:
-        check_destination(
-            preview, overwrite=args.overwrite, inputs=[*inputs, out], what="--preview"
-        )
+        if same_file(preview, out):
+            raise DestinationError(
+                f"--preview {preview} is the --out file; write the preview to another file"
+            )
+        check_destination(preview, overwrite=args.overwrite, inputs=inputs, what="--preview")
         check_output_name(preview)
     loras = [(read_lora(path), strength) for path, strength in lora_args]
     for lora, _ in loras:

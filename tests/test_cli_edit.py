@@ -208,7 +208,7 @@ def test_preview_never_replaces_a_file_and_is_checked_before_the_model_loads(fil
     assert "--preview" in err and "already exists" in err
     assert users.read_bytes() == b"the user's picture" and not out.exists()
     assert main(_args(tmp, ckpt, "out.png", "--preview", str(out))) == 2
-    assert "is one of the inputs" in capsys.readouterr().err and not out.exists()
+    assert f"--preview {out} is the --out file" in capsys.readouterr().err and not out.exists()
     assert main(_args(tmp, ckpt, "out.png", "--preview", str(tmp / "src.png"))) == 2
     assert "is one of the inputs" in capsys.readouterr().err and not out.exists()
     assert main(_args(tmp, ckpt, "out.png", "--preview", str(tmp / "p.tif"))) == 2
