@@ -224,7 +224,7 @@ def run_edit(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from .editor import Editor, EditSettings, check_mask_size
-    from .files import check_destination
+    from .files import DestinationError, check_destination, same_file
     from .image_io import check_output_name, load_exemplar, load_mask, load_rgb, save_rgb
     from .lora import check_layout, parse_lora_argument, read_lora
 
@@ -237,9 +237,11 @@ def run_edit(args: argparse.Namespace) -> int:
     check_output_name(out)
     preview = Path(args.preview) if args.preview else None
     if preview is not None:
-        check_destination(
-            preview, overwrite=args.overwrite, inputs=[*inputs, out], what="--preview"
-        )
+        if same_file(preview, out):
+            raise DestinationError(
+                f"--preview {preview} is the --out file; write the preview to another file"
+            )
+        check_destination(preview, overwrite=args.overwrite, inputs=inputs, what="--preview")
         check_output_name(preview)
     loras = [(read_lora(path), strength) for path, strength in lora_args]
     for lora, _ in loras:
@@ -250,7 +252,7 @@ def run_edit(args: argparse.Namespace) -> int:
     exemplar_mask = (
         load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
     )
-    _report_exemplar_mask(exemplar, exemplar_mask)
+    exemplar, exemplar_mask = _exemplar_mask_of(exemplar, exemplar_mask)
     if args.resize_mask and mask.shape[-2:] != source.shape[-2:]:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     check_mask_size(source, mask)  # before the model is loaded
@@ -295,21 +297,30 @@ def run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_exemplar_mask(exemplar, exemplar_mask) -> None:
-    """Say which exemplar mask the edit uses when a cut-out's alpha is involved, and warn of an
-    --exemplar-mask that looks like a background mask."""
-    from .preprocess import mask_looks_inverted
+def _exemplar_mask_of(exemplar, exemplar_mask):
+    """exemplar [1, 3|4, H, W], --exemplar-mask [H, W] or None -> (exemplar [1, 3, H, W], the
+    exemplar mask the edit uses or None). A cut-out's alpha is decided on once, by
+    ``alpha_object_mask`` (which warns of an alpha that marks nothing), so what is printed is
+    what the edit does; an --exemplar-mask that looks like a background mask gets a warning."""
+    from .preprocess import alpha_object_mask, mask_looks_inverted
 
-    if exemplar.shape[1] == 4:
-        if exemplar_mask is None:
-            print("--exemplar has transparency: its alpha is the exemplar mask (opaque = object)")
-        else:
-            print("--exemplar has transparency, but --exemplar-mask is given and is used instead")
     if exemplar_mask is not None and mask_looks_inverted(exemplar_mask):
         log.warning(
             "--exemplar-mask covers the whole border but not the centre: white must be the "
             "object; if yours marks the background, invert it"
         )
+    if exemplar.shape[1] == 4:
+        if exemplar_mask is not None:
+            print("--exemplar has transparency, but --exemplar-mask is given and is used instead")
+        else:
+            alpha_mask = alpha_object_mask(exemplar[:, 3])
+            if alpha_mask is not None:
+                print(
+                    "--exemplar has transparency: its alpha is the exemplar mask (opaque = object)"
+                )
+                exemplar_mask = alpha_mask[0]
+        exemplar = exemplar[:, :3]
+    return exemplar, exemplar_mask
 
 
 def _what_was_written(region, paste_back: bool) -> str:

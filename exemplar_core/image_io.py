@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -11,8 +10,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .files import DestinationError, atomic_write
-
-log = logging.getLogger(__name__)
 
 
 class ImageError(ValueError):
@@ -59,26 +56,14 @@ def load_rgb(path: str | os.PathLike[str], what: str = "image") -> torch.Tensor:
 
 
 def load_exemplar(path: str | os.PathLike[str], what: str = "exemplar") -> torch.Tensor:
-    """Exemplar file -> [1, 3, H, W] float 0..1, or [1, 4, H, W] when its alpha marks an object
-    (a cut-out: part transparent, part opaque), the alpha (1 = opaque) then being the exemplar
-    mask (``preprocess.frame_exemplar``). An alpha that marks nothing is dropped: a fully opaque
-    one silently (many PNGs carry one), a fully transparent one with a warning."""
+    """Exemplar file -> [1, 3, H, W] float 0..1, or [1, 4, H, W] when it has an alpha that is
+    not fully opaque (many PNGs carry an opaque one: dropped). Whether that alpha marks an object
+    (then it is the exemplar mask) is ``preprocess.alpha_object_mask``'s to decide and report."""
     array = _to_float_array(_open(path, what))
-    if array.shape[-1] not in (2, 4):
+    if array.shape[-1] not in (2, 4) or array[..., -1].min() >= 1.0:
         return _rgb_tensor(array)
-    alpha = array[..., -1]
-    rgb = _rgb_tensor(array[..., :-1])
-    if alpha.min() >= 1.0:
-        return rgb
-    if alpha.max() <= 0.0:
-        log.warning(
-            "%s %s is fully transparent: its alpha is ignored and its colours are used as they "
-            "are; save the object opaque on a transparent background",
-            what,
-            path,
-        )
-        return rgb
-    return torch.cat([rgb, torch.from_numpy(np.ascontiguousarray(alpha))[None, None]], dim=1)
+    alpha = torch.from_numpy(np.ascontiguousarray(array[..., -1]))
+    return torch.cat([_rgb_tensor(array[..., :-1]), alpha[None, None]], dim=1)
 
 
 def _rgb_tensor(array: np.ndarray) -> torch.Tensor:

@@ -186,8 +186,8 @@ def _paste(domain: torch.Tensor, where: Box, size: tuple[int, int]) -> torch.Ten
     return out
 
 
-def _grow_one(edit: torch.Tensor, grow: int, blur: int) -> torch.Tensor:
-    """edit [H, W] bool (not empty) -> grown (or shrunk) then blurred and re-binarised."""
+def _grow(edit: torch.Tensor, grow: int) -> torch.Tensor:
+    """edit [H, W] bool (not empty) -> grown (or shrunk) by ``grow`` px with the octagon."""
     size = tuple(edit.shape)
     # Twice the reach: the shifts of the segment dilations pass through the outer half.
     if grow > 0:
@@ -196,6 +196,12 @@ def _grow_one(edit: torch.Tensor, grow: int, blur: int) -> torch.Tensor:
     elif grow < 0:  # shrinking the mask = growing what is kept; inside the mask's box only
         domain, where = _domain(edit, mask_box(edit), -2 * grow)
         edit = edit & _paste(~_dilate(~domain, -grow), where, size)  # the pad's edge is off
+    return edit
+
+
+def _smooth(edit: torch.Tensor, blur: int) -> torch.Tensor:
+    """edit [H, W] bool (not empty) -> blurred over ``blur`` px and re-binarised at 0.5."""
+    size = tuple(edit.shape)
     box = mask_box(edit)
     if blur > 0 and box is not None:
         # Blurred and thresholded at 0.5 the mask stays inside its box (a pixel outside has
@@ -240,13 +246,20 @@ def grow_and_blur(
     for index, edit in enumerate(flat.cpu()):
         if not bool(edit.any()):
             continue
-        out[index] = _grow_one(edit, grow, blur)
-        if not bool(out[index].any()):
-            setting, value = (grow_name, grow) if grow < 0 else (blur_name, blur)
+        grown = _grow(edit, grow)
+        if not bool(grown.any()):
             raise SettingError(
-                setting,
-                f"{value} removes the whole mask: the mask ({_extent(edit)}) is thinner than "
-                f"that; use a smaller {'shrink' if setting == grow_name else 'blur'}",
+                grow_name,
+                f"{grow} removes the whole mask: the mask ({_extent(edit)}) is thinner than "
+                f"that; use a smaller shrink",
+            )
+        out[index] = _smooth(grown, blur)
+        if not bool(out[index].any()):  # what the grow left, named as the blur sees it
+            shrunk = f" after {grow_name} {grow}" if grow else ""
+            raise SettingError(
+                blur_name,
+                f"{blur} removes the whole mask: the mask{shrunk} ({_extent(grown)}) is "
+                f"thinner than that; use a smaller blur",
             )
     return out.reshape(edit_mask.shape).to(device=edit_mask.device, dtype=edit_mask.dtype)
 

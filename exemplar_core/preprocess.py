@@ -62,16 +62,21 @@ def alpha_object_mask(alpha: torch.Tensor) -> torch.Tensor | None:
     """alpha: [B, H, W] 0..1 (1 = opaque) -> object mask [B, H, W] (1 = object), or None when
     no exemplar's alpha marks an object.
 
-    A fully opaque alpha is no mask (the whole image is the exemplar, as without alpha); nor is a
-    fully transparent one (a warning: its colours are used as they are). In a batch that mixes
-    them, such an exemplar gets an all-object mask, which frames it as the whole image."""
+    A fully opaque alpha is no mask (the whole image is the exemplar, as without alpha); nor is
+    one with no pixel of at least 0.5, where the mask would mark nothing (fully transparent or
+    faint all over: a warning, its colours are used as they are). In a batch that mixes them,
+    such an exemplar gets an all-object mask, which frames it as the whole image."""
     opaque = (alpha >= 1).flatten(1).all(dim=1)
-    clear = (alpha <= 0).flatten(1).all(dim=1)
+    clear = (alpha < 0.5).flatten(1).all(dim=1)  # the object mask's threshold: nothing marked
     for i in torch.nonzero(clear).flatten().tolist():
+        peak = float(alpha[i].max())
+        state = "fully transparent" if peak <= 0 else f"transparent (alpha at most {peak:.2f})"
         log.warning(
-            "exemplar %d is fully transparent: its alpha is ignored and its colours are used as "
-            "they are; save the object opaque on a transparent background",
+            "exemplar %d is %s: its alpha marks no object (opaque = alpha 0.5 or more), so it is "
+            "ignored and the whole image is used with its colours as they are; save the object "
+            "opaque on a transparent background",
             i,
+            state,
         )
     if bool((opaque | clear).all()):
         return None

@@ -124,18 +124,23 @@ def edit_masks(images: torch.Tensor, mask: object, mask_grow: int, mask_blur: in
 
 
 def window_size(model, vae, resolution: int) -> tuple[int, int]:
-    """(resolution, size multiple) of the processed window: the model's native size and its
-    UNet's and VAE's multiple when a model is given, else 512 and 64; refuses a resolution that
-    is not a multiple."""
+    """(resolution, size multiple) of the processed window: the model's native size (512 for a
+    MODEL not of this pack) and its UNet's and VAE's multiple when a model is given, else 512
+    and 64; refuses a resolution that is not a multiple."""
     if model is not None:
         multiple = size_multiple(model, vae)
         resolution = resolution or model_native_size(model)
+        needs = "which this model needs (its UNet's and VAE's size multiple)"
     else:
         multiple = DEFAULT_MULTIPLE
         resolution = resolution or DEFAULT_RESOLUTION
+        needs = (
+            "which the window needs without a model; connect model and vae to use the "
+            "model's own size multiple instead"
+        )
     if resolution < multiple or resolution % multiple:
         raise PaintByExampleInputError(
-            f"resolution {resolution} is not a multiple of {multiple}, which this model needs"
+            f"resolution {resolution} is not a multiple of {multiple}, {needs}"
         )
     return resolution, multiple
 
@@ -236,8 +241,9 @@ class CropForExemplarEdit(io.ComfyNode):
                     "model",
                     optional=True,
                     tooltip="Optional: the MODEL that will sample the window. With the VAE it "
-                    "sets the window's size multiple and the default resolution (its native "
-                    "size); without them: multiples of 64 and 512 px.",
+                    "sets the window's size multiple (its UNet's and VAE's) and, for a "
+                    "Paint-by-Example model, the default resolution (its native size; 512 for "
+                    "any other MODEL); without them: multiples of 64 and 512 px.",
                 ),
                 io.Vae.Input(
                     "vae",
@@ -251,8 +257,8 @@ class CropForExemplarEdit(io.ComfyNode):
                     min=0,
                     max=RESOLUTION_MAX,
                     step=16,
-                    tooltip="Longer side of the window output. 0 = the model's own training "
-                    "resolution when a model is connected, else 512.",
+                    tooltip="Longer side of the window output. 0 = the training resolution of "
+                    "a connected Paint-by-Example model, else 512.",
                 ),
                 feather_input(),
                 mask_grow_input(optional=False),

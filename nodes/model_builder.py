@@ -102,7 +102,10 @@ def vae_source(vae) -> str:
 
 
 def model_native_size(model: comfy.model_patcher.ModelPatcher) -> int:
-    """The training resolution of a MODEL of this pack (``ModelConfigs.native_size``)."""
+    """The training resolution of a MODEL of this pack (``ModelConfigs.native_size``); 512 for
+    any other MODEL (ComfyUI's models carry no training size to read)."""
+    if not is_pbe_model(model):
+        return 512
     return int(model.model_options.get(NATIVE_SIZE_KEY, 512))
 
 

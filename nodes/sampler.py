@@ -164,7 +164,8 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     max=RESOLUTION_MAX,
                     step=16,
                     tooltip="Longer side of the processed window. 0 = the model's own training "
-                    "resolution (512 for the published model, 64 for the embedded mini model).",
+                    "resolution (512 for the published model, 64 for the embedded mini model); a "
+                    "multiple of the model's size multiple (64 for the published model).",
                 ),
                 feather_input(),
                 color_match_input(),

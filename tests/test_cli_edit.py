@@ -208,10 +208,27 @@ def test_preview_never_replaces_a_file_and_is_checked_before_the_model_loads(fil
     assert "--preview" in err and "already exists" in err
     assert users.read_bytes() == b"the user's picture" and not out.exists()
     assert main(_args(tmp, ckpt, "out.png", "--preview", str(out))) == 2
-    assert "is one of the inputs" in capsys.readouterr().err and not out.exists()
+    assert f"--preview {out} is the --out file" in capsys.readouterr().err and not out.exists()
     assert main(_args(tmp, ckpt, "out.png", "--preview", str(tmp / "src.png"))) == 2
     assert "is one of the inputs" in capsys.readouterr().err and not out.exists()
     assert main(_args(tmp, ckpt, "out.png", "--preview", str(tmp / "p.tif"))) == 2
     assert "must end in .png" in capsys.readouterr().err and not out.exists()
     assert main(_args(tmp, ckpt, "out.png", "--preview", str(users), "--overwrite")) == 0
     assert users.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_faint_alpha_is_reported_as_ignored_and_edits_as_the_opaque_exemplar(
+    files, capsys, caplog
+):
+    tmp, ckpt = files
+    colours = np.asarray(Image.open(tmp / "ex.png"))[..., :3]
+    Image.fromarray(colours).save(tmp / "ex.png")
+    assert main(_args(tmp, ckpt, "opaque.png")) == 0
+    faint = np.concatenate([colours, np.full((*colours.shape[:2], 1), 76, np.uint8)], axis=-1)
+    Image.fromarray(faint, "RGBA").save(tmp / "ex.png")  # alpha 0.3 everywhere: marks nothing
+    capsys.readouterr()
+    assert main(_args(tmp, ckpt, "faint.png")) == 0
+    assert "its alpha is the exemplar mask" not in capsys.readouterr().out
+    assert "its alpha marks no object" in caplog.text
+    opaque, faint_out = (np.asarray(Image.open(tmp / name)) for name in ("opaque.png", "faint.png"))
+    assert np.array_equal(faint_out, opaque)

@@ -52,3 +52,14 @@ def test_an_existing_destination_is_never_replaced(tiny_model, tmp_path, capsys)
     assert main(["export-clip-vision", str(src), str(dst)]) == 2
     assert "already exists" in capsys.readouterr().err
     assert dst.read_bytes() == b"the user's CLIP Vision file"
+
+
+def test_an_output_name_without_safetensors_is_refused_before_the_checkpoint_is_read(
+    tmp_path, capsys
+):
+    src = tmp_path / "model.ckpt"
+    src.write_bytes(b"not a checkpoint: reading it would fail with another message")
+    dst = tmp_path / "clip-vit-large-patch14.bin"
+    assert main(["export-clip-vision", str(src), str(dst)]) == 2
+    assert f"{dst} must end in .safetensors" in capsys.readouterr().err
+    assert not dst.exists()

@@ -54,7 +54,7 @@ def test_save_refuses_to_overwrite_unless_asked(tmp_path):
     assert load_rgb(target).min() == 1
 
 
-def test_an_exemplars_alpha_is_kept_only_when_it_marks_an_object(tmp_path, caplog):
+def test_an_exemplars_alpha_is_kept_unless_fully_opaque(tmp_path, caplog):
     from exemplar_core.image_io import load_exemplar
 
     la = np.zeros((8, 6, 2), np.uint8)
@@ -69,6 +69,6 @@ def test_an_exemplars_alpha_is_kept_only_when_it_marks_an_object(tmp_path, caplo
     Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
     Image.fromarray(np.zeros((8, 6, 4), np.uint8), "RGBA").save(tmp_path / "clear.png")
     assert load_exemplar(tmp_path / "opaque.png").shape == (1, 3, 8, 6)
-    assert "fully transparent" not in caplog.text
-    assert load_exemplar(tmp_path / "clear.png").shape == (1, 3, 8, 6)
-    assert "clear.png is fully transparent: its alpha is ignored" in caplog.text
+    # whether an alpha marks an object is preprocess.alpha_object_mask's decision, not the loader's
+    assert load_exemplar(tmp_path / "clear.png").shape == (1, 4, 8, 6)
+    assert not caplog.text

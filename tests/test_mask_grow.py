@@ -132,5 +132,13 @@ def test_a_shrink_or_blur_that_empties_the_mask_says_so():
         grow_and_blur(dot, 0, 20)
 
 
+def test_a_blur_that_empties_what_a_shrink_left_names_the_blur_and_the_shrunk_box():
+    mask = torch.zeros(100, 100)
+    mask[30:70, 30:70] = 1
+    assert grow_and_blur(mask, -10, 0).any()  # the shrink alone leaves 20x20 px
+    with pytest.raises(SettingError, match=r"^--mask-blur 60 removes .*--mask-grow -10 .*20x20"):
+        grow_and_blur(mask, -10, 60, names=("--mask-grow", "--mask-blur"))
+
+
 def test_an_empty_mask_stays_empty():
     assert not grow_and_blur(torch.zeros(1, 20, 20), 5, 3).any()

@@ -164,6 +164,17 @@ def test_alpha_is_the_exemplar_mask_unless_a_mask_is_given(caplog):
     assert "exemplar 0 is fully transparent" in caplog.text
 
 
+def test_an_alpha_with_no_opaque_pixel_is_ignored_like_a_fully_transparent_one(caplog):
+    from exemplar_core.preprocess import frame_exemplar
+
+    rgb = torch.rand(1, 3, 48, 40, generator=torch.Generator().manual_seed(3))
+    faint = torch.cat([rgb, torch.full((1, 1, 48, 40), 0.3)], dim=1)  # nothing reaches 0.5
+    assert torch.equal(frame_exemplar(faint, CFG), frame_exemplar(rgb, CFG))
+    assert "exemplar 0 is transparent (alpha at most 0.30): its alpha marks no object" in (
+        caplog.text
+    )
+
+
 def test_a_background_mask_looks_inverted_and_an_object_mask_does_not():
     from exemplar_core.preprocess import mask_looks_inverted
 

@@ -201,7 +201,7 @@ def run_merge_lora(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def run_export_clip_vision(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from .clip_vision import save_clip_vision
+    from .clip_vision import check_clip_vision_name, save_clip_vision
 
     out = out or sys.stdout
     src, dst = Path(args.src), Path(args.dst)
@@ -209,6 +209,7 @@ def run_export_clip_vision(args: argparse.Namespace, out: TextIO | None = None) 
         if dst.exists():  # never replaced: the user's CLIP Vision file may be the real one
             raise DestinationError(f"DST {dst} already exists; choose another path")
         check_destination(dst, overwrite=False, inputs=[src], what="DST")
+        check_clip_vision_name(dst)  # before the checkpoint is read, as in convert
         ckpt = load_checkpoint(src)
         save_clip_vision(ckpt.encoder, ckpt.configs.encoder, dst, DTYPES[args.dtype])
     except (CheckpointError, DestinationError) as err:

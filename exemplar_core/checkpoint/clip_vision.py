@@ -58,6 +58,15 @@ def clip_vision_state_dict(
     return out
 
 
+def check_clip_vision_name(path: str | os.PathLike[str]) -> Path:
+    """The output path, refused unless it ends in ``.safetensors``; callers check it before
+    reading a checkpoint (minutes for the official file)."""
+    out = Path(path)
+    if out.suffix != ".safetensors":
+        raise CheckpointError(f"{out} must end in .safetensors (ComfyUI's clip_vision files do)")
+    return out
+
+
 def save_clip_vision(
     encoder: Mapping[str, torch.Tensor],
     config: EncoderConfig,
@@ -69,9 +78,7 @@ def save_clip_vision(
     from safetensors.torch import save_file
 
     check_stock_vit_l(config)
-    out = Path(path)
-    if out.suffix != ".safetensors":
-        raise CheckpointError(f"{out} must end in .safetensors (ComfyUI's clip_vision files do)")
+    out = check_clip_vision_name(path)
     tensors = prepare_tensors(clip_vision_state_dict(encoder), dtype)
     atomic_write(out, lambda tmp: save_file(tensors, str(tmp)), overwrite=False)
     return out

@@ -22,10 +22,9 @@ import torch
 from PIL import Image
 from test_bad_inputs import FAILED, OK, run_prompt
 from test_nodes import _error
-from vit_l_files import write_vit_l_pair
 
-PBE = "paint-by-example.safetensors"
-CLIP = "clip-vit-large-patch14.safetensors"
+PBE = pbe_host.workflows_build().PUBLISHED_MODEL  # the names conftest's vit_l_pair writes
+CLIP = pbe_host.workflows_build().CLIP_VISION_FILE
 MAPPER = "PaintByExample.ExemplarMapper"
 ENCODE = "PaintByExample.ExemplarEncode"
 LOADER = "PaintByExample.Loader"
@@ -35,18 +34,11 @@ COSINE = 0.9999
 
 
 @pytest.fixture(scope="module")
-def install_base(tmp_path_factory):
-    """A user's ComfyUI folder whose models/ holds the ViT-L/14 pair (written once)."""
-    base = tmp_path_factory.mktemp("mapper_install")
-    write_vit_l_pair(base / "ComfyUI" / "models", PBE, CLIP)
-    return base
-
-
-@pytest.fixture(scope="module")
-def server(install_base):
-    server = pbe_host.start_user_install(install_base)
-    yield server
-    server.stop()
+def server(user_install, vit_l_pair):
+    """The session's user install with the ViT-L/14 pair added to its models folder (as the
+    templates' tests add it: no second server, the files written once per session)."""
+    pbe_host.add_model_files(user_install, vit_l_pair)
+    return user_install
 
 
 def mapper_prompt(clip_tower: str = SKIP) -> dict:
@@ -143,13 +135,12 @@ def test_a_clip_output_of_another_width_fails_clearly_and_the_server_keeps_worki
 
 
 @pytest.fixture(scope="module")
-def vit_l(host, install_base):
+def vit_l(host, vit_l_pair):
     """(CLIP_VISION, PBE_ENCODER with its tower, PBE_ENCODER without) from the pair's files."""
     import folder_paths
 
-    models = install_base / "ComfyUI" / "models"
-    folder_paths.add_model_folder_path("paint_by_example", str(models / "paint_by_example"))
-    folder_paths.add_model_folder_path("clip_vision", str(models / "clip_vision"))
+    folder_paths.add_model_folder_path("paint_by_example", str(vit_l_pair / "paint_by_example"))
+    folder_paths.add_model_folder_path("clip_vision", str(vit_l_pair / "clip_vision"))
     (clip_vision,) = host.nodes.NODE_CLASS_MAPPINGS["CLIPVisionLoader"]().load_clip(CLIP)
     full = host.run(LOADER, model_name=PBE, weight_dtype="fp32")[2]
     towerless = host.run(LOADER, model_name=PBE, weight_dtype="fp32", clip_tower=SKIP)[2]
@@ -274,7 +265,7 @@ def test_the_lora_loaders_exemplar_patches_apply_on_the_mapper_path(host, loaded
 
 
 def test_a_clip_vision_file_exported_from_the_checkpoint_serves_the_mapper(
-    host, vit_l, install_base, tmp_path
+    host, vit_l, vit_l_pair, tmp_path
 ):
     """``python -m exemplar_core export-clip-vision``: ComfyUI's own loader reads the file as a
     ViT-L/14 and the Mapper's conditioning from it is the pair's clip_vision file's."""
@@ -282,7 +273,7 @@ def test_a_clip_vision_file_exported_from_the_checkpoint_serves_the_mapper(
 
     from exemplar_core.cli import main
 
-    src = install_base / "ComfyUI" / "models" / "paint_by_example" / PBE
+    src = vit_l_pair / "paint_by_example" / PBE
     dst = tmp_path / "exported.safetensors"
     assert main(["export-clip-vision", str(src), str(dst)]) == 0
     exported = comfy.clip_vision.load(str(dst))

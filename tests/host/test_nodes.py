@@ -187,6 +187,16 @@ def test_encode_gives_one_token_per_exemplar_and_the_learned_negative(host, load
     assert torch.allclose(negative[0][0], learned.expand(3, 1, 32))
 
 
+def test_encode_ignores_an_alpha_with_no_opaque_pixel(host, loaded):
+    _, _, encoder = loaded
+    rgb = _image(4, size=32)
+    faint = torch.cat([rgb, torch.full((1, 32, 32, 1), 0.3)], dim=-1)  # nothing reaches 0.5
+    encode = "PaintByExample.ExemplarEncode"
+    by_rgb = host.run(encode, encoder=encoder, exemplar=rgb)
+    by_faint = host.run(encode, encoder=encoder, exemplar=faint)  # not "exemplar mask is empty"
+    assert torch.equal(by_faint[0][0][0], by_rgb[0][0][0])
+
+
 def test_encode_matches_the_core_encoder(host, loaded):
     from exemplar_core.preprocess import preprocess_exemplar
 
@@ -331,6 +341,29 @@ def test_crop_description_holds_each_images_window_and_windows_share_one_size(ho
     (back,) = host.run("PaintByExample.StitchEdit", crop=crop, edited=window)
     band = host.module("exemplar_core.crop").feather_alpha(crop.items[0].edit_mask, 4)[0, 0] > 0
     assert torch.equal(back[0][~band], images[0][~band])
+
+
+def test_crop_without_a_model_names_its_own_size_multiple_not_a_models(host):
+    message = _error(
+        host, "PaintByExample.CropForEdit", image=_image(), mask=_mask(), resolution=480
+    )
+    assert "resolution 480 is not a multiple of 64, which the window needs without a model" in (
+        message
+    )
+    assert "connect model and vae" in message and "this model" not in message
+
+
+def test_crop_reads_the_native_size_of_this_packs_model_only(host, loaded):
+    model, vae, _ = loaded
+    not_pbe = model.clone()  # another pack's MODEL: no marker, whatever else its options hold
+    not_pbe.model_options.pop("paint_by_example")
+    sizes = {}
+    for name, candidate in (("pbe", model), ("other", not_pbe)):
+        window, _, _ = host.run(
+            "PaintByExample.CropForEdit", image=_image(), mask=_mask(), model=candidate, vae=vae
+        )
+        sizes[name] = tuple(window.shape[1:3])
+    assert sizes == {"pbe": (SIZE, SIZE), "other": (512, 512)}  # the tiny model is 64 px native
 
 
 def test_stitch_takes_k_variants_of_one_crop_and_refuses_a_mismatched_batch(host):
