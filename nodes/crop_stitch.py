@@ -56,6 +56,14 @@ def context_margin_input() -> io.Float.Input:
     )
 
 
+def resolution_input(tooltip: str) -> io.Int.Input:
+    """The window's longer side (0 = the model's own size); the sampler and Crop word the
+    default differently, so each gives its tooltip."""
+    return io.Int.Input(
+        "resolution", default=0, min=0, max=RESOLUTION_MAX, step=16, tooltip=tooltip
+    )
+
+
 def feather_input() -> io.Int.Input:
     return io.Int.Input(
         "feather",
@@ -251,14 +259,9 @@ class CropForExemplarEdit(io.ComfyNode):
                     tooltip="Optional, with model: the VAE that will encode the window.",
                 ),
                 context_margin_input(),
-                io.Int.Input(
-                    "resolution",
-                    default=0,
-                    min=0,
-                    max=RESOLUTION_MAX,
-                    step=16,
-                    tooltip="Longer side of the window output. 0 = the training resolution of "
-                    "a connected Paint-by-Example model, else 512.",
+                resolution_input(
+                    "Longer side of the window output. 0 = the training resolution of "
+                    "a connected Paint-by-Example model, else 512."
                 ),
                 feather_input(),
                 mask_grow_input(optional=False),

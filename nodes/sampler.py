@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..exemplar_core import crop, node_ids
-from ..exemplar_core.checks import RESOLUTION_MAX, SEED_MAX
+from ..exemplar_core.checks import SEED_MAX
 from ..exemplar_core.guidance import DEFAULT_SIMILARITY
 from .checks import (
     PaintByExampleInputError,
@@ -39,6 +39,7 @@ from .crop_stitch import (
     feather_input,
     mask_blur_input,
     mask_grow_input,
+    resolution_input,
     stitch_one,
     to_bchw,
     to_bhwc,
@@ -157,15 +158,10 @@ class ExemplarInpaintSampler(io.ComfyNode):
                     "more of the source under the mask.",
                 ),
                 context_margin_input(),
-                io.Int.Input(
-                    "resolution",
-                    default=0,
-                    min=0,
-                    max=RESOLUTION_MAX,
-                    step=16,
-                    tooltip="Longer side of the processed window. 0 = the model's own training "
+                resolution_input(
+                    "Longer side of the processed window. 0 = the model's own training "
                     "resolution (512 for the published model, 64 for the embedded mini model); a "
-                    "multiple of the model's size multiple (64 for the published model).",
+                    "multiple of the model's size multiple (64 for the published model)."
                 ),
                 feather_input(),
                 color_match_input(),
