@@ -413,10 +413,13 @@ class Editor:
             run(chunk)
         return results  # type: ignore[return-value]  # every place is filled above
 
-    def _prepare(self, request: EditRequest, mask_hint: str = RESIZE_MASK_HINT):
+    def _prepare(
+        self, request: EditRequest, mask_hint: str = RESIZE_MASK_HINT
+    ) -> _Prepared | EditResult:
         """One request up to the sampler: checks, the grown and blurred mask, the window, the
         exemplar's condition and the request's random draws in diffusers' pipeline order.
-        Returns a ``_Prepared``, or the finished ``EditResult`` when the mask is empty."""
+        Returns a ``_Prepared``, or the finished ``EditResult`` when the mask is empty.
+        ``mask_hint`` ends the message for a mask of the wrong size (the edit command's option)."""
         settings = request.settings
         settings.check(self.size_multiple)
         source = _as_batch(request.source, 3, "source")
