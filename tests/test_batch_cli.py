@@ -114,6 +114,10 @@ def test_a_csv_manifest_with_per_job_settings(tmp_path, capsys):
     )
     out = tmp_path / "out"
     assert main(_batch(tmp_path / "jobs.csv", out, "--seed", "7")) == 0
+    captured = capsys.readouterr()
+    assert "batch: 2 done, 0 skipped, 0 failed in " in captured.out
+    assert "edits/s" in captured.out
+    assert "2/2" in captured.err and "edits/s" in captured.err  # the progress bar's last state
     last = {entry["id"]: entry for entry in records(out)}
     assert (last["a"]["seed"], last["a"]["settings"]["steps"]) == (5, 1)
     assert last["a"]["settings"]["paste_back"] is False

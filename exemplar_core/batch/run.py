@@ -301,7 +301,10 @@ def run_batch(
         finally:
             bar.close()
         summary.seconds = time.perf_counter() - start
-        summary.stopped_by = stop.signal_name
+        if (
+            summary.done + summary.failed < summary.planned
+        ):  # a signal after the last batch stops nothing
+            summary.stopped_by = stop.signal_name
     return summary
 
 
