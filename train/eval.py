@@ -439,12 +439,18 @@ def _load_folder_images(folder: Path, suffix: str) -> dict[str, np.ndarray]:
 
 
 def _cmd_folder(args: argparse.Namespace) -> int:
-    """COCOEE-style: results/{id}.png, exemplars/{id}_ref.png, masks/{id}_mask.png (white box)."""
+    """COCOEE-style: results/{id}.png, exemplars/{id}_ref.png, masks/{id}_mask.png (white box).
+    The exemplars and masks default to the folders ``batch --cocoee`` writes inside the results'."""
     import open_clip
 
+    from exemplar_core.batch.cocoee import EXEMPLARS_FOLDER, MASKS_FOLDER
+
     results = _load_folder_images(Path(args.results), args.result_suffix)
-    refs = _load_folder_images(Path(args.exemplars), args.exemplar_suffix)
-    masks = _load_folder_images(Path(args.masks), args.mask_suffix)
+    exemplar_folder = Path(args.exemplars or Path(args.results, EXEMPLARS_FOLDER))
+    refs = _load_folder_images(exemplar_folder, args.exemplar_suffix)
+    masks = _load_folder_images(
+        Path(args.masks or Path(args.results, MASKS_FOLDER)), args.mask_suffix
+    )
     ids = sorted(set(results) & set(refs) & set(masks))
     if not ids:
         raise SystemExit("error: no id has a result, an exemplar and a mask; check the suffixes")
@@ -534,8 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(func=_cmd_pool)
     f = sub.add_parser("folder", help="COCOEE-style CLIP score and FID on a folder of results")
     f.add_argument("--results", required=True)
-    f.add_argument("--exemplars", required=True)
-    f.add_argument("--masks", required=True)
+    f.add_argument("--exemplars", help="folder of {id}_ref.png (default: RESULTS/exemplars)")
+    f.add_argument("--masks", help="folder of {id}_mask.png (default: RESULTS/masks)")
     f.add_argument("--result-suffix", default=".png")
     f.add_argument("--exemplar-suffix", default="_ref.png")
     f.add_argument("--mask-suffix", default="_mask.png")
