@@ -132,7 +132,12 @@ def _tiny_open_clip(tmp_path: Path) -> tuple[str, Path]:
     return name, weights
 
 
-def test_train_eval_folder_scores_the_batch_out_folder_by_its_defaults(tmp_path, capsys):
+def test_train_eval_folder_scores_the_batch_out_folder_by_its_defaults(
+    tmp_path, capsys, monkeypatch
+):
+    import torch
+    import torchvision
+
     from train import eval as train_eval
 
     bench = make_bench(tmp_path / "tb")
@@ -143,8 +148,33 @@ def test_train_eval_folder_scores_the_batch_out_folder_by_its_defaults(tmp_path,
         Image.open(bench / "GT_3500" / f"{key}_GT.png").save(out / f"{key}.png")
     cocoee.write_eval_layout(bench, out)
     name, weights = _tiny_open_clip(tmp_path)
+    reference = tmp_path / "reference"  # FID's real images, read lazily
+    reference.mkdir()
+    for coco_id in IDS:
+        (reference / f"{_key(coco_id)}.png").write_bytes(
+            (out / f"{_key(coco_id)}.png").read_bytes()
+        )
+    (reference / ".DS_Store").write_bytes(b"not an image")  # hidden files are not images
+    inception = tmp_path / "inception.pt"  # random weights: only the pairing is checked here
+    torch.save(
+        torchvision.models.inception_v3(
+            weights=None, aux_logits=True, init_weights=False
+        ).state_dict(),
+        inception,
+    )
+    seen = {}
+
+    def fid(extract, generated, real):  # counts what reaches the metric, batch by batch
+        seen["generated"] = sum(len(b) for b in generated)
+        seen["real"] = [tuple(b.shape) for b in real]
+        return 1.5
+
+    monkeypatch.setattr(train_eval.metrics, "fid", fid)
     args = ["folder", "--results", str(out), "--clip-model", name, "--clip-weights", str(weights)]
+    args += ["--fid-weights", str(inception), "--reference", str(reference)]
     assert train_eval.main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == len(IDS)  # every complete id; the broken one has no mask
     assert -100.0 <= report["clip_score"] <= 100.0
+    assert report["fid"] == 1.5
+    assert seen == {"generated": len(IDS), "real": [(len(IDS), 3, 299, 299)]}
