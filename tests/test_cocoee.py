@@ -178,3 +178,26 @@ def test_train_eval_folder_scores_the_batch_out_folder_by_its_defaults(
     assert -100.0 <= report["clip_score"] <= 100.0
     assert report["fid"] == 1.5
     assert seen == {"generated": len(IDS), "real": [(len(IDS), 3, 299, 299)]}
+
+
+def test_official_settings_fill_only_the_options_left_at_their_defaults():
+    from exemplar_core.editor import EditSettings
+
+    editor = EditSettings()
+    given = {
+        "steps": 2,
+        "seed": editor.seed,
+        "whole_image": False,
+        "paste_back": True,
+        "feather": 3,
+    }
+    settings = cocoee.cocoee_defaults(given)
+    assert settings == {
+        "steps": 2,  # given on the command line: kept
+        "seed": 42,  # the official script's seed_everything(42)
+        "whole_image": True,
+        "paste_back": False,
+        "feather": 3,
+        "similarity": 5.0,
+        "scheduler": "pndm",  # PLMS
+    }

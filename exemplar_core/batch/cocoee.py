@@ -16,14 +16,18 @@ expects, so ``train.eval folder --results OUT`` scores the run with no renaming.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import atomic_write
 from .jobs import Job
+
+log = logging.getLogger(__name__)
 
 GT_FOLDER, REF_FOLDER, MASK_FOLDER = "GT_3500", "Ref_3500", "Mask_bbox_3500"
 GT_SUFFIX, REF_SUFFIX, MASK_SUFFIX = "_GT.png", "_ref.png", "_mask.png"
@@ -46,6 +50,20 @@ COCOEE_SETTINGS: dict[str, object] = {
     "whole_image": True,
     "paste_back": False,
 }
+
+
+def cocoee_defaults(defaults: Mapping[str, object]) -> dict[str, object]:
+    """The command line's settings (field names) with ``COCOEE_SETTINGS`` wherever an option
+    was left at the editor's default: ``--steps 20`` stays 20, an untouched ``--seed`` is 42."""
+    from ..editor import EditSettings
+
+    editor_defaults = EditSettings()
+    settings = dict(defaults)
+    for name, official in COCOEE_SETTINGS.items():
+        if settings.get(name, getattr(editor_defaults, name)) == getattr(editor_defaults, name):
+            settings[name] = official
+    return settings
+
 
 _FOLDERS = ((GT_FOLDER, GT_SUFFIX, "source"), (REF_FOLDER, REF_SUFFIX, "exemplar"))
 _FOLDERS += ((MASK_FOLDER, MASK_SUFFIX, "mask"),)
@@ -149,8 +167,11 @@ def cocoee_jobs(folder: str | os.PathLike[str]) -> list[Job]:
     """One job per COCOEE id (source = ``GT_3500``, exemplar = ``Ref_3500``, mask =
     ``Mask_bbox_3500``), in the id list's order, with no settings of its own (the command line's,
     ``COCOEE_SETTINGS`` under ``--cocoee``, apply). An id lacking a file still gets its job: it
-    fails on the missing file and is recorded in the results with that message."""
+    fails on the missing file and is recorded in the results with that message; each such id
+    is also logged as a warning."""
     bench = scan(folder)
+    for line in bench.problems():
+        log.warning("%s", line)
     jobs = []
     for key in bench.ids:
         paths = _paths(bench.folder, key)
