@@ -201,3 +201,32 @@ def test_official_settings_fill_only_the_options_left_at_their_defaults():
         "similarity": 5.0,
         "scheduler": "pndm",  # PLMS
     }
+
+
+def test_batch_cocoee_edits_every_complete_id_and_records_the_broken_one(tmp_path, capsys):
+    from exemplar_core.batch.results import load_results
+    from exemplar_core.cli import main as cli_main
+    from exemplar_core.demo import DEFAULT_MODEL
+    from train import eval as train_eval
+
+    bench = make_bench(tmp_path / "test_bench")
+    out = tmp_path / "out"
+    argv = ["batch", "--cocoee", str(bench), "--checkpoint", str(DEFAULT_MODEL), "--out", str(out)]
+    argv += ["--steps", "2", "--no-progress", "--device", "cpu", "--batch-size", "4"]
+    assert cli_main(argv) == 1  # one job failed, the others ran
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{_key(i)}.png" for i in IDS]
+    for coco_id in IDS:
+        assert Image.open(out / f"{_key(coco_id)}.png").size == (SIZE, SIZE)
+    records = load_results(out)
+    broken = records[_key(BROKEN)]
+    assert broken["output"] is None and f"{_key(BROKEN)}_mask.png" in broken["error"]
+    for coco_id in IDS:
+        done = records[_key(coco_id)]
+        assert done["error"] is None and done["output"] == f"{_key(coco_id)}.png"
+        settings = done["settings"]
+        assert (settings["steps"], settings["seed"]) == (2, 42)  # given, official
+        assert settings["whole_image"] and not settings["paste_back"]
+    capsys.readouterr()
+    # the second documented command, at its defaults, pairs every edited id
+    assert train_eval.main(["folder", "--results", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"images": len(IDS)}

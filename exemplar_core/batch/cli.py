@@ -113,6 +113,10 @@ def run_args(args: argparse.Namespace) -> int:
     if not checkpoint.exists():
         raise ValueError(f"--checkpoint not found: {checkpoint}")
     defaults = {**edit_settings_of(args), "eta": args.eta}
+    if args.cocoee:  # the official test bench's settings where an option is left at its default
+        from .cocoee import cocoee_defaults
+
+        defaults = cocoee_defaults(defaults)
     names = {
         **{k: "--" + k.replace("_", "-") for k in defaults},
         **(getattr(args, "options", None) or {}),
@@ -144,6 +148,10 @@ def run_args(args: argparse.Namespace) -> int:
         },
     )
     fingerprint.claim(out_dir, args.overwrite)
+    if args.cocoee and shard.rank == 0:  # exemplars/ and masks/ for train.eval, before any edit
+        from .cocoee import write_eval_layout
+
+        write_eval_layout(Path(args.cocoee), out_dir, overwrite=args.overwrite)
 
     device = None if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -167,10 +175,6 @@ def run_args(args: argparse.Namespace) -> int:
     summary = run_batch(editor, jobs, options, problems, shard)
     who = f"batch rank {shard.rank}/{shard.world}" if shard.sharded else "batch"
     print(f"{who}: {summary.line()}; results in {out_dir}", flush=True)
-    if args.cocoee and not shard.sharded and summary.all_done:
-        from . import cocoee
-
-        cocoee.write_eval_layout(Path(args.cocoee), out_dir)
     if summary.stopped_by:
         return EXIT_SIGNAL.get(summary.stopped_by, 130)
     return 0 if summary.all_done else EXIT_FAILED

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..files import atomic_write
-from .jobs import Job
+from .jobs import Job, check_job_id
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,6 @@ def cocoee_defaults(defaults: Mapping[str, object]) -> dict[str, object]:
 
 _FOLDERS = ((GT_FOLDER, GT_SUFFIX, "source"), (REF_FOLDER, REF_SUFFIX, "exemplar"))
 _FOLDERS += ((MASK_FOLDER, MASK_SUFFIX, "mask"),)
-_VALID_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # the batch's job id rule
 
 
 class CocoeeLayoutError(ValueError):
@@ -90,8 +88,7 @@ class CocoeeBench:
             for key, paths in sorted(self.missing.items())
         ]
         return lines + [
-            f"COCOEE file name {name!r} skipped: an id is letters, digits, '.', '_', '-'"
-            for name in self.stray
+            f"COCOEE file name {name!r} skipped: {check_job_id(name)}" for name in self.stray
         ]
 
 
@@ -154,7 +151,7 @@ def scan(folder: str | os.PathLike[str]) -> CocoeeBench:
     if len(set(ids)) < len(ids):
         twice = sorted({key for key in ids if ids.count(key) > 1})
         raise CocoeeLayoutError(f"{id_list} lists these ids more than once: {twice[:10]}")
-    bench = CocoeeBench(root, [key for key in ids if _VALID_ID.fullmatch(key)])
+    bench = CocoeeBench(root, [key for key in ids if check_job_id(key) is None])
     bench.stray = sorted(set(ids) - set(bench.ids))
     for key in ids:
         lacking = [path for path in _paths(root, key).values() if not path.is_file()]
