@@ -49,8 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cocoee",
         metavar="FOLDER",
         help="instead of a manifest, every image of the COCOEE test bench in FOLDER (its "
-        "official layout), written so that `python -m train.eval folder` scores DIR (default: "
-        "none)",
+        "official layout: GT_3500, Ref_3500, Mask_bbox_3500), written so that `python -m "
+        "train.eval folder --results DIR` scores DIR; options left at their defaults take the "
+        "official test bench's values (--seed 42, --whole-image, --no-paste-back; 50 PLMS "
+        "steps, similarity 5) (default: none)",
     )
     p.add_argument(
         "--checkpoint",
