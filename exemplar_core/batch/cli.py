@@ -49,10 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cocoee",
         metavar="FOLDER",
         help="instead of a manifest, every image of the COCOEE test bench in FOLDER (its "
-        "official layout: GT_3500, Ref_3500, Mask_bbox_3500), written so that `python -m "
-        "train.eval folder --results DIR` scores DIR; options left at their defaults take the "
-        "official test bench's values (--seed 42, --whole-image, --no-paste-back; 50 PLMS "
-        "steps, similarity 5) (default: none)",
+        "official layout: GT_3500, Ref_3500, Mask_bbox_3500), its exemplars and masks linked "
+        "into DIR so that `python -m train.eval folder --results DIR` scores it; the settings "
+        "left at the editor's defaults take the official ones (50 PLMS steps, similarity 5, "
+        "seed 42, the whole image, no paste-back) (default: none)",
     )
     p.add_argument(
         "--checkpoint",
@@ -115,10 +115,10 @@ def run_args(args: argparse.Namespace) -> int:
     if not checkpoint.exists():
         raise ValueError(f"--checkpoint not found: {checkpoint}")
     defaults = {**edit_settings_of(args), "eta": args.eta}
-    if args.cocoee:  # the official test bench's settings where an option is left at its default
-        from .cocoee import cocoee_defaults
+    if args.cocoee:
+        from . import cocoee
 
-        defaults = cocoee_defaults(defaults)
+        defaults = cocoee.cocoee_defaults(defaults)  # the official settings, options given win
     names = {
         **{k: "--" + k.replace("_", "-") for k in defaults},
         **(getattr(args, "options", None) or {}),
@@ -126,15 +126,13 @@ def run_args(args: argparse.Namespace) -> int:
     names["paste_back"] = "--no-paste-back"
     EditSettings(**defaults, names=names)  # a bad default fails here, before any work
     if args.cocoee:
-        from . import cocoee
-
         jobs, problems = cocoee.cocoee_jobs(Path(args.cocoee)), []
     else:
         jobs, problems = read_manifest(Path(args.manifest))
     for problem in problems:
         print(f"{args.manifest}: {problem}", file=sys.stderr)
     if not jobs:
-        raise ValueError(f"{args.manifest or args.cocoee}: no line is a job (see above)")
+        raise ValueError(f"{args.manifest or args.cocoee}: no job to run (see above)")
     lora_args = [parse_lora_argument(text, "--lora") for text in args.lora]
     loras = [(read_lora(path), strength) for path, strength in lora_args]
     for lora, _ in loras:
@@ -150,10 +148,8 @@ def run_args(args: argparse.Namespace) -> int:
         },
     )
     fingerprint.claim(out_dir, args.overwrite)
-    if args.cocoee and shard.rank == 0:  # exemplars/ and masks/ for train.eval, before any edit
-        from .cocoee import write_eval_layout
-
-        write_eval_layout(Path(args.cocoee), out_dir, overwrite=args.overwrite)
+    if args.cocoee:  # exemplars and masks beside the results, as train.eval folder reads them
+        cocoee.write_eval_layout(Path(args.cocoee), out_dir, overwrite=args.overwrite)
 
     device = None if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
