@@ -106,6 +106,23 @@ def test_eval_layout_links_every_complete_id_and_never_replaces_a_different_file
     assert mine.read_bytes() == b"a user's file"
 
 
+def test_eval_layout_copies_where_a_hard_link_is_refused(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def refuse(src, dst):  # another file system
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    bench = make_bench(tmp_path / "tb")
+    monkeypatch.setattr(os, "link", refuse)
+    assert cocoee.write_eval_layout(bench, tmp_path / "out") == 2 * len(IDS)
+    copied = tmp_path / "out" / "exemplars" / f"{_key(IDS[0])}_ref.png"
+    original = bench / "Ref_3500" / f"{_key(IDS[0])}_ref.png"
+    assert copied.read_bytes() == original.read_bytes()
+    assert not os.path.samefile(copied, original)
+    assert cocoee.write_eval_layout(bench, tmp_path / "out") == 0
+
+
 def _tiny_open_clip(tmp_path: Path) -> tuple[str, Path]:
     """A registered tiny open_clip config and its random weights file (nothing downloaded)."""
     import open_clip

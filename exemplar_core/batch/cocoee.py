@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..files import atomic_write
+from ..files import DestinationError, atomic_write
 from .jobs import Job, check_job_id
 
 log = logging.getLogger(__name__)
@@ -196,14 +196,19 @@ def _place(source: Path, target: Path, overwrite: bool) -> bool:
                 f"{target} exists and differs from {source}; pass --overwrite to replace it, or "
                 f"choose another --out"
             )
-        target.unlink()
+        target.unlink(missing_ok=True)  # another rank may have removed it already
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
     except FileExistsError:  # another process (an accelerate rank) placed it meanwhile
         return _place(source, target, overwrite=False)
     except OSError:  # another file system, or links not allowed: copy
-        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp), overwrite=overwrite)
+        try:
+            atomic_write(target, lambda tmp: shutil.copyfile(source, tmp), overwrite=False)
+        except DestinationError:
+            if not target.exists():
+                raise
+            return _place(source, target, overwrite=False)  # placed meanwhile by another rank
     return True
 
 
