@@ -64,8 +64,11 @@ def cocoee_defaults(defaults: Mapping[str, object]) -> dict[str, object]:
     return settings
 
 
-_FOLDERS = ((GT_FOLDER, GT_SUFFIX, "source"), (REF_FOLDER, REF_SUFFIX, "exemplar"))
-_FOLDERS += ((MASK_FOLDER, MASK_SUFFIX, "mask"),)
+_FOLDERS = (  # (folder, file-name suffix, the job field it fills)
+    (GT_FOLDER, GT_SUFFIX, "source"),
+    (REF_FOLDER, REF_SUFFIX, "exemplar"),
+    (MASK_FOLDER, MASK_SUFFIX, "mask"),
+)
 
 
 class CocoeeLayoutError(ValueError):
