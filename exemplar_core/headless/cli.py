@@ -19,7 +19,9 @@ from .workflow import parse_value
 DESCRIPTION = (
     "Run an API-format workflow on a running ComfyUI: upload images, queue, stream progress, "
     "download the results. Exits 1 with the server's message when ComfyUI rejects or fails the "
-    "workflow, 2 on bad arguments or when the server cannot be reached."
+    "workflow, 2 on bad arguments or when the server cannot be reached. With --manifest, run a "
+    "batch manifest's jobs over one or several servers (--server repeated), resumable; exits 1 "
+    "when a job failed or was left undone."
 )
 
 
@@ -119,7 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model file name for every Paint-by-Example Loader (default: the workflow's own)",
     )
     parser.add_argument(
-        "--seed", type=int, help="seed for every sampler (default: the workflow's own)"
+        "--seed",
+        type=int,
+        help="seed for every sampler; with --manifest, for each job that gives none "
+        "(default: the workflow's own)",
     )
     parser.add_argument(
         "--steps", type=positive_int, help="steps for every sampler (default: the workflow's own)"
@@ -129,13 +134,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=Path("comfyui-results"),
         help="folder for the downloaded images, created if missing; a name already taken there "
-        "gets a -2, -3... suffix, nothing is overwritten (default: %(default)s)",
+        "gets a -2, -3... suffix, nothing is overwritten; with --manifest, OUT/<job id>.png "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--timeout",
         type=positive_seconds,
         default=600.0,
-        help="seconds to wait for the workflow to finish (default: %(default)g)",
+        help="seconds to wait for the workflow to finish (with --manifest: for each job) "
+        "(default: %(default)g)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr (default: off)")
 

@@ -49,7 +49,7 @@ from ..files import DestinationError, atomic_write
 from .cli import parse_sets
 from .client import DEFAULT_SERVER, Client, read_input
 from .errors import EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, HeadlessError, ServerUnreachable
-from .run import _log, apply_options, prepare_out_dir, queue_and_wait, view_path
+from .run import _log, apply_options, node_order, prepare_out_dir, queue_and_wait, view_path
 from .workflow import find_node, load_workflow
 
 # The workflow the farm runs when none is given: the basic template's API twin, whose loaders
@@ -164,7 +164,7 @@ def effective_settings(prompt: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for name, takers in SETTING_INPUTS.items():
         for class_type, input_name in takers:
-            for node_id in sorted(prompt, key=_id_order):
+            for node_id in sorted(prompt, key=node_order):
                 node = prompt[node_id]
                 value = node.get("inputs", {}).get(input_name)
                 if node.get("class_type") == class_type and not isinstance(
@@ -172,10 +172,6 @@ def effective_settings(prompt: dict[str, Any]) -> dict[str, Any]:
                 ):
                     found.setdefault(name, value)
     return found
-
-
-def _id_order(node_id: str) -> tuple[int, str]:
-    return (int(node_id), node_id) if node_id.isdigit() else (1 << 62, node_id)
 
 
 def add_exemplar_mask_loader(prompt: dict[str, Any]) -> str:
@@ -209,7 +205,7 @@ def workflow_hash(prompt: dict[str, Any]) -> str:
 
 
 def first_output_image(entry: dict[str, Any]) -> dict[str, Any]:
-    for node_id in sorted(entry.get("outputs", {}), key=_id_order):
+    for node_id in sorted(entry.get("outputs", {}), key=node_order):
         for image in entry["outputs"][node_id].get("images", []):
             if image.get("type") == "output":
                 return image

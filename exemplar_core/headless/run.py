@@ -96,7 +96,7 @@ def download_outputs(
     """Every output image of a finished prompt, in node-id order, into ``out_dir`` (never over
     an existing file)."""
     saved = []
-    for node_id, output in sorted(entry.get("outputs", {}).items(), key=_node_order):
+    for node_id, output in sorted(entry.get("outputs", {}).items(), key=lambda i: node_order(i[0])):
         title = str(prompt.get(node_id, {}).get("_meta", {}).get("title", node_id))
         for image in output.get("images", []):
             if image.get("type") != "output":
@@ -118,8 +118,8 @@ def view_path(image: dict[str, Any]) -> str:
     return f"/view?{urllib.parse.urlencode(query)}"
 
 
-def _node_order(item: tuple[str, Any]) -> tuple[int, str]:
-    node_id = item[0]
+def node_order(node_id: str) -> tuple[int, str]:
+    """Sort key of node ids: numeric ids in number order, then the others."""
     return (int(node_id), node_id) if node_id.isdigit() else (1 << 62, node_id)
 
 
