@@ -74,7 +74,7 @@ class FakeComfy:
         serve = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         serve.start()
 
-    def handle_prompt(self, handler: BaseHTTPRequestHandler, prompt: dict) -> None:
+    def handle_prompt(self, handler, prompt: dict) -> None:
         source = self.uploads[prompt["2"]["inputs"]["image"].split("/")[-1]]
         with self.lock:
             self.prompts.append(prompt)
@@ -97,11 +97,7 @@ class FakeComfy:
                 "status": {"status_str": "success", "completed": True},
                 "outputs": {"7": {"images": [image]}},
             }
-        body = json.dumps({"prompt_id": prompt_id}).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
+        handler._send(200, json.dumps({"prompt_id": prompt_id}).encode())
 
     def stop(self) -> None:
         self.httpd.shutdown()
