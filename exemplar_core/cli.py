@@ -1,5 +1,5 @@
-"""``python -m exemplar_core``: edit, convert, info, merge-lora, export-clip-vision, demo, headless
-(no ComfyUI needed).
+"""``python -m exemplar_core``: edit, convert, info, merge-lora, export-clip-vision, demo, headless,
+batch (no ComfyUI needed).
 
 Every command exits 0 on success, 2 on bad input (with a message naming the problem and what is
 expected), 1 when a ComfyUI server refuses or fails a headless workflow.
@@ -36,14 +36,6 @@ class _RememberOption(argparse.Action):
 
 
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
-    from typing import get_args
-
-    from .checks import EXEMPLAR_EXPAND_MAX
-    from .dtypes import DTYPES
-    from .editor import SCHEDULERS, EditSettings
-    from .preprocess import ResizeMode
-
-    d = EditSettings()
     p = subparsers.add_parser(
         "edit",
         help="repaint the masked area of a source image with the exemplar's object",
@@ -90,6 +82,27 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         "as the encoder saw it; never replaces an existing file unless --overwrite (default: "
         "none)",
     )
+    add_edit_options(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (default: off, an existing --out is an error)",
+    )
+    p.set_defaults(func=run_edit)
+
+
+def add_edit_options(p: argparse.ArgumentParser) -> None:
+    """The edit settings (``EditSettings``, each option's default its default), --resize-mask,
+    --device, --dtype and --lora, as ``edit`` and ``batch`` both take them;
+    ``edit_settings_of(args)`` reads the settings back."""
+    from typing import get_args
+
+    from .checks import EXEMPLAR_EXPAND_MAX
+    from .dtypes import DTYPES
+    from .editor import SCHEDULERS, EditSettings
+    from .preprocess import ResizeMode
+
+    d = EditSettings()
     p.add_argument(
         "--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)"
     )
@@ -211,12 +224,27 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="merge a Paint-by-Example LoRA .safetensors into the model before editing, at "
         "STRENGTH (a number, default 1; 0 = not applied); repeat to stack several (default: none)",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out if it exists (default: off, an existing --out is an error)",
-    )
-    p.set_defaults(func=run_edit)
+
+
+def edit_settings_of(args: argparse.Namespace) -> dict[str, object]:
+    """The ``EditSettings`` fields that ``add_edit_options`` options give, by field name."""
+    return {
+        "steps": args.steps,
+        "similarity": args.similarity,
+        "seed": args.seed,
+        "scheduler": args.scheduler,
+        "size": args.size,
+        "paste_back": not args.no_paste_back,
+        "whole_image": args.whole_image,
+        "context_margin": args.context_margin,
+        "feather": args.feather,
+        "mask_grow": args.mask_grow,
+        "mask_blur": args.mask_blur,
+        "color_match": args.color_match,
+        "mask_resize": args.mask_resize,
+        "exemplar_resize": args.exemplar_resize,
+        "exemplar_expand": args.exemplar_expand,
+    }
 
 
 def run_edit(args: argparse.Namespace) -> int:
@@ -256,24 +284,7 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.resize_mask and mask.shape[-2:] != source.shape[-2:]:
         mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
     check_mask_size(source, mask)  # before the model is loaded
-    settings = EditSettings.from_options(
-        getattr(args, "options", None),
-        steps=args.steps,
-        similarity=args.similarity,
-        seed=args.seed,
-        scheduler=args.scheduler,
-        size=args.size,
-        paste_back=not args.no_paste_back,
-        whole_image=args.whole_image,
-        context_margin=args.context_margin,
-        feather=args.feather,
-        mask_grow=args.mask_grow,
-        mask_blur=args.mask_blur,
-        color_match=args.color_match,
-        mask_resize=args.mask_resize,
-        exemplar_resize=args.exemplar_resize,
-        exemplar_expand=args.exemplar_expand,
-    )
+    settings = EditSettings.from_options(getattr(args, "options", None), **edit_settings_of(args))
     device = None if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA device")
@@ -357,6 +368,24 @@ def run_headless(args: argparse.Namespace) -> int:
     return headless.run_args(args)
 
 
+def add_batch_command(subparsers: argparse._SubParsersAction) -> None:
+    from . import batch
+
+    p = subparsers.add_parser(
+        "batch",
+        help="run a manifest of edits (or the COCOEE bench), resumable and shardable",
+        description=batch.DESCRIPTION,
+    )
+    batch.add_arguments(p)
+    p.set_defaults(func=run_batch)
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    from . import batch
+
+    return batch.run_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exemplar_core",
@@ -374,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_cli.register(sub)
     add_demo_command(sub)
     add_headless_command(sub)
+    add_batch_command(sub)
     return parser
 
 
