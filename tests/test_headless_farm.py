@@ -175,7 +175,7 @@ def test_two_servers_share_the_jobs_and_each_job_runs_once(servers, tmp_path, ca
     prompt = next(p for p in first.prompts + second.prompts if "8" in p)  # job0's
     assert prompt["8"]["class_type"] == "LoadImageMask" and prompt["8"]["_meta"]["title"]
     assert prompt["5"]["inputs"]["exemplar_mask"] == ["8", 0]
-    assert "6 done, 0 failed" in capsys.readouterr().out
+    assert "6 done, 0 skipped, 0 failed" in capsys.readouterr().out
 
 
 def test_a_rerun_skips_finished_jobs_and_a_changed_default_is_refused(servers, tmp_path, capsys):
@@ -187,7 +187,7 @@ def test_a_rerun_skips_finished_jobs_and_a_changed_default_is_refused(servers, t
     assert farm(manifest, out, server) == 0
     assert len(server.prompts) == 2  # nothing queued again
     assert (out / "j1.png").read_bytes() == before
-    assert "0 done, 0 failed, 2 skipped" in capsys.readouterr().out
+    assert "0 done, 2 skipped, 0 failed" in capsys.readouterr().out
     assert farm(manifest, out, server, extra=("--seed", "5")) == headless.EXIT_USAGE
     assert "other settings" in capsys.readouterr().err and len(server.prompts) == 2
 
@@ -215,7 +215,7 @@ def test_when_every_server_is_down_the_rest_is_left_for_the_next_run(servers, tm
     manifest = write_manifest(tmp_path, dict.fromkeys(ids, {}), {})
     out = tmp_path / "out"
     assert farm(manifest, out, servers("only", die_at=2)) == headless.EXIT_SERVER_ERROR
-    assert "1 done, 0 failed, 0 skipped (done before), 3 not done" in capsys.readouterr().out
+    assert "stopped by every server going down with 3 left" in capsys.readouterr().out
     assert [r["id"] for r in read_records(out)] == ["job0"]  # the others are not recorded
     again = servers("again")
     assert farm(manifest, out, again) == 0
@@ -240,7 +240,7 @@ def test_bad_jobs_are_recorded_and_the_others_finish(servers, tmp_path, capsys):
     assert not any((out / f"{i}.png").exists() for i in ("bad", "missing", "odd"))
     manifest_problems = [r for r in read_records(out) if r["stage"] == "manifest"]
     assert manifest_problems[0]["line"] == 6 and "not valid JSON" in manifest_problems[0]["error"]
-    assert "2 done, 4 failed" in capsys.readouterr().out
+    assert "2 done, 0 skipped, 3 failed, 1 manifest lines not run" in capsys.readouterr().out
     queued = len(first.prompts) + len(second.prompts)
     assert farm(manifest, out, first, second) == headless.EXIT_SERVER_ERROR  # the line is bad
     assert len(first.prompts) + len(second.prompts) == queued  # failed jobs not retried

@@ -44,6 +44,7 @@ from ..batch.results import (
     plan,
     record,
 )
+from ..batch.run import BatchSummary, _remove_stale_temps, record_problems
 from ..editor import EditSettingError
 from ..files import DestinationError, atomic_write
 from .cli import parse_sets
@@ -111,16 +112,12 @@ class FarmOptions:
 
 
 @dataclass
-class FarmSummary:
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    not_done: list[str] = field(default_factory=list)  # ids left when every server was down
-    dropped: list[str] = field(default_factory=list)  # servers that went down
+class FarmSummary(BatchSummary):
+    """The batch editor's summary (``line()``, ``all_done``) and the farm's own: the jobs left
+    when every server was down, the servers dropped."""
 
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and not self.not_done
+    not_done: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
 
 def job_prompt(base: dict[str, Any], settings: dict[str, Any]) -> tuple[dict[str, Any], dict]:
@@ -313,15 +310,17 @@ class Farm:
     def finish(
         self, job: Job, server: str, data: bytes, settings: dict[str, Any], seconds: float
     ) -> None:
-        """Record the job, then rename its output into place (so no output is without its
-        record; a job recorded done whose output is missing is made again by the next run)."""
+        """The output, written atomically; its record is appended once the image is on disk
+        under its temp name and before the rename (as the batch editor does), so an output
+        never exists without its record."""
         target = output_path(self.options.out, job.id)
-        relative = target.relative_to(self.options.out).as_posix()
-        self.record(job, server, seconds, output=relative, settings=settings)
+
+        def write(temp: Path) -> None:
+            temp.write_bytes(data)
+            self.record(job, server, seconds, output=target.name, settings=settings)
+
         try:
-            atomic_write(
-                target, lambda tmp: tmp.write_bytes(data), overwrite=self.options.overwrite
-            )
+            atomic_write(target, write, overwrite=self.options.overwrite)
         except (DestinationError, OSError) as err:
             self.record(job, server, seconds, error=f"cannot write {target}: {err}", stage="write")
 
@@ -389,9 +388,10 @@ class Farm:
                 self.lock.notify_all()
             raise
         self.summary.not_done = sorted(job.id for job, _, _ in self.pending)
-        failed = sum(error is not None for error in self.outcomes.values())
-        self.summary.done = len(self.outcomes) - failed
-        self.summary.failed += failed
+        if self.summary.not_done:
+            self.summary.stopped_by = "every server going down"
+        self.summary.failed = sum(error is not None for error in self.outcomes.values())
+        self.summary.done = len(self.outcomes) - self.summary.failed
         return self.summary
 
 
@@ -448,27 +448,24 @@ def run_farm(options: FarmOptions) -> FarmSummary:
     except DestinationError as err:
         raise HeadlessError(str(err), EXIT_USAGE) from err
     servers = check_servers(list(dict.fromkeys(options.servers)), options.quiet)
-    todo, skipped = plan(jobs, load_results(out), options.retry_failed, options.overwrite, out)
+    done = load_results(out)
+    todo, skipped = plan(jobs, done, options.retry_failed, options.overwrite, out)
+    _remove_stale_temps(out, todo)  # a killed run's half-written outputs
+    start = time.monotonic()
     with ResultsLog(out) as log:
+        record_problems(log, out, problems)
         for problem in problems:
-            log.append(
-                record(problem.job_id, line=problem.line, error=problem.message, stage="manifest")
-            )
             _log(options.quiet, f"manifest {problem}")
         farm = Farm(options, servers, base, log)
-        farm.summary.skipped = len(skipped)
-        farm.summary.failed = len(problems)
-        _log(
-            options.quiet,
-            f"{len(todo)} jobs to do on {len(servers)} servers ({len(skipped)} done before)",
+        farm.summary = FarmSummary(
+            planned=len(todo),
+            skipped=len(skipped),
+            skipped_failed=sum(done[job.id].get("error") is not None for job in skipped),
+            problems=len(problems),
         )
+        _log(options.quiet, f"{len(todo)} jobs to do on {len(servers)} servers")
         summary = farm.run(sorted(todo, key=lambda job: job.id))
-    if summary.not_done:
-        _log(
-            options.quiet,
-            f"every server is down; {len(summary.not_done)} jobs not done: run the same command "
-            f"again to do them",
-        )
+    summary.seconds = time.monotonic() - start
     return summary
 
 
@@ -501,8 +498,5 @@ def run_farm_args(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     summary = run_farm(options)
-    print(
-        f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped (done before), "
-        f"{len(summary.not_done)} not done; results in {options.out / RESULTS_NAME}"
-    )
-    return EXIT_OK if summary.ok else EXIT_SERVER_ERROR
+    print(f"{summary.line()}; results in {options.out / RESULTS_NAME}", flush=True)
+    return EXIT_OK if summary.all_done else EXIT_SERVER_ERROR
