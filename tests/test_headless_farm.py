@@ -25,7 +25,7 @@ class FakeComfy:
     and /view (the output's bytes name the server, the job's source and its seed). ``die_at``:
     the queue request number (1-based) on which it drops the connection and stops for good.
     A source whose bytes contain ``BAD`` fails on the server as an execution error; one that
-    contains ``CRASH`` takes the server down."""
+    contains ``ODD`` gets a garbled answer; one that contains ``CRASH`` takes the server down."""
 
     def __init__(self, name: str, die_at: int | None = None, work: float = 0.05) -> None:
         self.name, self.die_at, self.work = name, die_at, work
@@ -85,7 +85,10 @@ class FakeComfy:
             return
         time.sleep(self.work)
         prompt_id = f"{self.name}-{number}"
-        if b"BAD" in source:
+        if b"ODD" in source:  # an answer the runner cannot read: an image without its name
+            image = {"subfolder": "", "type": "output"}
+            self.history[prompt_id] = {"status": {}, "outputs": {"7": {"images": [image]}}}
+        elif b"BAD" in source:
             message = {"node_id": "6", "node_type": "X", "exception_message": "mask is empty"}
             status = {"status_str": "error", "messages": [["execution_error", message]]}
             self.history[prompt_id] = {"status": status, "outputs": {}}
@@ -226,7 +229,8 @@ def test_when_every_server_is_down_the_rest_is_left_for_the_next_run(servers, tm
 def test_bad_jobs_are_recorded_and_the_others_finish(servers, tmp_path, capsys):
     first, second = servers("a"), servers("b")
     jobs = {"good1": {}, "bad": {}, "missing": {}, "odd": {"scheduler": "pndm"}, "good2": {}}
-    manifest = write_manifest(tmp_path, jobs, {"bad": b"BAD source"})
+    jobs["garbled"] = {}
+    manifest = write_manifest(tmp_path, jobs, {"bad": b"BAD source", "garbled": b"ODD"})
     (tmp_path / "missing-source.png").unlink()
     with manifest.open("a") as lines:
         lines.write("{not json\n")
@@ -237,10 +241,11 @@ def test_bad_jobs_are_recorded_and_the_others_finish(servers, tmp_path, capsys):
     assert "mask is empty" in results["bad"]["error"] and results["bad"]["stage"] == "edit"
     assert "cannot read" in results["missing"]["error"] and results["missing"]["stage"] == "load"
     assert "'pndm' has no ComfyUI sampler" in results["odd"]["error"]
-    assert not any((out / f"{i}.png").exists() for i in ("bad", "missing", "odd"))
+    assert "unexpected KeyError" in results["garbled"]["error"]
+    assert not any((out / f"{i}.png").exists() for i in ("bad", "missing", "odd", "garbled"))
     manifest_problems = [r for r in read_records(out) if r["stage"] == "manifest"]
-    assert manifest_problems[0]["line"] == 6 and "not valid JSON" in manifest_problems[0]["error"]
-    assert "2 done, 0 skipped, 3 failed, 1 manifest lines not run" in capsys.readouterr().out
+    assert manifest_problems[0]["line"] == 7 and "not valid JSON" in manifest_problems[0]["error"]
+    assert "2 done, 0 skipped, 4 failed, 1 manifest lines not run" in capsys.readouterr().out
     queued = len(first.prompts) + len(second.prompts)
     assert farm(manifest, out, first, second) == headless.EXIT_SERVER_ERROR  # the line is bad
     assert len(first.prompts) + len(second.prompts) == queued  # failed jobs not retried

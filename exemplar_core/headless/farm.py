@@ -298,11 +298,15 @@ class Farm:
                 back = (job, tries + 1, [*lost, server])
             except JobError as err:
                 self.record(job, server, time.monotonic() - start, error=str(err), stage=err.stage)
-            with self.lock:
-                self.in_flight -= 1
-                if back is not None:
-                    self.retry(*back)
-                self.lock.notify_all()
+            except Exception as err:  # an answer this runner cannot read: this job fails alone
+                error = f"unexpected {type(err).__name__} from {server}: {err}"
+                self.record(job, server, time.monotonic() - start, error=error, stage="edit")
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+                    if back is not None:
+                        self.retry(*back)
+                    self.lock.notify_all()
 
     def serving(self, server: str) -> bool:
         return server in self.live and not self.stopping
