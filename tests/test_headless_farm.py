@@ -7,6 +7,8 @@ A real ComfyUI pair is driven by tests/host/test_farm_host.py.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,16 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 class FakeComfy:
     """A stand-in ComfyUI: stores uploads, runs a prompt at once (``work`` s), answers /history
     and /view (the output's bytes name the server, the job's source and its seed). ``die_at``:
-    the queue request number (1-based) on which it drops the connection and stops for good.
+    the queue request number (1-based) on which it drops the connection and stops for good;
+    ``interrupt_at``: the one on which this process gets a SIGINT (as from Ctrl-C).
     A source whose bytes contain ``BAD`` fails on the server as an execution error; one that
     contains ``ODD`` gets a garbled answer; one that contains ``CRASH`` takes the server down."""
 
-    def __init__(self, name: str, die_at: int | None = None, work: float = 0.05) -> None:
-        self.name, self.die_at, self.work = name, die_at, work
+    def __init__(
+        self, name: str, die_at: int | None = None, work: float = 0.05, interrupt_at: int = 0
+    ) -> None:
+        self.name, self.die_at, self.work, self.interrupt_at = name, die_at, work, interrupt_at
         self.uploads: dict[str, bytes] = {}
         self.prompts: list[dict] = []
         self.history: dict[str, dict] = {}
         self.lock = threading.Lock()
+        self.active = self.most_active = 0  # prompts running at once, now and at most
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,11 +85,18 @@ class FakeComfy:
         with self.lock:
             self.prompts.append(prompt)
             number = len(self.prompts)
+        if number == self.interrupt_at:
+            os.kill(os.getpid(), signal.SIGINT)
         if number == self.die_at or b"CRASH" in source:
             handler.close_connection = True  # no answer: the server went down mid-request
             threading.Thread(target=self.stop).start()
             return
+        with self.lock:
+            self.active += 1
+            self.most_active = max(self.most_active, self.active)
         time.sleep(self.work)
+        with self.lock:
+            self.active -= 1
         prompt_id = f"{self.name}-{number}"
         if b"ODD" in source:  # an answer the runner cannot read: an image without its name
             image = {"subfolder": "", "type": "output"}
@@ -161,6 +174,7 @@ def test_two_servers_share_the_jobs_and_each_job_runs_once(servers, tmp_path, ca
     out = tmp_path / "out"
     assert farm(manifest, out, first, second) == headless.EXIT_OK
     assert first.prompts and second.prompts  # both servers worked
+    assert first.most_active == second.most_active == 1  # one job in flight on each
     queued = [p["2"]["inputs"]["image"] for p in first.prompts + second.prompts]
     assert len(queued) == len(ids) == len(set(queued))  # each job queued once
     results = load_results(out)
@@ -179,6 +193,13 @@ def test_two_servers_share_the_jobs_and_each_job_runs_once(servers, tmp_path, ca
     assert prompt["8"]["class_type"] == "LoadImageMask" and prompt["8"]["_meta"]["title"]
     assert prompt["5"]["inputs"]["exemplar_mask"] == ["8", 0]
     assert "6 done, 0 skipped, 0 failed" in capsys.readouterr().out
+
+
+def test_per_server_keeps_that_many_jobs_in_flight_on_a_server(servers, tmp_path):
+    server = servers("a", work=0.4)
+    manifest = write_manifest(tmp_path, {f"job{i}": {} for i in range(4)}, {})
+    assert farm(manifest, tmp_path / "out", server, extra=("--per-server", "2")) == 0
+    assert server.most_active == 2 and len(server.prompts) == 4
 
 
 def test_a_rerun_skips_finished_jobs_and_a_changed_default_is_refused(servers, tmp_path, capsys):
@@ -224,6 +245,20 @@ def test_when_every_server_is_down_the_rest_is_left_for_the_next_run(servers, tm
     assert farm(manifest, out, again) == 0
     assert len(again.prompts) == 3 and sorted(load_results(out)) == ids
     assert [output_of(out, i)["server"] for i in ids] == ["only", "again", "again", "again"]
+
+
+def test_ctrl_c_lets_the_job_in_flight_finish_and_the_next_run_does_the_rest(
+    servers, tmp_path, capsys
+):
+    server = servers("a", work=0.3, interrupt_at=1)
+    ids = [f"job{i}" for i in range(4)]
+    manifest = write_manifest(tmp_path, dict.fromkeys(ids, {}), {})
+    out = tmp_path / "out"
+    assert farm(manifest, out, server) == 130
+    assert "stopped by SIGINT with 3 left" in capsys.readouterr().out
+    assert [r["id"] for r in read_records(out)] == ["job0"] and (out / "job0.png").is_file()
+    assert farm(manifest, out, server) == 0
+    assert len(server.prompts) == 4 and sorted(load_results(out)) == ids
 
 
 def test_bad_jobs_are_recorded_and_the_others_finish(servers, tmp_path, capsys):

@@ -15,7 +15,8 @@ results log, fingerprint and plan: ``exemplar_core.batch``).
 A server that stops answering is dropped (logged) and its job goes back to the queue for
 another server, at most ``tries`` times in all (a job that takes every server down with it is
 then recorded as failed); the run goes on while any server lives. When none is left, the jobs
-not done are left out of the results, so the next run does them.
+not done are left out of the results, so the next run does them. SIGINT/SIGTERM stop it as
+they stop the batch editor: the jobs in flight finish, a second signal stops at once.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import node_ids
+from ..batch.cli import EXIT_SIGNAL
 from ..batch.jobs import Job, ManifestError, job_settings, read_manifest
 from ..batch.results import (
     RESULTS_NAME,
@@ -44,7 +46,7 @@ from ..batch.results import (
     plan,
     record,
 )
-from ..batch.run import BatchSummary, _remove_stale_temps, record_problems
+from ..batch.run import BatchSummary, _remove_stale_temps, _StopFlag, record_problems
 from ..editor import EditSettingError
 from ..files import DestinationError, atomic_write
 from .cli import parse_sets
@@ -239,7 +241,7 @@ class Farm:
         self.outcomes: dict[str, str | None] = {}  # job id -> error of its last record
         self.summary = FarmSummary()
         self.total = 0
-        self.stopping = False
+        self.stop: _StopFlag | None = None
 
     def say(self, text: str) -> None:
         _log(self.options.quiet, text)
@@ -309,7 +311,8 @@ class Farm:
                     self.lock.notify_all()
 
     def serving(self, server: str) -> bool:
-        return server in self.live and not self.stopping
+        """Whether ``server`` is up and the run goes on (no SIGINT/SIGTERM came)."""
+        return server in self.live and (self.stop is None or self.stop.signal_name is None)
 
     def finish(
         self, job: Job, server: str, data: bytes, settings: dict[str, Any], seconds: float
@@ -380,19 +383,22 @@ class Farm:
             for server in sorted(self.live)
             for _ in range(self.options.per_server)
         ]
-        for thread in threads:
-            thread.start()
-        try:
+        # SIGINT/SIGTERM as the batch editor takes them: the first lets the jobs in flight
+        # finish (their results recorded) and starts no other, a second stops at once.
+        with _StopFlag() as stop:
+            self.stop = stop
+            for thread in threads:
+                thread.start()
             for thread in threads:
                 while thread.is_alive():
-                    thread.join(0.5)
-        except KeyboardInterrupt:
-            with self.lock:
-                self.stopping = True  # no new job; each finished one is already recorded
-                self.lock.notify_all()
-            raise
+                    thread.join(0.2)
+                    if stop.signal_name is not None:
+                        with self.lock:
+                            self.lock.notify_all()  # idle workers: time to go
         self.summary.not_done = sorted(job.id for job, _, _ in self.pending)
-        if self.summary.not_done:
+        if stop.signal_name is not None:
+            self.summary.stopped_by = stop.signal_name
+        elif self.summary.not_done:
             self.summary.stopped_by = "every server going down"
         self.summary.failed = sum(error is not None for error in self.outcomes.values())
         self.summary.done = len(self.outcomes) - self.summary.failed
@@ -503,4 +509,6 @@ def run_farm_args(args: argparse.Namespace) -> int:
     )
     summary = run_farm(options)
     print(f"{summary.line()}; results in {options.out / RESULTS_NAME}", flush=True)
+    if summary.stopped_by in EXIT_SIGNAL:
+        return EXIT_SIGNAL[summary.stopped_by]
     return EXIT_OK if summary.all_done else EXIT_SERVER_ERROR
