@@ -195,6 +195,17 @@ def test_two_servers_share_the_jobs_and_each_job_runs_once(servers, tmp_path, ca
     assert "6 done, 0 skipped, 0 failed" in capsys.readouterr().out
 
 
+def test_a_server_down_at_the_start_is_left_out_and_none_up_is_refused(servers, tmp_path, capsys):
+    up, down = servers("up"), servers("down")
+    down.stop()
+    manifest = write_manifest(tmp_path, {"j1": {}, "j2": {}}, {})
+    assert farm(manifest, tmp_path / "out", down, up, quiet=False) == 0
+    assert f"leaving out {down.url}" in capsys.readouterr().err and len(up.prompts) == 2
+    assert farm(manifest, tmp_path / "other", down) == headless.EXIT_USAGE
+    assert "none of the servers answers" in capsys.readouterr().err
+    assert not (tmp_path / "other/batch-run.json").exists()  # nothing claimed
+
+
 def test_per_server_keeps_that_many_jobs_in_flight_on_a_server(servers, tmp_path):
     server = servers("a", work=0.4)
     manifest = write_manifest(tmp_path, {f"job{i}": {} for i in range(4)}, {})

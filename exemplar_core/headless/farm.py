@@ -453,11 +453,11 @@ def run_farm(options: FarmOptions) -> FarmSummary:
     except ManifestError as err:
         raise HeadlessError(str(err), EXIT_USAGE) from err
     out = prepare_out_dir(options.out)
+    servers = check_servers(list(dict.fromkeys(options.servers)), options.quiet)
     try:
         fingerprint(base).claim(out, options.overwrite)
     except DestinationError as err:
         raise HeadlessError(str(err), EXIT_USAGE) from err
-    servers = check_servers(list(dict.fromkeys(options.servers)), options.quiet)
     done = load_results(out)
     todo, skipped = plan(jobs, done, options.retry_failed, options.overwrite, out)
     _remove_stale_temps(out, todo)  # a killed run's half-written outputs
@@ -500,8 +500,8 @@ def run_farm_args(args: argparse.Namespace) -> int:
         model=args.model,
         seed=args.seed,
         steps=args.steps,
-        per_server=args.per_server or 1,
-        tries=args.tries or 3,
+        per_server=args.per_server or FarmOptions.per_server,
+        tries=args.tries or FarmOptions.tries,
         timeout=args.timeout,
         retry_failed=args.retry_failed,
         overwrite=args.overwrite,
