@@ -377,13 +377,7 @@ def add_batch_command(subparsers: argparse._SubParsersAction) -> None:
         description=batch.DESCRIPTION,
     )
     batch.add_arguments(p)
-    p.set_defaults(func=run_batch)
-
-
-def run_batch(args: argparse.Namespace) -> int:
-    from . import batch
-
-    return batch.run_args(args)
+    p.set_defaults(func=batch.run_args)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,8 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cocoee",
         metavar="FOLDER",
         help="instead of a manifest, every image of the COCOEE test bench in FOLDER (its "
-        "official layout), written so that `python -m train.eval folder` scores DIR (default: "
-        "none)",
+        "official layout: GT_3500, Ref_3500, Mask_bbox_3500), its exemplars and masks linked "
+        "into DIR so that `python -m train.eval folder --results DIR` scores it; the settings "
+        "left at the editor's defaults take the official ones (50 PLMS steps, similarity 5, "
+        "seed 42, the whole image, no paste-back) (default: none)",
     )
     p.add_argument(
         "--checkpoint",
@@ -113,6 +115,10 @@ def run_args(args: argparse.Namespace) -> int:
     if not checkpoint.exists():
         raise ValueError(f"--checkpoint not found: {checkpoint}")
     defaults = {**edit_settings_of(args), "eta": args.eta}
+    if args.cocoee:
+        from . import cocoee
+
+        defaults = cocoee.cocoee_defaults(defaults)  # the official settings, options given win
     names = {
         **{k: "--" + k.replace("_", "-") for k in defaults},
         **(getattr(args, "options", None) or {}),
@@ -120,15 +126,13 @@ def run_args(args: argparse.Namespace) -> int:
     names["paste_back"] = "--no-paste-back"
     EditSettings(**defaults, names=names)  # a bad default fails here, before any work
     if args.cocoee:
-        from . import cocoee
-
         jobs, problems = cocoee.cocoee_jobs(Path(args.cocoee)), []
     else:
         jobs, problems = read_manifest(Path(args.manifest))
     for problem in problems:
         print(f"{args.manifest}: {problem}", file=sys.stderr)
     if not jobs:
-        raise ValueError(f"{args.manifest or args.cocoee}: no line is a job (see above)")
+        raise ValueError(f"{args.manifest or args.cocoee}: no job to run (see above)")
     lora_args = [parse_lora_argument(text, "--lora") for text in args.lora]
     loras = [(read_lora(path), strength) for path, strength in lora_args]
     for lora, _ in loras:
@@ -144,6 +148,8 @@ def run_args(args: argparse.Namespace) -> int:
         },
     )
     fingerprint.claim(out_dir, args.overwrite)
+    if args.cocoee:  # exemplars and masks beside the results, as train.eval folder reads them
+        cocoee.write_eval_layout(Path(args.cocoee), out_dir, overwrite=args.overwrite)
 
     device = None if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
@@ -167,10 +173,6 @@ def run_args(args: argparse.Namespace) -> int:
     summary = run_batch(editor, jobs, options, problems, shard)
     who = f"batch rank {shard.rank}/{shard.world}" if shard.sharded else "batch"
     print(f"{who}: {summary.line()}; results in {out_dir}", flush=True)
-    if args.cocoee and not shard.sharded and summary.all_done:
-        from . import cocoee
-
-        cocoee.write_eval_layout(Path(args.cocoee), out_dir)
     if summary.stopped_by:
         return EXIT_SIGNAL.get(summary.stopped_by, 130)
     return 0 if summary.all_done else EXIT_FAILED
