@@ -170,7 +170,8 @@ class EditResult:
 class EditRequest:
     """One edit for ``Editor.edit_batch``: the arguments of ``Editor.edit``. source
     [1, 3, H, W] 0..1; edit_mask [1, 1, H, W] 0..1 (white = edit); exemplar [1, 3|4, h, w] 0..1;
-    exemplar_mask [1, 1, h, w] 0..1 or None."""
+    exemplar_mask [h, w] 0..1 (white = the object; the exemplar's size) or None, as
+    ``cli.exemplar_mask_of`` gives it."""
 
     source: torch.Tensor
     edit_mask: torch.Tensor
@@ -378,7 +379,8 @@ class Editor:
         and the sampler's settings (``_group_key``) go through the UNet and the VAE decoder
         together, up to ``max_batch`` at a time. A request that cannot be prepared gets its
         exception in its place; a failure while sampling a group is returned for each member;
-        the others go on."""
+        the others go on. A scheduler that draws noise during its steps (euler_a, ddim with
+        eta > 0) samples each request alone."""
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise EditError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
         results: list[EditResult | Exception | None] = [None] * len(requests)

@@ -181,3 +181,36 @@ def test_sigterm_finishes_the_batch_in_hand_and_records_it(tmp_path, monkeypatch
     assert main(_batch(manifest, out, "--batch-size", "2")) == 0
     assert "1 done, 2 skipped, 0 failed" in capsys.readouterr().out
     assert json.loads((out / "batch-run.json").read_text())["defaults"]["steps"] == 2
+
+
+def test_exemplar_masks_and_cut_outs_are_read_as_edit_reads_them(tmp_path, capsys, caplog):
+    """A job's exemplar mask and a cut-out's alpha take the one conversion ``edit`` uses: the
+    mask and the alpha it equals give the same pixels, unlike the whole exemplar; a mask that
+    marks the background is warned of."""
+    from PIL import Image
+
+    (row,) = make_inputs(tmp_path, 1)
+    object_mask = np.zeros((32, 32), np.uint8)
+    object_mask[6:26, 8:26] = 255
+    Image.fromarray(object_mask).save(tmp_path / "object.png")
+    Image.fromarray(255 - object_mask).save(tmp_path / "background.png")
+    rgb = pixels(tmp_path / "ex0.png")
+    Image.fromarray(np.dstack([rgb, object_mask])).save(tmp_path / "cutout.png")
+    manifest = write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [
+            {**row, "id": "masked", "exemplar_mask": "object.png"},
+            {**row, "id": "cutout", "exemplar": "cutout.png"},
+            {**row, "id": "whole"},
+            {**row, "id": "inverted", "exemplar_mask": "background.png"},
+        ],
+    )
+    out = tmp_path / "out"
+    assert main(_batch(manifest, out)) == 0
+    assert "4 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert (pixels(out / "masked.png") == pixels(out / "cutout.png")).all()
+    assert (pixels(out / "masked.png") != pixels(out / "whole.png")).any()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "exemplar mask of job inverted covers the whole border" in text for text in warned
+    ), warned

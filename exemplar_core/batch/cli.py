@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from ..argtypes import positive_int
 
-log = logging.getLogger(__name__)
-
 EXIT_FAILED = 1  # a job failed or a manifest line was no job; the others ran
-EXIT_BAD_INPUT = 2
 EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 DESCRIPTION = (
@@ -102,10 +98,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_args(args: argparse.Namespace) -> int:
     import torch
 
-    from ..cli import _dtype, edit_settings_of
+    from ..cli import device_named, dtype_named, edit_settings_of, read_loras
     from ..editor import Editor, EditSettings
     from ..files import check_out_folder
-    from ..lora import check_layout, parse_lora_argument, read_lora
+    from ..lora import parse_lora_argument
     from .jobs import read_manifest
     from .results import RunFingerprint, checkpoint_identity
     from .run import BatchOptions, current_shard, run_batch
@@ -134,9 +130,7 @@ def run_args(args: argparse.Namespace) -> int:
     if not jobs:
         raise ValueError(f"{args.manifest or args.cocoee}: no job to run (see above)")
     lora_args = [parse_lora_argument(text, "--lora") for text in args.lora]
-    loras = [(read_lora(path), strength) for path, strength in lora_args]
-    for lora, _ in loras:
-        check_layout(lora)
+    loras = read_loras(lora_args)
     shard = current_shard()
     fingerprint = RunFingerprint(
         checkpoint=checkpoint_identity(checkpoint),
@@ -151,12 +145,10 @@ def run_args(args: argparse.Namespace) -> int:
     if args.cocoee:  # exemplars and masks beside the results, as train.eval folder reads them
         cocoee.write_eval_layout(Path(args.cocoee), out_dir, overwrite=args.overwrite)
 
-    device = None if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    device = device_named(args.device)
     if shard.sharded and device != "cpu" and torch.cuda.is_available():
         device = f"cuda:{shard.local_rank % torch.cuda.device_count()}"  # one GPU per process
-    editor = Editor.from_file(checkpoint, device=device, dtype=_dtype(args.dtype))
+    editor = Editor.from_file(checkpoint, device=device, dtype=dtype_named(args.dtype))
     editor.progress = False  # the batch's own bar, not one per edit
     for lora, strength in loras:
         editor.apply_lora(lora, strength)

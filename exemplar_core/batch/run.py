@@ -5,6 +5,7 @@ of a sharded run; a clean stop on SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from ..editor import EditRequest, EditResult, EditSettings
 from ..files import atomic_write
 from .jobs import SETTING_FIELDS, Job, JobProblem, job_settings
 from .results import ResultsLog, load_results, output_path, plan, read_records, record
+
+log = logging.getLogger(__name__)
 
 # (rank, world-size) variables of the launchers: torchrun / accelerate launch, then MPI
 # (accelerate's multi-CPU launch). Read directly: accelerate's PartialState reports one process
@@ -124,7 +127,7 @@ class BatchSummary:
         return text
 
 
-class _StopFlag:
+class StopFlag:
     """SIGINT/SIGTERM: the first finishes the batch in hand (its results written), a second
     stops at once (atomic writes leave no partial file)."""
 
@@ -132,7 +135,7 @@ class _StopFlag:
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -172,7 +175,7 @@ def record_problems(log: ResultsLog, out_dir: Path, problems: Sequence[JobProble
             )
 
 
-def _remove_stale_temps(out_dir: Path, jobs: Sequence[Job]) -> None:
+def remove_stale_temps(out_dir: Path, jobs: Sequence[Job]) -> None:
     """Temp files that a killed run left beside this process's outputs (``atomic_write``'s
     ``.<name>.<random>.tmp``): written by this pack, never a user's file."""
     for job in jobs:
@@ -209,8 +212,6 @@ def run_batch(
     ``options.batch_size`` jobs at a time; a job that cannot be read, set up or edited gets its
     error recorded and the others go on. Outputs are PNGs named by job id, written atomically
     after their record."""
-    from ..image_io import load_exemplar, load_mask, load_rgb
-
     shard = shard or Shard()
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -223,7 +224,7 @@ def run_batch(
         skipped_failed=sum(1 for job in skipped if done[job.id].get("error") is not None),
         problems=len(problems),
     )
-    _remove_stale_temps(out_dir, todo)
+    remove_stale_temps(out_dir, todo)
     worker = shard.rank
     log = ResultsLog(out_dir, shard.rank if shard.sharded else None)
 
@@ -242,7 +243,7 @@ def run_batch(
         )
         summary.failed += 1
 
-    with log, _StopFlag() as stop:
+    with log, StopFlag() as stop:
         if shard.rank == 0:
             record_problems(log, out_dir, problems)
         runnable: list[tuple[Job, EditSettings]] = []
@@ -275,9 +276,7 @@ def run_batch(
                         )
                         continue
                     try:
-                        request = _load_request(
-                            job, settings, options.resize_mask, load_rgb, load_mask, load_exemplar
-                        )
+                        request = _load_request(job, settings, options.resize_mask)
                     except (ValueError, OSError) as err:
                         fail(job, "load", err, settings)
                         continue
@@ -290,7 +289,9 @@ def run_batch(
                         fail(job, "edit", result, settings, share)
                         continue
                     try:
-                        _write(log, out_dir, job, settings, result, share, worker, options)
+                        _write(
+                            log, out_dir, job, settings, result, share, worker, options.overwrite
+                        )
                         summary.done += 1
                     except (ValueError, OSError) as err:
                         fail(job, "write", err, settings, share)
@@ -308,27 +309,30 @@ def run_batch(
     return summary
 
 
-def _load_request(job, settings, resize_mask, load_rgb, load_mask, load_exemplar) -> EditRequest:
-    """Read a job's files into an EditRequest; ValueError (the file and the problem) if not."""
-    import torch.nn.functional as F
-
-    from ..editor import check_mask_size
+def _load_request(job: Job, settings: EditSettings, resize_mask: bool) -> EditRequest:
+    """Read a job's files into an EditRequest (as ``edit`` reads its options' files); ValueError
+    (the file and the problem) if not."""
+    from ..cli import exemplar_mask_of, fit_mask
+    from ..image_io import load_exemplar, load_mask, load_rgb
 
     source = load_rgb(job.source, "source")
-    edit_mask = load_mask(job.mask, "mask")
-    if resize_mask and edit_mask.shape[-2:] != source.shape[-2:]:
-        edit_mask = F.interpolate(
-            edit_mask, size=source.shape[-2:], mode="bilinear", align_corners=False
-        )
-    check_mask_size(source, edit_mask, hint=f" ({job.mask.name}; or pass --resize-mask)")
-    exemplar = load_exemplar(job.exemplar, "exemplar")
-    exemplar_mask = (
-        load_mask(job.exemplar_mask, "exemplar mask") if job.exemplar_mask is not None else None
+    edit_mask = fit_mask(
+        source,
+        load_mask(job.mask, "mask"),
+        resize_mask,
+        f" ({job.mask.name}; or pass --resize-mask)",
+    )
+    names = (f"exemplar {job.exemplar.name}", f"exemplar mask of job {job.id}")
+    exemplar, exemplar_mask = exemplar_mask_of(
+        load_exemplar(job.exemplar, "exemplar"),
+        load_mask(job.exemplar_mask, "exemplar mask") if job.exemplar_mask is not None else None,
+        names,
+        say=log.info,
     )
     return EditRequest(source, edit_mask, exemplar, settings, exemplar_mask)
 
 
-def _write(log, out_dir, job, settings, result, seconds, worker, options) -> None:
+def _write(log, out_dir, job, settings, result, seconds, worker, overwrite: bool) -> None:
     """The output PNG, written atomically; its record is appended once the image is on disk
     under its temp name and before the rename, so an output never exists without a record."""
     from PIL import Image
@@ -352,7 +356,7 @@ def _write(log, out_dir, job, settings, result, seconds, worker, options) -> Non
             )
         )
 
-    atomic_write(out, write, overwrite=options.overwrite)
+    atomic_write(out, write, overwrite=overwrite)
 
 
 def _progress_bar(total: int, already: int, shard: Shard, enabled: bool):

@@ -46,13 +46,13 @@ from ..batch.results import (
     plan,
     record,
 )
-from ..batch.run import BatchSummary, _remove_stale_temps, _StopFlag, record_problems
+from ..batch.run import BatchSummary, StopFlag, record_problems, remove_stale_temps
 from ..editor import EditSettingError
 from ..files import DestinationError, atomic_write
 from .cli import parse_sets
 from .client import DEFAULT_SERVER, Client, read_input
 from .errors import EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, HeadlessError, ServerUnreachable
-from .run import _log, apply_options, node_order, prepare_out_dir, queue_and_wait, view_path
+from .run import apply_options, node_order, prepare_out_dir, queue_and_wait, say, view_path
 from .workflow import find_node, load_workflow
 
 # The workflow the farm runs when none is given: the basic template's API twin, whose loaders
@@ -241,10 +241,10 @@ class Farm:
         self.outcomes: dict[str, str | None] = {}  # job id -> error of its last record
         self.summary = FarmSummary()
         self.total = 0
-        self.stop: _StopFlag | None = None
+        self.stop: StopFlag | None = None
 
     def say(self, text: str) -> None:
-        _log(self.options.quiet, text)
+        say(self.options.quiet, text)
 
     def attempt(self, client: Client, job: Job) -> tuple[bytes, dict[str, Any]]:
         """Run one job on ``client``'s server: its output image's bytes and effective settings.
@@ -385,7 +385,7 @@ class Farm:
         ]
         # SIGINT/SIGTERM as the batch editor takes them: the first lets the jobs in flight
         # finish (their results recorded) and starts no other, a second stops at once.
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             self.stop = stop
             for thread in threads:
                 thread.start()
@@ -413,7 +413,7 @@ def check_servers(servers: list[str], quiet: bool) -> list[str]:
         try:
             Client(server).check_reachable()
         except ServerUnreachable as err:
-            _log(quiet, f"leaving out {server}: {err}")
+            say(quiet, f"leaving out {server}: {err}")
             continue
         live.append(server)
     if not live:
@@ -460,12 +460,12 @@ def run_farm(options: FarmOptions) -> FarmSummary:
         raise HeadlessError(str(err), EXIT_USAGE) from err
     done = load_results(out)
     todo, skipped = plan(jobs, done, options.retry_failed, options.overwrite, out)
-    _remove_stale_temps(out, todo)  # a killed run's half-written outputs
+    remove_stale_temps(out, todo)  # a killed run's half-written outputs
     start = time.monotonic()
     with ResultsLog(out) as log:
         record_problems(log, out, problems)
         for problem in problems:
-            _log(options.quiet, f"manifest {problem}")
+            say(options.quiet, f"manifest {problem}")
         farm = Farm(options, servers, base, log)
         farm.summary = FarmSummary(
             planned=len(todo),
@@ -473,7 +473,7 @@ def run_farm(options: FarmOptions) -> FarmSummary:
             skipped_failed=sum(done[job.id].get("error") is not None for job in skipped),
             problems=len(problems),
         )
-        _log(options.quiet, f"{len(todo)} jobs to do on {len(servers)} servers")
+        say(options.quiet, f"{len(todo)} jobs to do on {len(servers)} servers")
         summary = farm.run(sorted(todo, key=lambda job: job.id))
     summary.seconds = time.monotonic() - start
     return summary

@@ -58,7 +58,8 @@ def write_new_file(folder: Path, name: str, data: bytes) -> Path:
     raise AssertionError("unreachable")
 
 
-def _log(quiet: bool, text: str) -> None:
+def say(quiet: bool, text: str) -> None:
+    """A progress line on stderr, unless ``quiet``."""
     if not quiet:
         print(text, file=sys.stderr, flush=True)
 
@@ -68,11 +69,9 @@ def wait_websocket(ws: WebSocket, prompt_id: str, quiet: bool) -> None:
     try:
         for kind, data in prompt_events(ws, prompt_id):
             if kind == "progress":
-                _log(
-                    quiet, f"  node {data.get('node')}: step {data.get('value')}/{data.get('max')}"
-                )
+                say(quiet, f"  node {data.get('node')}: step {data.get('value')}/{data.get('max')}")
             elif kind == "executing" and data.get("node") is not None:
-                _log(quiet, f"running node {data['node']}")
+                say(quiet, f"running node {data['node']}")
             elif kind == "execution_error":
                 raise HeadlessError(describe_execution_error(data))
             elif kind == "execution_interrupted":
@@ -166,7 +165,7 @@ def run_outputs(options: RunOptions) -> list[SavedImage]:
     client = Client(options.server, timeout=min(options.timeout, 60.0))
     for node_id, title, path, data in uploads:
         prompt[node_id]["inputs"]["image"] = client.upload_image(path, data)
-        _log(options.quiet, f"uploaded {path} -> {title} ({prompt[node_id]['inputs']['image']})")
+        say(options.quiet, f"uploaded {path} -> {title} ({prompt[node_id]['inputs']['image']})")
     entry = queue_and_wait(client, prompt, options.timeout, options.quiet)
     return download_outputs(client, entry, out_dir, prompt)
 
@@ -201,19 +200,19 @@ def queue_and_wait(
         ws: WebSocket | None = open_websocket(client, timeout)
     except OSError as err:  # no websocket (proxy, old server): poll instead
         ws = None
-        _log(quiet, f"websocket unavailable ({err}); polling /history")
+        say(quiet, f"websocket unavailable ({err}); polling /history")
     try:
         prompt_id = client.queue(prompt)
     except BaseException:
         if ws is not None:
             ws.close()
         raise
-    _log(quiet, f"queued prompt {prompt_id}")
+    say(quiet, f"queued prompt {prompt_id}")
     if ws is not None:
         try:
             wait_websocket(ws, prompt_id, quiet)
         except OSError as err:  # the stream broke off: poll instead
-            _log(quiet, f"websocket lost ({err}); polling /history")
+            say(quiet, f"websocket lost ({err}); polling /history")
     entry = wait_history(client, prompt_id, timeout, quiet)
     status = entry.get("status", {})
     if status.get("status_str") == "error" or status.get("completed") is False:
