@@ -136,6 +136,28 @@ def test_a_bad_setting_fails_its_job_with_a_message_naming_the_setting_and_line(
         job_settings(dataclasses.replace(jobs[0], settings={}), {"feather": -1})
 
 
+def test_ids_that_differ_only_in_letter_case_are_duplicates(tmp_path):
+    write_jsonl(tmp_path / "m.jsonl", [{"id": "A", **ROW}, {"id": "a", **ROW}])
+    jobs, problems = read_manifest(tmp_path / "m.jsonl")
+    assert [job.id for job in jobs] == ["A"]
+    (problem,) = problems
+    assert problem.line == 2 and problem.job_id == "a"
+    assert "differs from 'A' (line 1) only in letter case" in problem.message
+
+
+def test_whole_number_floats_of_json_are_whole_numbers(tmp_path):
+    write_jsonl(
+        tmp_path / "m.jsonl",
+        [{**ROW, "seed": 7.0, "steps": 2.0, "size": 64.0}, {**ROW, "seed": 7.5}],
+    )
+    whole, fraction = read_manifest(tmp_path / "m.jsonl")[0]
+    settings = job_settings(whole, {})
+    assert (settings.seed, settings.steps, settings.size) == (7, 2, 64)
+    assert all(type(value) is int for value in (settings.seed, settings.steps, settings.size))
+    with pytest.raises(EditSettingError, match=re.escape("seed (manifest line 2) must be a whole")):
+        job_settings(fraction, {})
+
+
 def test_manifest_fields_are_the_paths_and_every_edit_setting():
     assert MANIFEST_FIELDS[:5] == ("id", "source", "mask", "exemplar", "exemplar_mask")
     assert {"seed", "similarity", "steps", "eta", "paste_back"} <= set(MANIFEST_FIELDS)

@@ -108,7 +108,8 @@ def read_manifest(path: Path, base: Path | None = None) -> tuple[list[Job], list
     base = Path(base) if base is not None else path.parent
     jobs: list[Job] = []
     problems: list[JobProblem] = []
-    first_line: dict[str, int] = {}
+    # by id.casefold(): "A" and "a" would write one A.png on a case-insensitive file system
+    first_line: dict[str, tuple[int, str]] = {}
     any_row = False
     for line, row in rows:
         any_row = True
@@ -118,17 +119,24 @@ def read_manifest(path: Path, base: Path | None = None) -> tuple[list[Job], list
         job = _job(line, row, base)
         if isinstance(job, JobProblem):
             problems.append(job)
-        elif job.id in first_line:
+        elif job.id.casefold() in first_line:
+            first, first_id = first_line[job.id.casefold()]
+            what = (
+                f"duplicate id {job.id!r} (first on line {first})"
+                if first_id == job.id
+                else f"duplicate id {job.id!r}: it differs from {first_id!r} (line {first}) only "
+                f"in letter case, and a file system that ignores case holds one file for both"
+            )
             problems.append(
                 JobProblem(
                     line,
                     job.id,
-                    f"duplicate id {job.id!r} (first on line {first_line[job.id]}): each job "
-                    f"needs its own id, its output's file name; this line is not run",
+                    f"{what}; each job needs its own id, its output's file name; this line is "
+                    f"not run",
                 )
             )
         else:
-            first_line[job.id] = line
+            first_line[job.id.casefold()] = (line, job.id)
             jobs.append(job)
     if not any_row:
         raise ManifestError(f"the manifest {path} has no jobs")
@@ -287,6 +295,10 @@ def _typed(name: str, value: object, shown: str) -> object:
         if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
             return value.strip().lower() in _TRUE
         raise EditSettingError(shown, f"must be true or false, got {value!r}")
+    if kind is int and isinstance(value, float):  # JSON's 7.0: a whole number, as int
+        if value.is_integer():
+            return int(value)
+        raise EditSettingError(shown, f"must be a whole number, got {value!r}")
     if not isinstance(value, str) or kind is str:
         return value
     text = value.strip()
