@@ -3,6 +3,7 @@ its bad input, resuming, and a clean stop on a signal."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -214,3 +215,46 @@ def test_exemplar_masks_and_cut_outs_are_read_as_edit_reads_them(tmp_path, capsy
     assert any(
         "exemplar mask of job inverted covers the whole border" in text for text in warned
     ), warned
+
+
+def _fake_run(jobs, out, defaults, overwrite=False):
+    from exemplar_core.batch.results import RunFingerprint
+
+    fingerprint = RunFingerprint({"name": "model"}, dict(defaults))
+    options = BatchOptions(
+        out, defaults, overwrite=overwrite, progress=False, fingerprint=fingerprint
+    )
+    return run_batch(_FakeEditor(), jobs, options)
+
+
+def test_after_a_killed_overwrite_run_only_its_redone_jobs_count_as_done(tmp_path):
+    """A run with new defaults and --overwrite, killed after redoing j00: a rerun without
+    --overwrite takes j00 as done but does not pass j01, made with the old defaults, as done."""
+    jobs, _ = read_manifest(write_jsonl(tmp_path / "jobs.jsonl", make_inputs(tmp_path, 2)))
+    out = tmp_path / "out"
+    assert _fake_run(jobs, out, {"steps": 2}).done == 2
+    assert _fake_run(jobs[:1], out, {"steps": 3}, overwrite=True).done == 1  # killed after j00
+    old = (out / "j01.png").read_bytes()
+    summary = _fake_run(jobs, out, {"steps": 3})
+    assert (summary.done, summary.skipped, summary.failed) == (0, 1, 1)
+    last = {entry["id"]: entry for entry in records(out)}
+    assert "j01.png already exists in the --out folder" in last["j01"]["error"]
+    assert "--overwrite" in last["j01"]["error"]
+    assert (out / "j01.png").read_bytes() == old  # kept, never replaced without --overwrite
+    assert _fake_run(jobs, out, {"steps": 3}, overwrite=True).done == 2
+    assert _fake_run(jobs, out, {"steps": 3}).skipped == 2
+
+
+def test_a_job_whose_settings_or_files_changed_is_not_skipped_as_done(tmp_path):
+    jobs, _ = read_manifest(write_jsonl(tmp_path / "jobs.jsonl", make_inputs(tmp_path, 3)))
+    out = tmp_path / "out"
+    assert _fake_run(jobs, out, {"steps": 2}).done == 3
+    reseeded = dataclasses.replace(jobs[0], settings={"seed": 99})
+    moved = dataclasses.replace(jobs[1], source=tmp_path / "src2.png")
+    same = dataclasses.replace(jobs[2], settings={"seed": "12"})  # CSV's "12" is JSON's 12
+    summary = _fake_run([reseeded, moved, same], out, {"steps": 2})
+    assert (summary.done, summary.skipped, summary.failed) == (0, 1, 2)
+    last = {entry["id"]: entry for entry in records(out)}
+    assert last["j00"]["stage"] == last["j01"]["stage"] == "write"
+    assert "already exists" in last["j00"]["error"] and "already exists" in last["j01"]["error"]
+    assert last["j02"]["error"] is None

@@ -325,3 +325,34 @@ def test_one_run_options_and_farm_options_do_not_mix(tmp_path, capsys):
     assert "only applies with --manifest" in capsys.readouterr().err
     assert headless.main(["--quiet"]) == headless.EXIT_USAGE
     assert "give the workflow" in capsys.readouterr().err
+
+
+def test_an_existing_output_fails_its_job_before_anything_is_uploaded(servers, tmp_path):
+    server = servers("a")
+    manifest = write_manifest(tmp_path, {"j1": {}, "j2": {}}, {})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "j1.png").write_bytes(b"the user's file")
+    assert farm(manifest, out, server) == headless.EXIT_SERVER_ERROR
+    results = load_results(out)
+    assert "j1.png already exists in the --out folder" in results["j1"]["error"]
+    assert "--overwrite" in results["j1"]["error"] and results["j1"]["stage"] == "write"
+    assert not any(name.startswith("j1-") for name in server.uploads)  # never sent
+    assert len(server.prompts) == 1 and results["j2"]["error"] is None
+    assert (out / "j1.png").read_bytes() == b"the user's file"
+    assert farm(manifest, out, server, extra=("--overwrite",)) == headless.EXIT_OK
+    assert output_of(out, "j1")["source"] == "j1"
+
+
+def test_a_job_whose_own_settings_changed_is_not_taken_as_done(servers, tmp_path):
+    server = servers("a")
+    manifest = write_manifest(tmp_path, {"j1": {"seed": 1}, "j2": {}}, {})
+    out = tmp_path / "out"
+    assert farm(manifest, out, server) == headless.EXIT_OK
+    write_manifest(tmp_path, {"j1": {"seed": 2}, "j2": {}}, {})
+    assert farm(manifest, out, server) == headless.EXIT_SERVER_ERROR
+    results = load_results(out)
+    assert "j1.png already exists" in results["j1"]["error"] and len(server.prompts) == 2
+    assert output_of(out, "j1")["seed"] == 1  # the first run's output is kept
+    assert farm(manifest, out, server, extra=("--overwrite",)) == headless.EXIT_OK
+    assert output_of(out, "j1")["seed"] == 2

@@ -161,6 +161,7 @@ def run_args(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resize_mask=args.resize_mask,
         progress=not args.no_progress,
+        fingerprint=fingerprint,
     )
     summary = run_batch(editor, jobs, options, problems, shard)
     who = f"batch rank {shard.rank}/{shard.world}" if shard.sharded else "batch"

@@ -12,7 +12,9 @@ manifest line that is no job. Keys (``RECORD_KEYS``):
 - ``seconds``: the wall time of the job's share of its batch (loading, editing, writing);
 - ``error``: null, or the message; ``stage``: null on success, else where it failed:
   ``manifest`` (not a job: never run), ``settings``, ``load``, ``edit`` or ``write``;
-- ``worker``: the process rank (0 when not sharded) or the ComfyUI server; ``time``: UTC ISO 8601.
+- ``worker``: the process rank (0 when not sharded) or the ComfyUI server; ``time``: UTC ISO 8601;
+- ``digest``: ``job_digest`` of the attempt (the run's fingerprint, the job's own settings, its
+  input files' paths): a later run counts the attempt as this job's only while it matches.
 
 A record is appended and flushed to disk before its output is renamed into place, so an output
 never exists without its record; a killed run leaves at most a torn last line, which readers
@@ -31,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..files import DestinationError, atomic_write_text
-from .jobs import Job
+from .jobs import PATH_FIELDS, Job, job_settings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ RECORD_KEYS = (
     "stage",
     "worker",
     "time",
+    "digest",
 )
 _HASHED_BYTES = 1 << 20
 
@@ -137,21 +140,50 @@ def load_results(out_dir: Path) -> dict[str, dict[str, object]]:
     return last
 
 
+def job_digest(fingerprint: RunFingerprint, job: Job) -> str:
+    """sha256 (hex) of what defines a job's output: the run's fingerprint (model, defaults,
+    runner), the job's own settings (read as their types, so that CSV's "7" and JSON's 7 agree)
+    and its input files' paths."""
+    try:
+        checked = job_settings(job, {})
+        own = {name: getattr(checked, name) for name in job.settings}
+    except ValueError:  # a refused setting: the job fails; its digest keeps the values given
+        own = dict(job.settings)
+    paths = {name: getattr(job, name) for name in PATH_FIELDS}
+    text = json.dumps(
+        {
+            "run": asdict(fingerprint),
+            "settings": own,
+            "inputs": {
+                name: None if p is None else str(Path(p).absolute()) for name, p in paths.items()
+            },
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def plan(
     jobs: Sequence[Job],
     done: Mapping[str, Mapping[str, object]],
     retry_failed: bool,
     overwrite: bool,
     out_dir: Path | None = None,
+    digests: Mapping[str, str] | None = None,
 ) -> tuple[list[Job], list[Job]]:
     """-> (jobs to run, jobs skipped). Skipped: a job whose last attempt succeeded (unless
     ``overwrite``; with ``out_dir``, only while its output is still there) or failed (unless
-    ``retry_failed`` or ``overwrite``)."""
+    ``retry_failed`` or ``overwrite``). With ``digests`` (job id -> ``job_digest`` now), an
+    attempt whose record has another digest (other settings, files or model) is not this job's:
+    it is run again (and its output, made otherwise, is refused without ``overwrite``)."""
     todo: list[Job] = []
     skipped: list[Job] = []
     for job in jobs:
         last = done.get(job.id)
         if last is None or overwrite:
+            todo.append(job)
+        elif digests is not None and last.get("digest") != digests.get(job.id):
             todo.append(job)
         elif last.get("error") is not None:
             (todo if retry_failed else skipped).append(job)
@@ -160,6 +192,19 @@ def plan(
         else:
             skipped.append(job)
     return todo, skipped
+
+
+def output_in_the_way(out_dir: Path, job_id: str, overwrite: bool) -> str | None:
+    """Why job ``job_id``'s output cannot be written (it exists and not ``overwrite``), or None.
+    Checked before a job runs: the output there is no finished attempt of this job as it is
+    now, and is never replaced without --overwrite."""
+    out = output_path(out_dir, job_id)
+    if overwrite or not out.exists():
+        return None
+    return (
+        f"{out.name} already exists in the --out folder and no finished attempt of this job with "
+        f"its present settings and files made it; pass --overwrite to replace it"
+    )
 
 
 def checkpoint_identity(path: Path) -> dict[str, object]:

@@ -19,7 +19,17 @@ from typing import Protocol
 from ..editor import EditRequest, EditResult, EditSettings
 from ..files import atomic_write
 from .jobs import SETTING_FIELDS, Job, JobProblem, job_settings
-from .results import ResultsLog, load_results, output_path, plan, read_records, record
+from .results import (
+    ResultsLog,
+    RunFingerprint,
+    job_digest,
+    load_results,
+    output_in_the_way,
+    output_path,
+    plan,
+    read_records,
+    record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +95,8 @@ class BatchOptions:
     overwrite: bool = False
     resize_mask: bool = False
     progress: bool = True
+    # What defines the outputs (claimed in the folder by the caller); None: the defaults alone.
+    fingerprint: RunFingerprint | None = None
 
 
 @dataclass
@@ -184,6 +196,36 @@ def remove_stale_temps(out_dir: Path, jobs: Sequence[Job]) -> None:
             temp.unlink(missing_ok=True)
 
 
+def start_run(
+    log: ResultsLog,
+    jobs: Sequence[Job],
+    problems: Sequence[JobProblem],
+    fingerprint: RunFingerprint,
+    retry_failed: bool,
+    overwrite: bool,
+    summary_type: type[BatchSummary] = BatchSummary,
+    record_here: bool = True,
+) -> tuple[list[Job], BatchSummary, dict[str, str]]:
+    """The opening of a run into ``log``'s folder, shared by the batch editor and the farm:
+    -> (the jobs to do, the summary so far, job id -> ``job_digest``). Plans against the
+    folder's results, removes the temp files a killed run left beside the outputs to do, and
+    records the manifest's problems (when ``record_here``: one process of a sharded run)."""
+    out_dir = log.path.parent
+    digests = {job.id: job_digest(fingerprint, job) for job in jobs}
+    done = load_results(out_dir)
+    todo, skipped = plan(jobs, done, retry_failed, overwrite, out_dir, digests)
+    remove_stale_temps(out_dir, todo)
+    summary = summary_type(
+        planned=len(todo),
+        skipped=len(skipped),
+        skipped_failed=sum(done[job.id].get("error") is not None for job in skipped),
+        problems=len(problems),
+    )
+    if record_here:
+        record_problems(log, out_dir, problems)
+    return todo, summary, digests
+
+
 def _batch_key(settings: EditSettings | None) -> tuple:
     """Jobs whose settings may share a UNet batch sort next to each other."""
     if settings is None:
@@ -215,37 +257,36 @@ def run_batch(
     shard = shard or Shard()
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    mine = shard.take(jobs)
-    done = load_results(out_dir)
-    todo, skipped = plan(mine, done, options.retry_failed, options.overwrite, out_dir)
-    summary = BatchSummary(
-        planned=len(todo),
-        skipped=len(skipped),
-        skipped_failed=sum(1 for job in skipped if done[job.id].get("error") is not None),
-        problems=len(problems),
-    )
-    remove_stale_temps(out_dir, todo)
+    fingerprint = options.fingerprint or RunFingerprint({}, dict(options.defaults))
     worker = shard.rank
     log = ResultsLog(out_dir, shard.rank if shard.sharded else None)
+    todo, summary, digests = start_run(
+        log,
+        shard.take(jobs),
+        problems,
+        fingerprint,
+        options.retry_failed,
+        options.overwrite,
+        record_here=shard.rank == 0,
+    )
+
+    def attempt(job: Job, settings: EditSettings | None, seconds: float, **values) -> dict:
+        return record(
+            job.id,
+            line=job.line,
+            seed=settings.seed if settings is not None else None,
+            settings=settings_record(settings) if settings is not None else None,
+            seconds=round(seconds, 4),
+            worker=worker,
+            digest=digests[job.id],
+            **values,
+        )
 
     def fail(job: Job, stage: str, error: BaseException | str, settings=None, seconds=0.0):
-        log.append(
-            record(
-                job.id,
-                line=job.line,
-                seed=settings.seed if settings is not None else None,
-                settings=settings_record(settings) if settings is not None else None,
-                seconds=round(seconds, 4),
-                error=str(error),
-                stage=stage,
-                worker=worker,
-            )
-        )
+        log.append(attempt(job, settings, seconds, error=str(error), stage=stage))
         summary.failed += 1
 
     with log, StopFlag() as stop:
-        if shard.rank == 0:
-            record_problems(log, out_dir, problems)
         runnable: list[tuple[Job, EditSettings]] = []
         for job in todo:
             try:
@@ -265,15 +306,9 @@ def run_batch(
                 requests: list[EditRequest] = []
                 loaded: list[tuple[Job, EditSettings]] = []
                 for job, settings in chunk:
-                    out = output_path(out_dir, job.id)
-                    if out.exists() and not options.overwrite:
-                        fail(
-                            job,
-                            "write",
-                            f"{out.name} already exists in the --out folder and no finished job "
-                            f"of its results made it; pass --overwrite to replace it",
-                            settings,
-                        )
+                    in_the_way = output_in_the_way(out_dir, job.id, options.overwrite)
+                    if in_the_way is not None:
+                        fail(job, "write", in_the_way, settings)
                         continue
                     try:
                         request = _load_request(job, settings, options.resize_mask)
@@ -289,9 +324,9 @@ def run_batch(
                         fail(job, "edit", result, settings, share)
                         continue
                     try:
-                        _write(
-                            log, out_dir, job, settings, result, share, worker, options.overwrite
-                        )
+                        out = output_path(out_dir, job.id)
+                        entry = attempt(job, settings, share, output=out.name)
+                        _write(log, out, result, entry, options.overwrite)
                         summary.done += 1
                     except (ValueError, OSError) as err:
                         fail(job, "write", err, settings, share)
@@ -332,29 +367,19 @@ def _load_request(job: Job, settings: EditSettings, resize_mask: bool) -> EditRe
     return EditRequest(source, edit_mask, exemplar, settings, exemplar_mask)
 
 
-def _write(log, out_dir, job, settings, result, seconds, worker, overwrite: bool) -> None:
-    """The output PNG, written atomically; its record is appended once the image is on disk
-    under its temp name and before the rename, so an output never exists without a record."""
+def _write(log: ResultsLog, out: Path, result: EditResult, entry: dict, overwrite: bool) -> None:
+    """The output PNG ``out``, written atomically; its record ``entry`` is appended once the
+    image is on disk under its temp name and before the rename, so an output never exists
+    without a record."""
     from PIL import Image
 
     from ..image_io import to_uint8
 
-    out = output_path(out_dir, job.id)
     image = Image.fromarray(to_uint8(result.image))
 
     def write(temp: Path) -> None:
         image.save(temp, format="PNG")
-        log.append(
-            record(
-                job.id,
-                line=job.line,
-                output=out.name,
-                seed=settings.seed,
-                settings=settings_record(settings),
-                seconds=round(seconds, 4),
-                worker=worker,
-            )
-        )
+        log.append(entry)
 
     atomic_write(out, write, overwrite=overwrite)
 

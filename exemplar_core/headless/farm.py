@@ -41,12 +41,11 @@ from ..batch.results import (
     RESULTS_NAME,
     ResultsLog,
     RunFingerprint,
-    load_results,
+    output_in_the_way,
     output_path,
-    plan,
     record,
 )
-from ..batch.run import BatchSummary, StopFlag, record_problems, remove_stale_temps
+from ..batch.run import BatchSummary, StopFlag, start_run
 from ..editor import EditSettingError
 from ..files import DestinationError, atomic_write
 from .cli import parse_sets
@@ -229,11 +228,17 @@ class Farm:
     """One run over live servers: a queue of jobs, one worker thread per server slot."""
 
     def __init__(
-        self, options: FarmOptions, servers: list[str], base: dict[str, Any], log: ResultsLog
+        self,
+        options: FarmOptions,
+        servers: list[str],
+        base: dict[str, Any],
+        log: ResultsLog,
+        digests: dict[str, str],
     ) -> None:
         self.options = options
         self.base = base
         self.log = log
+        self.digests = digests  # job id -> results.job_digest, kept in each record
         self.lock = threading.Condition()
         self.pending: deque[tuple[Job, int, list[str]]] = deque()  # job, tries, servers lost
         self.in_flight = 0
@@ -249,6 +254,9 @@ class Farm:
     def attempt(self, client: Client, job: Job) -> tuple[bytes, dict[str, Any]]:
         """Run one job on ``client``'s server: its output image's bytes and effective settings.
         Raises JobError for the job's own faults, one of SERVER_DOWN when the server went away."""
+        in_the_way = output_in_the_way(self.options.out, job.id, self.options.overwrite)
+        if in_the_way is not None:  # refused before its files are uploaded and it is run
+            raise JobError(in_the_way, "write")
         prompt, settings = job_prompt(self.base, typed_settings(job))
         images = {"source": job.source, "mask": job.mask, "exemplar": job.exemplar}
         if job.exemplar_mask is not None:
@@ -363,7 +371,13 @@ class Farm:
         settings = values.get("settings")
         seed = settings.get("seed") if settings else None
         entry = record(
-            job.id, line=job.line, seed=seed, seconds=round(seconds, 3), worker=server, **values
+            job.id,
+            line=job.line,
+            seed=seed,
+            seconds=round(seconds, 3),
+            worker=server,
+            digest=self.digests[job.id],
+            **values,
         )
         with self.lock:
             self.log.append(entry)
@@ -454,25 +468,26 @@ def run_farm(options: FarmOptions) -> FarmSummary:
         raise HeadlessError(str(err), EXIT_USAGE) from err
     out = prepare_out_dir(options.out)
     servers = check_servers(list(dict.fromkeys(options.servers)), options.quiet)
+    run_fingerprint = fingerprint(base)
     try:
-        fingerprint(base).claim(out, options.overwrite)
+        run_fingerprint.claim(out, options.overwrite)
     except DestinationError as err:
         raise HeadlessError(str(err), EXIT_USAGE) from err
-    done = load_results(out)
-    todo, skipped = plan(jobs, done, options.retry_failed, options.overwrite, out)
-    remove_stale_temps(out, todo)  # a killed run's half-written outputs
     start = time.monotonic()
     with ResultsLog(out) as log:
-        record_problems(log, out, problems)
+        todo, summary, digests = start_run(
+            log,
+            jobs,
+            problems,
+            run_fingerprint,
+            options.retry_failed,
+            options.overwrite,
+            FarmSummary,
+        )
         for problem in problems:
             say(options.quiet, f"manifest {problem}")
-        farm = Farm(options, servers, base, log)
-        farm.summary = FarmSummary(
-            planned=len(todo),
-            skipped=len(skipped),
-            skipped_failed=sum(done[job.id].get("error") is not None for job in skipped),
-            problems=len(problems),
-        )
+        farm = Farm(options, servers, base, log, digests)
+        farm.summary = summary
         say(options.quiet, f"{len(todo)} jobs to do on {len(servers)} servers")
         summary = farm.run(sorted(todo, key=lambda job: job.id))
     summary.seconds = time.monotonic() - start
