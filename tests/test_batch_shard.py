@@ -1,6 +1,8 @@
 """The batch editor as separate processes: two processes under ``accelerate launch`` on the CPU
 share a manifest (every job once, the same pixels as one process), and a run killed with
-SIGKILL resumes without redoing or corrupting what it had finished."""
+SIGKILL resumes without redoing or corrupting what it had finished. One test, the killed run
+beside the launched pair, so that the fresh processes (each a model load) are as few as can
+prove it."""
 
 from __future__ import annotations
 
@@ -46,9 +48,8 @@ def _batch_args(manifest, out) -> list[str]:
     ]
 
 
-def test_two_processes_do_every_job_once_with_the_pixels_of_one(tmp_path):
-    manifest = write_jsonl(tmp_path / "jobs.jsonl", make_inputs(tmp_path, 3))
-    one, two = tmp_path / "one", tmp_path / "two"
+def _launch_two(manifest, out, tmp_path) -> subprocess.Popen:
+    """``accelerate launch`` of two CPU processes running the batch into ``out``."""
     command = [
         sys.executable,
         "-m",
@@ -68,40 +69,19 @@ def test_two_processes_do_every_job_once_with_the_pixels_of_one(tmp_path):
         str(free_port()),
         "-m",
         "exemplar_core",
-        *_batch_args(manifest, two),
+        *_batch_args(manifest, out),
     ]
-    launched = subprocess.run(
+    return subprocess.Popen(
         command,
         cwd=REPO,
         env=_env(tmp_path),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
     )
-    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
-    assert "batch rank 0/2: 2 done" in launched.stdout
-    assert "batch rank 1/2: 1 done" in launched.stdout
-    assert main(_batch_args(manifest, one)) == 0
-
-    shared = records(two)
-    assert Counter(entry["id"] for entry in shared) == Counter(f"j{i:02d}" for i in range(3))
-    assert {entry["worker"] for entry in shared} == {0, 1}
-    assert sorted(p.name for p in two.glob("results*.jsonl")) == [
-        "results.rank0.jsonl",
-        "results.rank1.jsonl",
-    ]
-    for i in range(3):
-        name = f"j{i:02d}.png"
-        assert (pixels(two / name) == pixels(one / name)).all(), name
-    # resuming the sharded folder with one process finds everything done
-    assert main(_batch_args(manifest, two)) == 0
-    assert len(records(two)) == 3
 
 
-def test_a_killed_run_resumes_without_redoing_or_corrupting_finished_jobs(tmp_path):
-    count = 4
-    manifest = write_jsonl(tmp_path / "jobs.jsonl", make_inputs(tmp_path, count))
-    out = tmp_path / "out"
+def _run_until_first_output_then_kill(manifest, out, tmp_path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "exemplar_core", *_batch_args(manifest, out)],
         cwd=REPO,
@@ -118,23 +98,53 @@ def test_a_killed_run_resumes_without_redoing_or_corrupting_finished_jobs(tmp_pa
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_two_processes_do_every_job_once_and_a_killed_run_resumes_to_the_same_pixels(tmp_path):
+    """The two processes of ``accelerate launch`` share the jobs, each done once; meanwhile one
+    process is killed with SIGKILL after its first output and run again: it redoes nothing it
+    had finished, leaves no partial file, and ends with the two processes' pixels."""
+    count = 4
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", make_inputs(tmp_path, count))
+    one, two = tmp_path / "one", tmp_path / "two"
+    ids = [f"j{i:02d}" for i in range(count)]
+    launched = _launch_two(manifest, two, tmp_path)  # runs while the other is killed
+    try:
+        _run_until_first_output_then_kill(manifest, one, tmp_path)
+        stdout, stderr = launched.communicate(timeout=300)
+    finally:
+        launched.kill()
+    assert launched.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "batch rank 0/2: 2 done" in stdout and "batch rank 1/2: 2 done" in stdout
+    shared = records(two)
+    assert Counter(entry["id"] for entry in shared) == Counter(ids)
+    assert {entry["worker"] for entry in shared} == {0, 1}
+    assert sorted(p.name for p in two.glob("results*.jsonl")) == [
+        "results.rank0.jsonl",
+        "results.rank1.jsonl",
+    ]
+
     finished = {
-        path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in out.glob("j*.png")
+        path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in one.glob("j*.png")
     }
     assert 1 <= len(finished) < count
-    recorded = {entry["output"] for entry in records(out) if entry["error"] is None}
+    recorded = {entry["output"] for entry in records(one) if entry["error"] is None}
     assert set(finished) <= recorded  # an output never exists without its record
     for name in finished:
-        assert pixels(out / name).shape == (48, 64, 3)  # whole PNGs, not partial files
-
-    assert main(_batch_args(manifest, out)) == 0
+        assert pixels(one / name).shape == (48, 64, 3)  # whole PNGs, not partial files
+    assert main(_batch_args(manifest, one)) == 0
     again = {
-        name: ((out / name).stat().st_mtime_ns, (out / name).read_bytes()) for name in finished
+        name: ((one / name).stat().st_mtime_ns, (one / name).read_bytes()) for name in finished
     }
     assert again == finished
-    successes = Counter(entry["id"] for entry in records(out) if entry["error"] is None)
-    assert set(successes) == {f"j{i:02d}" for i in range(count)}
+    successes = Counter(entry["id"] for entry in records(one) if entry["error"] is None)
+    assert set(successes) == set(ids)
     # a job finished before the kill is not done again (one killed between its record and its
     # rename has no output and is redone)
     assert all(successes[name.removesuffix(".png")] == 1 for name in finished)
-    assert not list(out.glob(".*.tmp"))
+    assert not list(one.glob(".*.tmp"))
+    for job_id in ids:  # one process, killed and resumed, made the two processes' pixels
+        assert (pixels(two / f"{job_id}.png") == pixels(one / f"{job_id}.png")).all(), job_id
+    # resuming the sharded folder with one process finds everything done
+    assert main(_batch_args(manifest, two)) == 0
+    assert len(records(two)) == count
