@@ -35,6 +35,22 @@ class _RememberOption(argparse.Action):
         namespace.options = typed
 
 
+def add_compile_option(parser: argparse.ArgumentParser) -> None:
+    """``--compile {off,compile,cudagraphs}``: how the UNet step runs (``exemplar_core.compile``);
+    shared by every command that samples (edit, batch, the benchmarks)."""
+    from .compile import COMPILE_MODES
+
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="run the UNet step compiled: compile = torch.compile (inductor; the first step of "
+        "each resolution and batch compiles, which takes seconds to minutes, so it pays over "
+        "many steps or edits), cudagraphs = the same plus CUDA graphs (CUDA only); where it "
+        "cannot, a warning says why and the edit runs uncompiled (default: %(default)s)",
+    )
+
+
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     from typing import get_args
 
@@ -216,6 +232,7 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace --out if it exists (default: off, an existing --out is an error)",
     )
+    add_compile_option(p)
     p.set_defaults(func=run_edit)
 
 
@@ -282,6 +299,7 @@ def run_edit(args: argparse.Namespace) -> int:
     for lora, strength in loras:
         editor.apply_lora(lora, strength)
         print(f"applied LoRA {lora.path} at strength {strength:g}")
+    editor.enable_compile(args.compile)
     loaded = time.perf_counter()
     result = editor.edit(source, mask, exemplar, settings, exemplar_mask=exemplar_mask)
     done = time.perf_counter()
