@@ -18,12 +18,19 @@ from exemplar_core.model import ModelConfigs, PaintByExampleModel
 SETTINGS = EditSettings(steps=2, size=32, feather=2, scheduler="pndm")
 
 
-@pytest.fixture(autouse=True)
-def _one_compile_thread(monkeypatch):
-    """No pool of compile workers: starting one costs more than it saves on two cores."""
+def _quick_inductor():
+    """Inductor set to build quickly on two cores: no pool of compile workers (starting one
+    costs more than it saves) and scalar C++ kernels (without the vector headers gcc takes half
+    the time)."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "compile_threads", 1, raising=False)
+    return inductor_config.patch({"compile_threads": 1, "cpp.vec_isa_ok": False})
+
+
+@pytest.fixture(autouse=True)
+def _quick_inductor_in_each_test():
+    with _quick_inductor():
+        yield
 
 
 def _one_level_model() -> PaintByExampleModel:
@@ -60,21 +67,18 @@ def eager_raw() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def compiled_run():
-    """(raw result, the log) of one edit with the UNet step compiled by inductor."""
-    import torch._inductor.config as inductor_config
-
+    """(raw result, the editor, the log) of one edit with the UNet step compiled by inductor."""
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
     logger = logging.getLogger(compiled.__name__)
     logger.addHandler(handler)
     level, logger.level = logger.level, logging.INFO
-    threads, inductor_config.compile_threads = inductor_config.compile_threads, 1
     try:
-        editor = Editor(_one_level_model(), device="cpu", progress=False, compile="compile")
-        raw = editor.edit(*_inputs(), SETTINGS).raw
+        with _quick_inductor():
+            editor = Editor(_one_level_model(), device="cpu", progress=False, compile="compile")
+            raw = editor.edit(*_inputs(), SETTINGS).raw
     finally:
-        inductor_config.compile_threads = threads
         logger.removeHandler(handler)
         logger.level = level
     return raw, editor, [r.getMessage() for r in records]
