@@ -36,6 +36,22 @@ class _RememberOption(argparse.Action):
         namespace.options = typed
 
 
+def add_compile_option(parser: argparse.ArgumentParser) -> None:
+    """``--compile {off,compile,cudagraphs}``: how the UNet step runs (``exemplar_core.compile``);
+    shared by every command that samples (edit, batch, the benchmarks)."""
+    from .compile import COMPILE_MODES
+
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="run the UNet step compiled: compile = torch.compile (inductor; the first step of "
+        "each resolution and batch compiles, which takes seconds to minutes, so it pays over "
+        "many steps or edits), cudagraphs = the same plus CUDA graphs (CUDA only); where it "
+        "cannot, a warning says why and the edit runs uncompiled (default: %(default)s)",
+    )
+
+
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "edit",
@@ -225,6 +241,7 @@ def add_edit_options(p: argparse.ArgumentParser) -> None:
         help="merge a Paint-by-Example LoRA .safetensors into the model before editing, at "
         "STRENGTH (a number, default 1; 0 = not applied); repeat to stack several (default: none)",
     )
+    add_compile_option(p)
 
 
 def edit_settings_of(args: argparse.Namespace) -> dict[str, object]:
@@ -283,6 +300,7 @@ def run_edit(args: argparse.Namespace) -> int:
     for lora, strength in loras:
         editor.apply_lora(lora, strength)
         print(f"applied LoRA {lora.path} at strength {strength:g}")
+    editor.enable_compile(args.compile)
     loaded = time.perf_counter()
     result = editor.edit(source, mask, exemplar, settings, exemplar_mask=exemplar_mask)
     done = time.perf_counter()

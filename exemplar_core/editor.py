@@ -214,6 +214,7 @@ class Editor:
         dtype: torch.dtype | None = None,
         progress: bool = True,
         source: str = "",
+        compile: str = "off",
     ) -> None:
         self.source = source  # the model file, for messages
         self.device = torch.device(device) if device is not None else _auto_device()
@@ -222,6 +223,7 @@ class Editor:
         self.model.requires_grad_(False)
         self.progress = progress
         self._learned_vector_checked = False
+        self.enable_compile(compile)
 
     @classmethod
     def from_file(
@@ -243,6 +245,14 @@ class Editor:
             lora = read_lora(lora)
         apply_lora(self.model, lora, strength)
         self._learned_vector_checked = False  # the exemplar side may have changed
+
+    def enable_compile(self, mode: str) -> None:
+        """Run the UNet step compiled: ``mode`` is one of ``compile.COMPILE_MODES`` ("off",
+        "compile", "cudagraphs"); the first step of each shape compiles, and where compiling is
+        impossible one warning names the reason and the edit runs eager (``compile_unet``)."""
+        from .compile import compile_unet
+
+        compile_unet(self.model, mode)
 
     @property
     def size_multiple(self) -> int:

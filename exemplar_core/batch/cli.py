@@ -152,6 +152,7 @@ def run_args(args: argparse.Namespace) -> int:
     editor.progress = False  # the batch's own bar, not one per edit
     for lora, strength in loras:
         editor.apply_lora(lora, strength)
+    editor.enable_compile(args.compile)  # one compile per processing size and batch size
     options = BatchOptions(
         out_dir=out_dir,
         defaults=defaults,
