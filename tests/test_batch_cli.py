@@ -258,3 +258,16 @@ def test_a_job_whose_settings_or_files_changed_is_not_skipped_as_done(tmp_path):
     assert last["j00"]["stage"] == last["j01"]["stage"] == "write"
     assert "already exists" in last["j00"]["error"] and "already exists" in last["j01"]["error"]
     assert last["j02"]["error"] is None
+
+
+def test_compile_is_a_batch_option_and_falls_back_with_a_reason(tmp_path, capsys, caplog):
+    """``--compile`` is edit's shared option; CUDA graphs on the CPU cannot be captured, so the
+    run warns once and gives the uncompiled pixels."""
+    manifest = write_jsonl(tmp_path / "jobs.jsonl", make_inputs(tmp_path, 1))
+    assert main(_batch(manifest, tmp_path / "plain")) == 0
+    with caplog.at_level("WARNING"):
+        assert main(_batch(manifest, tmp_path / "graphs", "--compile", "cudagraphs")) == 0
+    assert "cuda" in caplog.text.lower()
+    assert np.array_equal(
+        pixels(tmp_path / "plain" / "j00.png"), pixels(tmp_path / "graphs" / "j00.png")
+    )
