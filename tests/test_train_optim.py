@@ -147,6 +147,22 @@ def test_ema_every_n_steps_matches_n_single_updates_of_a_still_weight(every):
     assert sparse.current_decay() == pytest.approx(0.5**every)  # warmed up (n >= 8)
 
 
+def test_ema_update_is_the_per_parameter_lerp_bit_for_bit():
+    """The multi-tensor update moves every shadow exactly as one lerp_ per parameter does."""
+    params = _params()
+    ema = EMA(params, decay=0.9)
+    expected = [s.clone() for s in ema.shadow]
+    for step in range(5):
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.add_(torch.randn_like(p) * (step + i + 1))
+        weight = 1.0 - ema.current_decay()
+        for shadow, p in zip(expected, params, strict=True):
+            shadow.lerp_(p.detach().float(), weight)
+        ema.update()
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow, expected, strict=True))
+
+
 def test_ema_on_the_cpu_keeps_shadows_and_swapped_weights_there():
     params = _params()
     ema = EMA(params, decay=0.9, device="cpu")
