@@ -2,7 +2,8 @@
 
     python -m bench.train throughput    [--architecture mini --resolution 64 --batch 16]
                                         [--sides ours,minimal,ours_ema,ours_compiled,
-                                         ours_inline_checksum] [--set train.compile=true]
+                                         ours_inline_checksum,ours_fused]
+                                        [--set train.compile=true]
     python -m bench.train checkpointing [--architecture mini --resolution 128 --batches 8,32]
     python -m bench.train data          [--resolution 512 --samples 200 --gpu-rate 0]
     python -m bench.train memory        [--size 512 --batch 4 --arch published --lora-rank 16]
@@ -18,7 +19,8 @@ diffusers and accelerate docs; "ours_compiled" is "ours" with ``train.compile = 
 UNet under ``torch.compile``; the warm-up steps take the compile, so give ``--warmup`` enough);
 "ours_inline_checksum" is "ours" with the per-batch data checksum (a float64 sum of the batch's
 pixels) also computed on the training thread, where it was before it moved into the DataLoader
-workers: the pair measures that move. Each extra side prints its ratio to "ours".
+workers: the pair measures that move; "ours_fused" is "ours" with
+``train.fused_optimizer = true``. Each extra side prints its ratio to "ours".
 
 ``checkpointing``: the trainer with and without UNet gradient checkpointing at each batch of
 ``--batches``; the report gives, per batch, the peak-memory ratio (target <= 0.6) and the
@@ -236,6 +238,7 @@ TRAINER_SIDES = {
     "ours_ema": (True, (), False),
     "ours_compiled": (False, ("train.compile=true",), False),
     "ours_inline_checksum": (False, (), True),
+    "ours_fused": (False, ("train.fused_optimizer=true",), False),
 }
 SIDES = (*TRAINER_SIDES, "minimal")
 
