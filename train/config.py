@@ -68,8 +68,9 @@ class ModelSection:
     )
     unet: dict = opt(
         {},
-        "diffusers UNet config overrides for an LDM single file, whose head count cannot be read "
-        "from the weights (SD 1.x: attention_head_dim = 8, the default)",
+        "diffusers UNet config overrides: for an LDM single file, whose head count cannot be "
+        "read from the weights (SD 1.x: attention_head_dim = 8, the default); for init = "
+        "'random', changes to the architecture's UNet (e.g. block_out_channels = [128, 256])",
     )
     architecture: Literal["published", "tiny", "mini"] = opt(
         "published",
