@@ -122,12 +122,119 @@ def cmd_edit(args) -> dict:
     }
 
 
+# Tensor methods that hand a value to Python: on an accelerator each waits for the device queue.
+HOST_READS = frozenset(
+    ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy")
+)
+
+
+class HostReads:
+    """Every read of a tensor's value into Python (``HOST_READS``) over one window, by the line
+    of the project's code that made it (the first caller outside torch and this file). On an
+    accelerator such a read of a device tensor is a sync; on a CPU nothing waits, but the same
+    lines would, so the CPU run finds them too (with ``device_only``, reads of CPU tensors, such
+    as the batch's cache keys, are left out)."""
+
+    def __init__(self, device_only: bool) -> None:
+        self.device_only = device_only
+        self.sites: Counter[str] = Counter()
+        self._mode = None
+
+    def start(self) -> None:
+        from torch.overrides import TorchFunctionMode
+
+        reads = self
+
+        class Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                name = getattr(func, "__name__", "")
+                if name in HOST_READS and args and isinstance(args[0], torch.Tensor):
+                    if not (reads.device_only and args[0].device.type == "cpu"):
+                        reads.sites[f"{name} at {_caller()}"] += 1
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Mode()
+        self._mode.__enter__()
+
+    def stop(self) -> None:
+        self._mode.__exit__(None, None, None)
+
+
+def _caller() -> str:
+    """folder/file:line of the innermost frame outside torch and this file."""
+    import sys
+    from pathlib import PurePath
+
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        parts = PurePath(name).parts
+        if name != __file__ and "torch" not in parts:
+            return f"{'/'.join(parts[-2:])}:{frame.f_lineno} ({frame.f_code.co_name})"
+        frame = frame.f_back
+    return "?"
+
+
+class CpuProbe:
+    """The CPU counterpart of ``Probe``: torch.profiler's self-CPU time by operator over the
+    window, and the host reads of tensor values (``HostReads``) with their lines."""
+
+    def __init__(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self.profiler = profile(activities=[ProfilerActivity.CPU])
+        self.reads = HostReads(device_only=False)
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        self.profiler.start()
+        self.reads.start()
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._start
+        self.reads.stop()
+        self.profiler.stop()
+
+    def report(self, top: int) -> dict:
+        rows = sorted(
+            ((e.self_cpu_time_total, e.key, e.count) for e in self.profiler.key_averages()),
+            reverse=True,
+        )
+        op_us = sum(r[0] for r in rows)
+        print(
+            f"measured wall time {self.seconds:.3f} s (with the profiler and the read finder on); "
+            f"operators' self-CPU time {op_us / 1e6:.3f} s"
+        )
+        print(f"{'self CPU ms':>15}{'calls':>8}  operator")
+        for us, name, count in rows[:top]:
+            print(f"{us / 1e3:>15.1f}{count:>8}  {name[:100]}")
+        reads = self.reads.sites
+        print(
+            f"host reads of tensor values: {sum(reads.values())} (each a sync if the tensor "
+            "were on an accelerator)"
+        )
+        for site, count in reads.most_common():
+            print(f"  {count:>5} x {site}")
+        return {
+            "seconds": self.seconds,
+            "op_seconds": op_us / 1e6,
+            "top_ops": [{"ms": us / 1e3, "calls": c, "name": n} for us, n, c in rows[:top]],
+            "host_reads": dict(reads),
+        }
+
+
 def cmd_train(args) -> dict:
+    """Optimiser steps of the trainer after its warm-up: on CUDA the ``Probe`` (kernel time,
+    syncs); with ``--device cpu`` the ``CpuProbe`` (operators' CPU time, host reads)."""
     from .train import Window, run_trainer
 
     device = pick_device(args.device)
-    _require_cuda(device)
-    probe = Probe()
+    if device.type == "cpu":
+        probe = CpuProbe()
+    else:
+        _require_cuda(device)
+        probe = Probe()
     window = Window(args.warmup, args.steps, device, on_start=probe.start, on_stop=probe.stop)
     run_trainer(args, False, args.checkpointing, window)
     report = probe.report(args.top)
@@ -147,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--dtype", default="fp16", choices=tuple(DTYPES))
     e.add_argument("--out", default="out/bench/profile_edit.json")
     e.add_argument("--device", default="cuda")
-    t = sub.add_parser("train", help="optimiser steps of the trainer")
+    t = sub.add_parser(
+        "train", help="optimiser steps of the trainer (--device cpu: CPU time and host reads)"
+    )
     add_run_options(t, "published", 512, 8)  # bench.train's options; here the profiled steps
     t.set_defaults(steps=5, precision="bf16", workers=4, device="cuda")
     t.add_argument("--checkpointing", action="store_true")

@@ -59,9 +59,14 @@ class EMA:
         """Count one optimiser step; move the shadows when the count reaches a multiple of
         ``every``."""
         if (self.updates + 1) % self.every == 0:
-            decay = self.current_decay()
-            for shadow, param in zip(self.shadow, self.params, strict=True):
-                shadow.lerp_(param.detach().to(shadow.device, torch.float32), 1.0 - decay)
+            weight = 1.0 - self.current_decay()
+            sources = [
+                p.detach().to(s.device, torch.float32)
+                for s, p in zip(self.shadow, self.params, strict=True)
+            ]
+            # One multi-tensor launch on an accelerator instead of one lerp per parameter (the
+            # published UNet has about 700): the same formula, the same bits.
+            torch._foreach_lerp_(self.shadow, sources, weight)
         self.updates += 1
 
     @torch.no_grad()
