@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 import comfy.latent_formats
+import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -85,10 +86,36 @@ def comfy_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
         model, load_device=load_device, offload_device=offload_device
     )
     patcher.add_object_patch("concat_keys", PBE_CONCAT_KEYS)
+    if cpu_attention_applies(load_device):
+        options = patcher.model_options.setdefault("transformer_options", {})
+        options["optimized_attention_override"] = sdpa_attention
     patcher.model_options[MODEL_MARKER] = True
     patcher.model_options[NATIVE_SIZE_KEY] = ckpt.configs.native_size
     patcher.model_options[SOURCE_KEY] = ckpt.source
     return patcher
+
+
+def cpu_attention_applies(load_device: torch.device) -> bool:
+    """Whether this pack's MODEL runs its UNet's attention through PyTorch's SDPA
+    (``sdpa_attention``): on a CPU, where ComfyUI falls back to its chunked sub-quadratic
+    attention unless told otherwise (a CPU has no memory pressure that chunking relieves, and
+    SDPA's fused CPU kernel is faster); an explicit ``--use-quad-cross-attention`` or
+    ``--use-split-cross-attention`` is kept."""
+    from comfy.cli_args import args
+
+    chosen = comfy_attention.optimized_attention
+    return (
+        load_device.type == "cpu"
+        and chosen is comfy_attention.attention_sub_quad
+        and not (args.use_quad_cross_attention or args.use_split_cross_attention)
+    )
+
+
+def sdpa_attention(default, *args, **kwargs):
+    """ComfyUI's ``optimized_attention_override``: ComfyUI's own PyTorch attention
+    (``attention_pytorch``, SDPA) in place of the ``default`` chosen for the device. The same
+    mathematics; the result differs from sub-quadratic attention only in float rounding."""
+    return comfy_attention.attention_pytorch(*args, **kwargs)
 
 
 def model_source(model: comfy.model_patcher.ModelPatcher) -> str:
