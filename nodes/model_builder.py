@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import comfy.latent_formats
@@ -86,6 +87,10 @@ def comfy_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
         model, load_device=load_device, offload_device=offload_device
     )
     patcher.add_object_patch("concat_keys", PBE_CONCAT_KEYS)
+    for name, module in model.diffusion_model.named_modules():
+        if name.endswith("attn2") and isinstance(module, comfy_attention.CrossAttention):
+            patch = functools.partial(single_token_cross_attention, module)
+            patcher.add_object_patch(f"diffusion_model.{name}.forward", patch)
     if cpu_attention_applies(load_device):
         options = patcher.model_options.setdefault("transformer_options", {})
         options["optimized_attention_override"] = sdpa_attention
@@ -93,6 +98,28 @@ def comfy_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
     patcher.model_options[NATIVE_SIZE_KEY] = ckpt.configs.native_size
     patcher.model_options[SOURCE_KEY] = ckpt.source
     return patcher
+
+
+def single_token_cross_attention(
+    attn, x, context=None, value=None, mask=None, transformer_options=None
+) -> torch.Tensor:
+    """``CrossAttention.forward`` for the cross-attention layers of this pack's UNet, whose
+    condition is one token ([B, 1, D]): the softmax over a single key is exactly 1, so every
+    position's output is ``to_out(to_v(context))``; the query and key projections and the
+    attention product are skipped, and the output projection runs on one token (the result
+    differs from the full computation only in float rounding). Anything else (several tokens, a
+    separate value or a mask from a patch, output patches) runs the layer's own forward."""
+    options = transformer_options if transformer_options is not None else {}
+    plain = (
+        context is not None
+        and context.shape[1] == 1
+        and value is None
+        and mask is None
+        and "attn2_output_patch" not in options.get("patches", {})
+    )
+    if not plain:
+        return type(attn).forward(attn, x, context, value, mask, transformer_options=options)
+    return attn.to_out(attn.to_v(context)).expand(-1, x.shape[1], -1)
 
 
 def cpu_attention_applies(load_device: torch.device) -> bool:

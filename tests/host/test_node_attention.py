@@ -1,5 +1,6 @@
-"""On a CPU the pack's MODEL runs its UNet's attention through SDPA (``attention_pytorch``), not
-ComfyUI's chunked sub-quadratic fallback; the result is the same up to float rounding."""
+"""The pack's MODEL: cross-attention to the one-token condition skips the query side, and on a
+CPU attention runs through SDPA (``attention_pytorch``), not ComfyUI's chunked sub-quadratic
+fallback; the result is the same up to float rounding."""
 
 from __future__ import annotations
 
@@ -61,5 +62,33 @@ def test_cpu_model_attention_goes_through_sdpa_with_the_same_result(host, loaded
     before = calls["sdpa"]
     reference = _sample(host, plain, vae, encoder)
     assert calls["sdpa"] == before and calls["sub_quad"] > 0
+    diff = (fast - reference).abs().max().item()
+    assert diff < 1e-4, diff
+
+
+def test_cross_attention_to_one_token_skips_the_query_side_with_the_same_result(host, loaded):
+    model, vae, encoder = loaded
+    patched = [key for key in model.object_patches if key.endswith(".attn2.forward")]
+    layers = [
+        m for name, m in model.model.diffusion_model.named_modules() if name.endswith("attn2")
+    ]
+    assert layers and len(patched) == len(layers)
+    calls = []
+    hooks = [
+        part.register_forward_hook(lambda *_: calls.append(1))
+        for attn in layers
+        for part in (attn.to_q, attn.to_k)
+    ]
+    try:
+        fast = _sample(host, model, vae, encoder)
+        assert calls == []  # no query or key projection ran
+        plain = model.clone()
+        for key in patched:
+            del plain.object_patches[key]
+        reference = _sample(host, plain, vae, encoder)
+        assert calls  # the layers' own forward computes them
+    finally:
+        for hook in hooks:
+            hook.remove()
     diff = (fast - reference).abs().max().item()
     assert diff < 1e-4, diff
