@@ -127,13 +127,14 @@ class RegionProbe:
         self.profiler.stop()
         self._regions.__exit__(None, None, None)
 
-    def tables(self) -> tuple[dict, Counter, Counter, Counter]:
-        """(region -> {"ms", "calls"}, op -> self ms, op -> calls, op -> self ms outside the
+    def tables(self) -> tuple[dict, Counter, Counter, Counter, Counter]:
+        """(region -> {"ms", "calls"}, op -> self ms, op -> calls, and the same two outside the
         UNet) from the recorded events."""
         regions: dict[str, dict] = defaultdict(lambda: {"ms": 0.0, "calls": 0})
         ops: Counter[str] = Counter()
         calls: Counter[str] = Counter()
         outside_unet: Counter[str] = Counter()
+        outside_calls: Counter[str] = Counter()
         for event in self.profiler.events():
             region = _region_of(event)
             ms = event.self_cpu_time_total / 1e3
@@ -146,10 +147,11 @@ class RegionProbe:
             calls[event.name] += 1
             if region != "unet":
                 outside_unet[event.name] += ms
-        return dict(regions), ops, calls, outside_unet
+                outside_calls[event.name] += 1
+        return dict(regions), ops, calls, outside_unet, outside_calls
 
     def report(self, top: int) -> dict:
-        regions, ops, calls, outside_unet = self.tables()
+        regions, ops, calls, outside_unet, outside_calls = self.tables()
         recorded_ms = sum(r["ms"] for r in regions.values())
         wall_ms = self.seconds * 1e3
         print(
@@ -162,16 +164,21 @@ class RegionProbe:
         for name, row in ordered:
             share = row["ms"] / wall_ms if wall_ms else 0.0
             print(f"{name:<22}{row['ms']:>14.1f}{100 * share:>7.1f}%{row['calls']:>8}")
-        for title, table in (("operators", ops), ("operators outside the UNet", outside_unet)):
+        tables = (
+            ("operators", ops, calls),
+            ("operators outside the UNet", outside_unet, outside_calls),
+        )
+        for title, table, counts in tables:
             print(f"{'self-CPU ms':>12}{'calls':>8}  {title}")
             for name, ms in table.most_common(top):
-                print(f"{ms:>12.1f}{calls[name]:>8}  {name[:100]}")
+                print(f"{ms:>12.1f}{counts[name]:>8}  {name[:100]}")
         return {
             "seconds": self.seconds,
             "recorded_cpu_seconds": recorded_ms / 1e3,
             "regions": {name: row for name, row in ordered},
             "top_ops": [{"ms": ms, "calls": calls[n], "name": n} for n, ms in ops.most_common(top)],
             "top_ops_outside_unet": [
-                {"ms": ms, "calls": calls[n], "name": n} for n, ms in outside_unet.most_common(top)
+                {"ms": ms, "calls": outside_calls[n], "name": n}
+                for n, ms in outside_unet.most_common(top)
             ],
         }

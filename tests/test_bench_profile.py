@@ -25,7 +25,7 @@ def test_cpu_report_gives_each_region_of_an_edit_with_its_calls(tiny_model, caps
     probe.start()
     _edit(editor)
     probe.stop()
-    report = probe.report(top=5)
+    report = probe.report(top=50)
     regions = report["regions"]
     # 2 DDIM steps with guidance: two batched UNet calls, two scheduler steps (+ set_timesteps)
     assert regions["unet"]["calls"] == 2
@@ -38,11 +38,15 @@ def test_cpu_report_gives_each_region_of_an_edit_with_its_calls(tiny_model, caps
     recorded = sum(row["ms"] for row in regions.values()) / 1e3
     assert report["recorded_cpu_seconds"] == pytest.approx(recorded)
     assert 0 < report["recorded_cpu_seconds"] <= report["seconds"] * 1.05
-    assert 0 < len(report["top_ops"]) <= 5
+    assert 0 < len(report["top_ops"]) <= 50
     assert {"ms", "calls", "name"} <= set(report["top_ops"][0])
     assert any("conv" in op["name"] for op in report["top_ops"])
-    outside = {op["name"] for op in report["top_ops_outside_unet"]}
+    outside = {op["name"]: op["calls"] for op in report["top_ops_outside_unet"]}
     assert outside and not any(name.startswith(REGION_PREFIX) for name in outside)
+    total = {op["name"]: op["calls"] for op in report["top_ops"]}
+    # the UNet's calls are counted overall, not outside it
+    assert all(calls <= total.get(name, calls) for name, calls in outside.items())
+    assert any(calls < total.get(name, calls) for name, calls in outside.items())
     assert "region" in capsys.readouterr().out
 
 
