@@ -1,15 +1,19 @@
-"""Where the time goes on an accelerator: a warm edit and a few training steps, profiled.
+"""Where the time goes: an edit and a few training steps, profiled.
 
     python -m bench.profile edit   [--size 512 --steps 20 --dtype fp16]
+    python -m bench.profile edit --device cpu [--size 256 --steps 10]
     python -m bench.profile train  [--architecture published --resolution 512 --batch 8]
 
-Each reports the wall time of the measured part, the device's kernel time over it (the busy
-share: what is left is launch overhead, host work and waits), the kernels that take the most time,
-and every host-device synchronisation (``torch.cuda.set_sync_debug_mode``) with the line of
-Python that caused it. ``edit`` profiles the second edit (the first warms up) of the standalone
-editor, diffusers' pipeline or the node (``--side``, set up as in ``bench.inference same``; the
-node needs COMFYUI_PATH);
-``train`` profiles optimiser steps of ``python -m train`` after its warm-up steps. Needs CUDA.
+On CUDA each reports the wall time of the measured part, the device's kernel time over it (the
+busy share: what is left is launch overhead, host work and waits), the kernels that take the most
+time, and every host-device synchronisation (``torch.cuda.set_sync_debug_mode``) with the line of
+Python that caused it. ``edit`` profiles the edit after ``--warmup`` untimed ones (auto: one on a
+GPU, none on a CPU, as ``bench.inference same`` times it) of the standalone editor, diffusers'
+pipeline or the node (``--side``, set up as in ``bench.inference same``; the node needs
+COMFYUI_PATH); ``train`` profiles optimiser steps of ``python -m train`` after its warm-up steps.
+
+``--device cpu``: ``edit`` gives self-CPU time by region and by operator (``bench.regions``),
+``train`` operators' self-CPU time and every host read of a tensor value with its line.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 
 from exemplar_core.dtypes import DTYPES
 
-from .common import pick_device, write_report
+from .common import add_warmup_option, dtype_named, pick_device, warmup_count, write_report
+from .regions import RegionProbe
 from .train import add_run_options
 
 
@@ -100,24 +105,28 @@ def cmd_edit(args) -> dict:
     from .nodes import NODE_SAMPLER, node_edit
 
     device = pick_device(args.device)
-    _require_cuda(device)
+    if device.type != "cpu":
+        _require_cuda(device)
     size = args.size
     args.width = args.height = size
     args.box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
     args.resize_to, (args.sampler, args.scheduler) = 0, NODE_SAMPLER  # as bench.nodes runs it
     makers = {"editor": editor_edit, "diffusers": diffusers_edit, "node": node_edit}
     edit, _ = makers[args.side](args)
-    edit()  # warm-up
-    probe = Probe()
+    for _ in range(warmup_count(args.warmup, device)):
+        edit()
+    probe = RegionProbe() if device.type == "cpu" else Probe()
     probe.start()
     edit()
     probe.stop()
     return {
         "benchmark": "profile_edit",
         "side": args.side,
+        "device": device.type,
         "size": size,
         "steps": args.steps,
-        "dtype": args.dtype,
+        "dtype": str(dtype_named(args.dtype, device)).removeprefix("torch."),
+        "warmup": warmup_count(args.warmup, device),
         **probe.report(args.top),
     }
 
@@ -251,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--side", default="editor", choices=("editor", "diffusers", "node"))
     e.add_argument("--size", type=int, default=512)
     e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--dtype", default="fp16", choices=tuple(DTYPES))
+    e.add_argument(
+        "--dtype", default="auto", choices=("auto", *DTYPES), help="auto: fp16 on CUDA, fp32 on CPU"
+    )
     e.add_argument("--out", default="out/bench/profile_edit.json")
-    e.add_argument("--device", default="cuda")
+    e.add_argument("--device", default="cuda", help="cuda, or cpu for the CPU report")
+    add_warmup_option(e)
     t = sub.add_parser(
         "train", help="optimiser steps of the trainer (--device cpu: CPU time and host reads)"
     )
@@ -262,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--checkpointing", action="store_true")
     t.add_argument("--out", default="out/bench/profile_train.json")
     for p in (e, t):
-        p.add_argument("--top", type=int, default=15, help="kernels listed")
+        p.add_argument("--top", type=int, default=15, help="kernels (CPU: operators) listed")
     args = parser.parse_args(argv)
     report = cmd_edit(args) if args.command == "edit" else cmd_train(args)
     write_report(args.out, report)

@@ -33,7 +33,7 @@ from .checks import (
 from .color import match_color
 from .config import SCHEDULE
 from .guidance import DEFAULT_SIMILARITY, combine
-from .model import PaintByExampleModel
+from .model import PaintByExampleModel, use_single_token_cross_attention
 from .preprocess import ResizeMode, frame_exemplar, normalize
 from .preview import window_preview
 
@@ -221,6 +221,7 @@ class Editor:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.requires_grad_(False)
+        use_single_token_cross_attention(self.model.unet)  # the condition is one token
         self.progress = progress
         self._learned_vector_checked = False
         self.enable_compile(compile)
