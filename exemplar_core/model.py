@@ -229,6 +229,7 @@ class SingleTokenCrossAttention:
             and not attn.norm_cross
             and not args
             and not kwargs
+            and not torch.is_grad_enabled()  # training needs every projection's gradient
         )
         if not plain:
             return self.fallback(

@@ -116,6 +116,7 @@ def single_token_cross_attention(
         and value is None
         and mask is None
         and "attn2_output_patch" not in options.get("patches", {})
+        and not torch.is_grad_enabled()  # training (a LoRA trainer) needs every projection
     )
     if not plain:
         return type(attn).forward(attn, x, context, value, mask, transformer_options=options)

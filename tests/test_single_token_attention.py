@@ -57,3 +57,16 @@ def test_the_editor_samples_with_single_token_cross_attention(tiny_model):
     assert layers and all(isinstance(a.processor, SingleTokenCrossAttention) for a in layers)
     self_attention = [m for n, m in editor.model.unet.named_modules() if n.endswith("attn1")]
     assert not any(isinstance(a.processor, SingleTokenCrossAttention) for a in self_attention)
+
+
+def test_training_forwards_keep_the_full_attention_and_every_gradient(tiny_model):
+    """An editor built on a model being trained (validation, subject mode's prior samples) must
+    not change its training: with autograd on, the query and key projections run and get their
+    gradients, so the optimiser (weight decay included) sees every parameter as before."""
+    unet = tiny_model.unet
+    Editor(tiny_model, device="cpu", progress=False)  # installs the processors on this model
+    tiny_model.requires_grad_(True)  # as the trainer gives training back after validation
+    x, t, condition = _unet_inputs()
+    unet(x, t, encoder_hidden_states=condition).sample.square().mean().backward()
+    for attn in _attn2_layers(unet):
+        assert attn.to_q.weight.grad is not None and attn.to_k.weight.grad is not None
