@@ -179,6 +179,34 @@ def test_ema_update_is_the_per_parameter_lerp_bit_for_bit():
     assert all(torch.equal(a, b) for a, b in zip(ema.shadow, expected, strict=True))
 
 
+@pytest.mark.parametrize("cross_device", [False, True])
+def test_ema_update_is_one_multi_tensor_lerp_on_one_device_and_per_tensor_across(
+    cross_device, monkeypatch
+):
+    """Shadows on another device than the weights (ema_device="cpu" while training on a GPU)
+    move one parameter at a time, never building every fp32 copy at once, to the same bits."""
+    import train.ema as ema_module
+
+    if cross_device:  # no second device here: the EMA is told the devices differ
+        monkeypatch.setattr(ema_module, "_same_device", lambda shadow, param: False)
+    foreach_calls = []
+    foreach = torch._foreach_lerp_
+    monkeypatch.setattr(
+        torch, "_foreach_lerp_", lambda *a, **k: foreach_calls.append(1) or foreach(*a, **k)
+    )
+    params = _params()
+    ema = EMA(params, decay=0.9)
+    expected = [s.clone() for s in ema.shadow]
+    for step in range(3):
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.add_(torch.randn_like(p) * (step + i + 1))
+        foreach(expected, [p.detach().float() for p in params], 1.0 - ema.current_decay())
+        ema.update()
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow, expected, strict=True))
+    assert len(foreach_calls) == (0 if cross_device else 3)
+
+
 def test_ema_on_the_cpu_keeps_shadows_and_swapped_weights_there():
     params = _params()
     ema = EMA(params, decay=0.9, device="cpu")
