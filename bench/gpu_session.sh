@@ -327,7 +327,14 @@ print(json.loads((r / (r / 'latest').read_text().strip() / 'state.json').read_te
       for f in "$MINI_OUT/train/train.log" "$MINI_OUT/train/summary.json"; do
         [ -f "$f" ] && cp "$f" "$R/mini_gpu/"
       done
-      [ -f "$model" ] && cp "$model" "$OUT/mini_gpu/" # beside the archive: one file of its own
+      # Beside the archive. The device tool brings back files of at most 16 MiB: a larger model
+      # (the gpu preset's is about 36 MB) comes back in 15 MiB pieces, joined after fetching with
+      # cat pbe-final.safetensors.part* > pbe-final.safetensors.
+      if [ -f "$model" ] && [ "$TINY" = 0 ] && [ "$(stat -c %s "$model")" -gt 15728640 ]; then
+        split -b 15M -d "$model" "$OUT/mini_gpu/pbe-final.safetensors.part"
+      elif [ -f "$model" ]; then
+        cp "$model" "$OUT/mini_gpu/"
+      fi
       pack
       ;;
     mini_verdict)
