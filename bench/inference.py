@@ -11,7 +11,8 @@ allocated on GPU) and the ratio ours/theirs.
 
 ``--compile MODE`` runs the editor's UNet step compiled (``exemplar_core.compile``: compile,
 cudagraphs); its worker then does one untimed edit first (the compile) unless --warmup says
-otherwise, so the figure is the warm, compiled edit.
+otherwise, so the figure is the warm, compiled edit. ``same --sides editor`` times only the
+listed sides (editor, diffusers, node; e.g. the compiled editor without re-timing the others).
 
 ``large``: a 4096x3072 photo with a 300x300 mask. This pack processes only a window around the
 mask; diffusers is run on the photo resized to --size (its full-size run is attempted only when
@@ -201,17 +202,33 @@ def attention_bytes(width: int, height: int, dtype_bytes: int = 4) -> int:
     return 2 * 8 * tokens * tokens * dtype_bytes
 
 
+SAME_SIDES = ("editor", "diffusers", "node")
+
+
+def _sides(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SAME_SIDES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown side(s) {', '.join(unknown) or '(none)'}; expected some of "
+            + ",".join(SAME_SIDES)
+        )
+    return names
+
+
 def cmd_same(args) -> dict:
     size = args.size
     box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    wanted = args.sides or SAME_SIDES
     sides = {
-        "editor": _worker_argv("editor", args, size, size, box),
-        "diffusers": _worker_argv("diffusers", args, size, size, box),
+        name: _worker_argv(name, args, size, size, box)
+        for name in ("editor", "diffusers")
+        if name in wanted
     }
-    if os.environ.get("COMFYUI_PATH"):  # the node, in a real ComfyUI
+    if "node" in wanted and os.environ.get("COMFYUI_PATH"):  # the node, in a real ComfyUI
         sides["node"] = _worker_argv("node", args, size, size, box)
-    else:
-        print("COMFYUI_PATH is not set: the node side is skipped (editor and diffusers only)")
+    elif "node" in wanted:
+        print("COMFYUI_PATH is not set: the node side is skipped")
     results = alternate(sides, args.repeats)
     keys = ("seconds", "peak_mb")
     summary = summarise(results, keys)
@@ -283,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", default=f"out/bench/inference_{name}.json")
         add_warmup_option(p)
         add_compile_option(p)
+        if name == "same":
+            p.add_argument(
+                "--sides",
+                type=_sides,
+                default=(),
+                help="comma-separated sides to time: editor,diffusers,node (default: all; the "
+                "node only when COMFYUI_PATH is set)",
+            )
     w = sub.add_parser("worker", help="internal: one measured run in this process")
     w.add_argument("side", choices=("editor", "diffusers"))
     w.add_argument("--width", type=int, required=True)

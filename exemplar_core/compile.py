@@ -140,7 +140,9 @@ class CompiledCall:
             return self.function(*args, **kwargs)
         signature = _signature(args, kwargs)
         if signature in self._shapes:
-            return self._run(self._compiled, args, kwargs)
+            # TorchDynamo still recompiles a known signature when a guard changes (new sigmas, a
+            # patched weight), so this call may compile too: the same fallback as the first.
+            return self._guarded(args, kwargs)
         reason = unavailable_reason(self.mode, _first_device(args, kwargs))
         if reason is not None:
             self._fall_back(reason)
@@ -165,14 +167,20 @@ class CompiledCall:
             len(self._shapes) + 1,
             MAX_SHAPES,
         )
+        out = self._guarded(args, kwargs)
+        if self.active:
+            self._shapes.add(signature)
+        return out
+
+    def _guarded(self, args: tuple, kwargs: dict) -> Any:
+        """The compiled step on the inputs; on a compiler error, the eager result and a
+        fallback."""
         try:
-            out = self._run(self._compile(), args, kwargs)
+            return self._run(self._compile(), args, kwargs)
         except Exception as err:  # noqa: BLE001 (any compiler failure means: run eager)
             eager = self.function(*args, **kwargs)  # raises when the inputs are at fault
             self._fall_back(f"compiling failed ({type(err).__name__}: {_first_line(err)})")
             return eager
-        self._shapes.add(signature)
-        return out
 
     def _run(self, compiled: Callable[..., Any] | None, args: tuple, kwargs: dict) -> Any:
         assert compiled is not None

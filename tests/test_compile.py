@@ -190,6 +190,33 @@ def test_when_compiling_is_impossible_one_warning_names_why_and_the_step_runs_ea
     assert not step.active and reason in step.fallback_reason
 
 
+def test_a_recompile_of_a_known_signature_that_fails_falls_back_with_one_warning(
+    caplog, monkeypatch
+):
+    """TorchDynamo recompiles a known signature when a guard changes (a new step count's sigmas,
+    a LoRA applied after compiling): an inductor error there runs eager, never fails the edit."""
+    calls = []
+
+    def compile_failing_on_second_call(fn, **kwargs):
+        def run(*args, **kw):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("inductor failed on a guard change")
+            return fn(*args, **kw)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_failing_on_second_call)
+    step = CompiledCall(_double, "compile", what="the test step")
+    x = torch.ones(2, 3)
+    with caplog.at_level(logging.WARNING, logger=compiled.__name__):
+        results = [step(x) for _ in range(3)]
+    assert all(torch.equal(r, _double(x)) for r in results)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "inductor failed on a guard change" in warnings[0], warnings
+    assert not step.active and len(calls) == 2  # the third call ran eager
+
+
 def test_an_error_of_the_inputs_themselves_is_raised_not_hidden(monkeypatch):
     monkeypatch.setattr(torch, "compile", _compiled_fails_on_call)
     step = CompiledCall(lambda x: x.view(7), "compile")

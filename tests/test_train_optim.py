@@ -163,8 +163,22 @@ def test_ema_every_n_steps_matches_n_single_updates_of_a_still_weight(every):
     assert sparse.current_decay() == pytest.approx(0.5**every)  # warmed up (n >= 8)
 
 
-def test_ema_update_is_the_per_parameter_lerp_bit_for_bit():
-    """The multi-tensor update moves every shadow exactly as one lerp_ per parameter does."""
+@pytest.mark.parametrize("cross_device", [False, True])
+def test_ema_update_is_one_multi_tensor_lerp_on_one_device_and_per_tensor_across(
+    cross_device, monkeypatch
+):
+    """Both ways move every shadow exactly as one lerp_ per parameter does; shadows on another
+    device than the weights (ema_device="cpu" while training on a GPU) move one parameter at a
+    time, never building every fp32 copy at once."""
+    import train.ema as ema_module
+
+    if cross_device:  # no second device here: the EMA is told the devices differ
+        monkeypatch.setattr(ema_module, "_same_device", lambda shadow, param: False)
+    foreach_calls = []
+    foreach = torch._foreach_lerp_
+    monkeypatch.setattr(
+        torch, "_foreach_lerp_", lambda *a, **k: foreach_calls.append(1) or foreach(*a, **k)
+    )
     params = _params()
     ema = EMA(params, decay=0.9)
     expected = [s.clone() for s in ema.shadow]
@@ -177,6 +191,7 @@ def test_ema_update_is_the_per_parameter_lerp_bit_for_bit():
             shadow.lerp_(p.detach().float(), weight)
         ema.update()
     assert all(torch.equal(a, b) for a, b in zip(ema.shadow, expected, strict=True))
+    assert len(foreach_calls) == (0 if cross_device else 5)
 
 
 def test_ema_on_the_cpu_keeps_shadows_and_swapped_weights_there():
