@@ -9,6 +9,11 @@ allocated on GPU) and the ratio ours/theirs.
     python -m bench.inference same   [--size 256 --steps 10 --repeats 3]
     python -m bench.inference large  [--size 256 --steps 10 --repeats 2]
 
+``--compile MODE`` runs the editor's UNet step compiled (``exemplar_core.compile``: compile,
+cudagraphs); its worker then does one untimed edit first (the compile) unless --warmup says
+otherwise, so the figure is the warm, compiled edit. ``same --sides editor`` times only the
+listed sides (editor, diffusers, node; e.g. the compiled editor without re-timing the others).
+
 ``large``: a 4096x3072 photo with a 300x300 mask. This pack processes only a window around the
 mask; diffusers is run on the photo resized to --size (its full-size run is attempted only when
 its self-attention fits in memory, else reported as not run with the estimate).
@@ -22,6 +27,7 @@ import os
 
 import torch
 
+from exemplar_core.cli import add_compile_option
 from exemplar_core.dtypes import DTYPES
 
 from .common import (
@@ -67,7 +73,13 @@ def editor_edit(args):
 
     device = pick_device(args.device)
     model = build_model()
-    editor = Editor(model, device=device, dtype=dtype_named(args.dtype, device), progress=False)
+    editor = Editor(
+        model,
+        device=device,
+        dtype=dtype_named(args.dtype, device),
+        progress=False,
+        compile=getattr(args, "compile", "off"),
+    )
     source, mask, exemplar = make_inputs(args.width, args.height, tuple(args.box))
     settings = EditSettings(
         steps=args.steps, similarity=5.0, seed=0, scheduler="pndm", size=args.size
@@ -136,7 +148,9 @@ def diffusers_edit(args):
 
 def worker_editor(args) -> dict:
     edit, _ = editor_edit(args)
-    result, seconds, peak = timed(edit, pick_device(args.device), args.warmup)
+    # A compiled editor's first edit is the compile: warm by default, as a user's later edits are.
+    warmup = "1" if args.compile != "off" and args.warmup == "auto" else args.warmup
+    result, seconds, peak = timed(edit, pick_device(args.device), warmup)
     region = result.region
     return {
         "seconds": seconds,
@@ -178,6 +192,7 @@ def _worker_argv(side: str, args, width: int, height: int, box, resize_to: int =
         dtype=args.dtype,
         warmup=args.warmup,
         resize_to=resize_to if side != "node" else None,
+        compile=args.compile if side == "editor" else None,
     )
 
 
@@ -187,17 +202,33 @@ def attention_bytes(width: int, height: int, dtype_bytes: int = 4) -> int:
     return 2 * 8 * tokens * tokens * dtype_bytes
 
 
+SAME_SIDES = ("editor", "diffusers", "node")
+
+
+def _sides(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SAME_SIDES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown side(s) {', '.join(unknown) or '(none)'}; expected some of "
+            + ",".join(SAME_SIDES)
+        )
+    return names
+
+
 def cmd_same(args) -> dict:
     size = args.size
     box = (size // 4, size // 4, 3 * size // 4, 3 * size // 4)
+    wanted = args.sides or SAME_SIDES
     sides = {
-        "editor": _worker_argv("editor", args, size, size, box),
-        "diffusers": _worker_argv("diffusers", args, size, size, box),
+        name: _worker_argv(name, args, size, size, box)
+        for name in ("editor", "diffusers")
+        if name in wanted
     }
-    if os.environ.get("COMFYUI_PATH"):  # the node, in a real ComfyUI
+    if "node" in wanted and os.environ.get("COMFYUI_PATH"):  # the node, in a real ComfyUI
         sides["node"] = _worker_argv("node", args, size, size, box)
-    else:
-        print("COMFYUI_PATH is not set: the node side is skipped (editor and diffusers only)")
+    elif "node" in wanted:
+        print("COMFYUI_PATH is not set: the node side is skipped")
     results = alternate(sides, args.repeats)
     keys = ("seconds", "peak_mb")
     summary = summarise(results, keys)
@@ -268,6 +299,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
         p.add_argument("--out", default=f"out/bench/inference_{name}.json")
         add_warmup_option(p)
+        add_compile_option(p)
+        if name == "same":
+            p.add_argument(
+                "--sides",
+                type=_sides,
+                default=(),
+                help="comma-separated sides to time: editor,diffusers,node (default: all; the "
+                "node only when COMFYUI_PATH is set)",
+            )
     w = sub.add_parser("worker", help="internal: one measured run in this process")
     w.add_argument("side", choices=("editor", "diffusers"))
     w.add_argument("--width", type=int, required=True)
@@ -279,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--dtype", default="auto")
     w.add_argument("--resize-to", type=int, default=0)
     add_warmup_option(w)
+    add_compile_option(w)
     args = parser.parse_args(argv)
     if args.command == "worker":
         fn = worker_editor if args.side == "editor" else worker_diffusers

@@ -1,8 +1,10 @@
 """Training speed and memory: ``python -m train`` against a minimal diffusers + accelerate loop.
 
     python -m bench.train throughput    [--architecture mini --resolution 64 --batch 16]
-                                        [--sides ours,minimal,ours_ema] [--set train.compile=true]
-    python -m bench.train checkpointing [--architecture mini --resolution 128 --batch 8]
+                                        [--sides ours,minimal,ours_ema,ours_compiled,
+                                         ours_inline_checksum,ours_fused]
+                                        [--set train.compile=true]
+    python -m bench.train checkpointing [--architecture mini --resolution 128 --batches 8,32]
     python -m bench.train data          [--resolution 512 --samples 200 --gpu-rate 0]
     python -m bench.train memory        [--size 512 --batch 4 --arch published --lora-rank 16]
 
@@ -13,10 +15,16 @@ fresh process and the sides alternate; a run times ``--steps`` optimiser steps a
 ``--warmup`` steps (data waits included) and reads the peak memory over that window (RSS on CPU,
 max allocated on CUDA). "ours" is the real trainer (EMA off, as the minimal loop has none; the
 EMA's cost is reported as its own side); "minimal" is the loop a user would write from the
-diffusers and accelerate docs.
+diffusers and accelerate docs; "ours_compiled" is "ours" with ``train.compile = true`` (the
+UNet under ``torch.compile``; the warm-up steps take the compile, so give ``--warmup`` enough);
+"ours_inline_checksum" is "ours" with the per-batch data checksum (a float64 sum of the batch's
+pixels) also computed on the training thread, where it was before it moved into the DataLoader
+workers: the pair measures that move; "ours_fused" is "ours" with
+``train.fused_optimizer = true``. Each extra side prints its ratio to "ours".
 
-``checkpointing``: the trainer with and without UNet gradient checkpointing; the report gives
-the peak-memory ratio (target <= 0.6) and the time it costs.
+``checkpointing``: the trainer with and without UNet gradient checkpointing at each batch of
+``--batches``; the report gives, per batch, the peak-memory ratio (target <= 0.6) and the
+samples/s ratio (what it costs).
 
 ``memory``: for full fine-tuning (AdamW, 8-bit AdamW, Adafactor) and LoRA, the bytes of the
 parameters (trained and frozen, by dtype), gradients, optimiser state (a real step per distinct
@@ -224,21 +232,45 @@ class Window:
         }
 
 
-def worker_ours(args, ema: bool, checkpointing: bool) -> dict:
-    """The project's trainer, timed from inside its own loop."""
+# The trainer's sides: side -> (EMA on, extra config overrides, data checksum on the thread).
+TRAINER_SIDES = {
+    "ours": (False, (), False),
+    "ours_ema": (True, (), False),
+    "ours_compiled": (False, ("train.compile=true",), False),
+    "ours_inline_checksum": (False, (), True),
+    "ours_fused": (False, ("train.fused_optimizer=true",), False),
+}
+SIDES = (*TRAINER_SIDES, "minimal")
+
+
+def thread_checksum(batch: dict) -> float:
+    """The per-batch data checksum as the training thread computed it before it moved into the
+    DataLoader workers (``collate_pairs``' ``image_sum``): a float64 sum of the target pixels."""
+    return float(batch["image"].double().sum())
+
+
+def worker_ours(args, ema: bool, checkpointing: bool, side: str = "ours") -> dict:
+    """The project's trainer, timed from inside its own loop, as ``side`` runs it."""
     window = Window(args.warmup, args.steps, pick_device(args.device))
-    return run_trainer(args, ema, checkpointing, window)
+    _, overrides, checksum = TRAINER_SIDES[side]
+    side_args = argparse.Namespace(**{**vars(args), "set": [*args.set, *overrides]})
+    return run_trainer(side_args, ema, checkpointing, window, inline_checksum=checksum)
 
 
-def run_trainer(args, ema: bool, checkpointing: bool, window: Window) -> dict:
+def run_trainer(
+    args, ema: bool, checkpointing: bool, window: Window, inline_checksum: bool = False
+) -> dict:
     """``python -m train`` on the benchmark's config, with ``window.tick()`` at the start of
-    every step (training_step is wrapped); returns ``window.result``."""
+    every step (training_step is wrapped); returns ``window.result``. ``inline_checksum`` adds
+    the data checksum's old cost to every step, on the training thread."""
     from train.trainer import Trainer, train
 
     original = Trainer.training_step
 
     def timed_step(self, batch):
         window.tick()
+        if inline_checksum:
+            thread_checksum(batch)
         return original(self, batch)
 
     Trainer.training_step = timed_step
@@ -352,9 +384,9 @@ def _compare(args, sides: dict[str, list[str]], baseline: str | None) -> tuple[l
 
 def cmd_throughput(args) -> dict:
     names = [n.strip() for n in args.sides.split(",") if n.strip()]
-    unknown = sorted(set(names) - {"ours", "minimal", "ours_ema"})
+    unknown = sorted(set(names) - set(SIDES))
     if unknown or not names:
-        raise SystemExit(f"error: --sides takes ours, minimal and ours_ema, not {args.sides!r}")
+        raise SystemExit(f"error: --sides takes {', '.join(SIDES)}, not {args.sides!r}")
     sides = {side: _worker_argv(side, args) for side in names}
     results, summary = _compare(args, sides, baseline="minimal" if "minimal" in sides else None)
     report = {
@@ -367,6 +399,13 @@ def cmd_throughput(args) -> dict:
         ratio = summary["ours"]["samples_per_s"] / summary["minimal"]["samples_per_s"]
         print(f"throughput ours/minimal: {ratio:.2f} (target >= 1.0)")
         report["throughput_ratio"] = ratio
+    if "ours" in summary:
+        report["ratio_to_ours"] = {}
+        for name in (n for n in summary if n in TRAINER_SIDES and n != "ours"):
+            ratio = summary[name]["samples_per_s"] / summary["ours"]["samples_per_s"]
+            memory = summary[name]["peak_mb"] / summary["ours"]["peak_mb"]
+            report["ratio_to_ours"][name] = {"samples_per_s": ratio, "peak_mb": memory}
+            print(f"{name}/ours: throughput {ratio:.2f}, peak memory {memory:.2f}")
     report.update(_utilisation(args, summary))
     return report
 
@@ -394,18 +433,33 @@ def _utilisation(args, summary: dict) -> dict:
 
 
 def cmd_checkpointing(args) -> dict:
-    off = argparse.Namespace(**{**vars(args), "checkpointing": False})
-    on = argparse.Namespace(**{**vars(args), "checkpointing": True})
-    sides = {"plain": _worker_argv("ours", off), "checkpointing": _worker_argv("ours", on)}
-    results, summary = _compare(args, sides, baseline="plain")
-    ratio = summary["checkpointing"]["peak_mb"] / summary["plain"]["peak_mb"]
-    print(f"peak memory with/without checkpointing: {ratio:.2f} (target <= 0.6)")
+    """Plain and checkpointed runs at each batch of ``args.batches``, alternating all four."""
+    batches = args.batches or [args.batch]
+    sides = {}
+    for batch in batches:
+        for name, on in (("plain", False), ("checkpointing", True)):
+            side_args = argparse.Namespace(**{**vars(args), "batch": batch, "checkpointing": on})
+            sides[f"{name} b{batch}"] = _worker_argv("ours", side_args)
+    results, summary = _compare(args, sides, baseline=f"plain b{batches[0]}")
+    by_batch = {}
+    for batch in batches:
+        plain, ckpt = summary[f"plain b{batch}"], summary[f"checkpointing b{batch}"]
+        row = {
+            "memory_ratio": ckpt["peak_mb"] / plain["peak_mb"],
+            "speed_ratio": ckpt["samples_per_s"] / plain["samples_per_s"],
+        }
+        by_batch[str(batch)] = row
+        print(
+            f"batch {batch}: peak memory with/without checkpointing {row['memory_ratio']:.2f} "
+            f"(target <= 0.6), samples/s {row['speed_ratio']:.2f}"
+        )
     return {
         "benchmark": "train_checkpointing",
-        "settings": _settings(args),
+        "settings": {**_settings(args), "batches": batches},
         "runs": results,
         "median": summary,
-        "memory_ratio": ratio,
+        "by_batch": by_batch,
+        "memory_ratio": by_batch[str(batches[-1])]["memory_ratio"],
     }
 
 
@@ -842,6 +896,19 @@ def cmd_memory(args) -> dict:
     return report
 
 
+def positive_int_list(text: str) -> list[int]:
+    """'8,32' -> [8, 32]; each a whole number >= 1."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated whole numbers >= 1 (e.g. 8,32), got {text!r}"
+        )
+    return values
+
+
 def _settings(args) -> dict:
     return {k: getattr(args, k, None) for k in (*WORKER_OPTIONS, "set")}
 
@@ -876,7 +943,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("throughput", help="the trainer against a minimal loop")
     add_run_options(p, "mini", 64, 16)
     p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on")
-    p.add_argument("--sides", default="ours,minimal,ours_ema", help="comma-separated sides to run")
+    p.add_argument(
+        "--sides",
+        default="ours,minimal,ours_ema",
+        help=f"comma-separated sides to run, of {', '.join(SIDES)}",
+    )
     p.add_argument(
         "--peak-tflops",
         type=float,
@@ -887,6 +958,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="out/bench/train_throughput.json")
     p = sub.add_parser("checkpointing", help="peak memory with and without checkpointing")
     add_run_options(p, "mini", 128, 8)
+    p.add_argument(
+        "--batches",
+        type=positive_int_list,
+        default=[],
+        help="comma-separated batches, each run with and without checkpointing (8,32); "
+        "default: --batch",
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--out", default="out/bench/train_checkpointing.json")
     p = sub.add_parser("data", help="the data pipeline alone, per core")
@@ -914,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="a GPU also measures each peak")
     p.add_argument("--out", default="out/bench/train_memory.json")
     w = sub.add_parser("worker", help="internal: one measured run in this process")
-    w.add_argument("side", choices=("ours", "ours_ema", "minimal"))
+    w.add_argument("side", choices=SIDES)
     add_run_options(w, "mini", 64, 16)
     w.add_argument("--checkpointing", action="store_true")
     args = parser.parse_args(argv)
@@ -930,8 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.side == "minimal":
             result = worker_minimal(args)
         else:
-            ema = args.side == "ours_ema"
-            result = worker_ours(args, ema=ema, checkpointing=args.checkpointing)
+            ema = TRAINER_SIDES[args.side][0]
+            result = worker_ours(args, ema=ema, checkpointing=args.checkpointing, side=args.side)
         print(json.dumps(result))
         return 0
     commands = {

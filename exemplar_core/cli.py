@@ -1,5 +1,5 @@
-"""``python -m exemplar_core``: edit, convert, info, merge-lora, export-clip-vision, demo, headless
-(no ComfyUI needed).
+"""``python -m exemplar_core``: edit, convert, info, merge-lora, export-clip-vision, demo, headless,
+batch (no ComfyUI needed).
 
 Every command exits 0 on success, 2 on bad input (with a message naming the problem and what is
 expected), 1 when a ComfyUI server refuses or fails a headless workflow.
@@ -18,7 +18,8 @@ EXIT_BAD_INPUT = 2
 log = logging.getLogger(__name__)
 
 
-def _dtype(name: str):
+def dtype_named(name: str):
+    """A --dtype choice -> the torch dtype, None for "auto" (the device decides)."""
     from .dtypes import DTYPES
 
     return None if name == "auto" else DTYPES[name]
@@ -35,15 +36,23 @@ class _RememberOption(argparse.Action):
         namespace.options = typed
 
 
+def add_compile_option(parser: argparse.ArgumentParser) -> None:
+    """``--compile {off,compile,cudagraphs}``: how the UNet step runs (``exemplar_core.compile``);
+    shared by every command that samples (edit, batch, the benchmarks)."""
+    from .compile import COMPILE_MODES
+
+    parser.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default="off",
+        help="run the UNet step compiled: compile = torch.compile (inductor; the first step of "
+        "each resolution and batch compiles, which takes seconds to minutes, so it pays over "
+        "many steps or edits), cudagraphs = the same plus CUDA graphs (CUDA only); where it "
+        "cannot, a warning says why and the edit runs uncompiled (default: %(default)s)",
+    )
+
+
 def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
-    from typing import get_args
-
-    from .checks import EXEMPLAR_EXPAND_MAX
-    from .dtypes import DTYPES
-    from .editor import SCHEDULERS, EditSettings
-    from .preprocess import ResizeMode
-
-    d = EditSettings()
     p = subparsers.add_parser(
         "edit",
         help="repaint the masked area of a source image with the exemplar's object",
@@ -90,6 +99,27 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         "as the encoder saw it; never replaces an existing file unless --overwrite (default: "
         "none)",
     )
+    add_edit_options(p)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it exists (default: off, an existing --out is an error)",
+    )
+    p.set_defaults(func=run_edit)
+
+
+def add_edit_options(p: argparse.ArgumentParser) -> None:
+    """The edit settings (``EditSettings``, each option's default its default), --resize-mask,
+    --device, --dtype and --lora, as ``edit`` and ``batch`` both take them;
+    ``edit_settings_of(args)`` reads the settings back."""
+    from typing import get_args
+
+    from .checks import EXEMPLAR_EXPAND_MAX
+    from .dtypes import DTYPES
+    from .editor import SCHEDULERS, EditSettings
+    from .preprocess import ResizeMode
+
+    d = EditSettings()
     p.add_argument(
         "--steps", type=int, default=d.steps, help="denoising steps (default: %(default)s)"
     )
@@ -211,22 +241,35 @@ def add_edit_command(subparsers: argparse._SubParsersAction) -> None:
         help="merge a Paint-by-Example LoRA .safetensors into the model before editing, at "
         "STRENGTH (a number, default 1; 0 = not applied); repeat to stack several (default: none)",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace --out if it exists (default: off, an existing --out is an error)",
-    )
-    p.set_defaults(func=run_edit)
+    add_compile_option(p)
+
+
+def edit_settings_of(args: argparse.Namespace) -> dict[str, object]:
+    """The ``EditSettings`` fields that ``add_edit_options`` options give, by field name."""
+    return {
+        "steps": args.steps,
+        "similarity": args.similarity,
+        "seed": args.seed,
+        "scheduler": args.scheduler,
+        "size": args.size,
+        "paste_back": not args.no_paste_back,
+        "whole_image": args.whole_image,
+        "context_margin": args.context_margin,
+        "feather": args.feather,
+        "mask_grow": args.mask_grow,
+        "mask_blur": args.mask_blur,
+        "color_match": args.color_match,
+        "mask_resize": args.mask_resize,
+        "exemplar_resize": args.exemplar_resize,
+        "exemplar_expand": args.exemplar_expand,
+    }
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    import torch
-    import torch.nn.functional as F
-
-    from .editor import Editor, EditSettings, check_mask_size
+    from .editor import Editor, EditSettings
     from .files import DestinationError, check_destination, same_file
     from .image_io import check_output_name, load_exemplar, load_mask, load_rgb, save_rgb
-    from .lora import check_layout, parse_lora_argument, read_lora
+    from .lora import parse_lora_argument
 
     # --out is checked before anything is loaded: a model load takes seconds to minutes.
     out = Path(args.out)
@@ -243,45 +286,21 @@ def run_edit(args: argparse.Namespace) -> int:
             )
         check_destination(preview, overwrite=args.overwrite, inputs=inputs, what="--preview")
         check_output_name(preview)
-    loras = [(read_lora(path), strength) for path, strength in lora_args]
-    for lora, _ in loras:
-        check_layout(lora)  # what needs no model fails before the model is loaded
+    loras = read_loras(lora_args)  # what needs no model fails before the model is loaded
     source = load_rgb(args.source, "source")
-    mask = load_mask(args.mask, "mask")
-    exemplar = load_exemplar(args.exemplar, "exemplar")
-    exemplar_mask = (
-        load_mask(args.exemplar_mask, "exemplar mask")[0, 0] if args.exemplar_mask else None
+    mask = fit_mask(source, load_mask(args.mask, "mask"), args.resize_mask)
+    exemplar, exemplar_mask = exemplar_mask_of(
+        load_exemplar(args.exemplar, "exemplar"),
+        load_mask(args.exemplar_mask, "exemplar mask") if args.exemplar_mask else None,
     )
-    exemplar, exemplar_mask = _exemplar_mask_of(exemplar, exemplar_mask)
-    if args.resize_mask and mask.shape[-2:] != source.shape[-2:]:
-        mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
-    check_mask_size(source, mask)  # before the model is loaded
-    settings = EditSettings.from_options(
-        getattr(args, "options", None),
-        steps=args.steps,
-        similarity=args.similarity,
-        seed=args.seed,
-        scheduler=args.scheduler,
-        size=args.size,
-        paste_back=not args.no_paste_back,
-        whole_image=args.whole_image,
-        context_margin=args.context_margin,
-        feather=args.feather,
-        mask_grow=args.mask_grow,
-        mask_blur=args.mask_blur,
-        color_match=args.color_match,
-        mask_resize=args.mask_resize,
-        exemplar_resize=args.exemplar_resize,
-        exemplar_expand=args.exemplar_expand,
-    )
-    device = None if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    settings = EditSettings.from_options(getattr(args, "options", None), **edit_settings_of(args))
+    device = device_named(args.device)
     start = time.perf_counter()
-    editor = Editor.from_file(args.checkpoint, device=device, dtype=_dtype(args.dtype))
+    editor = Editor.from_file(args.checkpoint, device=device, dtype=dtype_named(args.dtype))
     for lora, strength in loras:
         editor.apply_lora(lora, strength)
         print(f"applied LoRA {lora.path} at strength {strength:g}")
+    editor.enable_compile(args.compile)
     loaded = time.perf_counter()
     result = editor.edit(source, mask, exemplar, settings, exemplar_mask=exemplar_mask)
     done = time.perf_counter()
@@ -297,26 +316,66 @@ def run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _exemplar_mask_of(exemplar, exemplar_mask):
-    """exemplar [1, 3|4, H, W], --exemplar-mask [H, W] or None -> (exemplar [1, 3, H, W], the
-    exemplar mask the edit uses or None). A cut-out's alpha is decided on once, by
-    ``alpha_object_mask`` (which warns of an alpha that marks nothing), so what is printed is
-    what the edit does; an --exemplar-mask that looks like a background mask gets a warning."""
+def read_loras(lora_args):
+    """[(LoRA file, strength)] as --lora gives them -> [(LoraFile, strength)], each read and its
+    layout checked, so that what needs no model fails before the model is loaded."""
+    from .lora import check_layout, read_lora
+
+    loras = [(read_lora(path), strength) for path, strength in lora_args]
+    for lora, _ in loras:
+        check_layout(lora)
+    return loras
+
+
+def device_named(name: str) -> str | None:
+    """A --device choice -> the device (None for "auto"); ValueError for cuda without a GPU."""
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    return None if name == "auto" else name
+
+
+def fit_mask(source, mask, resize: bool, hint: str | None = None):
+    """mask [1, 1, h, w] -> the source's [1, 1, H, W]: stretched when ``resize`` (--resize-mask),
+    else an ``EditError`` naming both sizes (``hint`` ends it; default: pass --resize-mask)."""
+    import torch.nn.functional as F
+
+    from .editor import RESIZE_MASK_HINT, check_mask_size
+
+    if resize and mask.shape[-2:] != source.shape[-2:]:
+        mask = F.interpolate(mask, size=source.shape[-2:], mode="bilinear", align_corners=False)
+    check_mask_size(source, mask, RESIZE_MASK_HINT if hint is None else hint)
+    return mask
+
+
+def exemplar_mask_of(exemplar, exemplar_mask, names=("--exemplar", "--exemplar-mask"), say=print):
+    """exemplar [1, 3|4, H, W], exemplar mask [1, 1, H, W] (as ``load_mask`` reads it) or None ->
+    (exemplar [1, 3, H, W], the exemplar mask [H, W] the edit uses or None): the one conversion
+    of ``edit`` and ``batch``. A cut-out's alpha is decided on once, by ``alpha_object_mask``
+    (which warns of an alpha that marks nothing), so what is said (``say``) is what the edit
+    does; an exemplar mask that looks like a background mask gets a warning. ``names``: how
+    the exemplar and its mask are called in messages."""
     from .preprocess import alpha_object_mask, mask_looks_inverted
 
-    if exemplar_mask is not None and mask_looks_inverted(exemplar_mask):
-        log.warning(
-            "--exemplar-mask covers the whole border but not the centre: white must be the "
-            "object; if yours marks the background, invert it"
-        )
+    exemplar_name, mask_name = names
+    if exemplar_mask is not None:
+        exemplar_mask = exemplar_mask[0, 0]
+        if mask_looks_inverted(exemplar_mask):
+            log.warning(
+                "%s covers the whole border but not the centre: white must be the object; if "
+                "yours marks the background, invert it",
+                mask_name,
+            )
     if exemplar.shape[1] == 4:
         if exemplar_mask is not None:
-            print("--exemplar has transparency, but --exemplar-mask is given and is used instead")
+            say(f"{exemplar_name} has transparency, but {mask_name} is given and is used instead")
         else:
             alpha_mask = alpha_object_mask(exemplar[:, 3])
             if alpha_mask is not None:
-                print(
-                    "--exemplar has transparency: its alpha is the exemplar mask (opaque = object)"
+                say(
+                    f"{exemplar_name} has transparency: its alpha is the exemplar mask "
+                    "(opaque = object)"
                 )
                 exemplar_mask = alpha_mask[0]
         exemplar = exemplar[:, :3]
@@ -357,6 +416,18 @@ def run_headless(args: argparse.Namespace) -> int:
     return headless.run_args(args)
 
 
+def add_batch_command(subparsers: argparse._SubParsersAction) -> None:
+    from . import batch
+
+    p = subparsers.add_parser(
+        "batch",
+        help="run a manifest of edits (or the COCOEE bench), resumable and shardable",
+        description=batch.DESCRIPTION,
+    )
+    batch.add_arguments(p)
+    p.set_defaults(func=batch.run_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m exemplar_core",
@@ -374,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_cli.register(sub)
     add_demo_command(sub)
     add_headless_command(sub)
+    add_batch_command(sub)
     return parser
 
 

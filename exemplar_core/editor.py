@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, get_args
 
@@ -33,7 +33,7 @@ from .checks import (
 from .color import match_color
 from .config import SCHEDULE
 from .guidance import DEFAULT_SIMILARITY, combine
-from .model import PaintByExampleModel
+from .model import PaintByExampleModel, use_single_token_cross_attention
 from .preprocess import ResizeMode, frame_exemplar, normalize
 from .preview import window_preview
 
@@ -166,6 +166,20 @@ class EditResult:
     preview: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit for ``Editor.edit_batch``: the arguments of ``Editor.edit``. source
+    [1, 3, H, W] 0..1; edit_mask [1, 1, H, W] 0..1 (white = edit); exemplar [1, 3|4, h, w] 0..1;
+    exemplar_mask [h, w] 0..1 (white = the object; the exemplar's size) or None, as
+    ``cli.exemplar_mask_of`` gives it."""
+
+    source: torch.Tensor
+    edit_mask: torch.Tensor
+    exemplar: torch.Tensor
+    settings: EditSettings
+    exemplar_mask: torch.Tensor | None = None
+
+
 RESIZE_MASK_HINT = " (or pass --resize-mask to stretch it)"
 
 
@@ -200,14 +214,17 @@ class Editor:
         dtype: torch.dtype | None = None,
         progress: bool = True,
         source: str = "",
+        compile: str = "off",
     ) -> None:
         self.source = source  # the model file, for messages
         self.device = torch.device(device) if device is not None else _auto_device()
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.model.requires_grad_(False)
+        use_single_token_cross_attention(self.model.unet)  # the condition is one token
         self.progress = progress
         self._learned_vector_checked = False
+        self.enable_compile(compile)
 
     @classmethod
     def from_file(
@@ -229,6 +246,14 @@ class Editor:
             lora = read_lora(lora)
         apply_lora(self.model, lora, strength)
         self._learned_vector_checked = False  # the exemplar side may have changed
+
+    def enable_compile(self, mode: str) -> None:
+        """Run the UNet step compiled: ``mode`` is one of ``compile.COMPILE_MODES`` ("off",
+        "compile", "cudagraphs"); the first step of each shape compiles, and where compiling is
+        impossible one warning names the reason and the edit runs eager (``compile_unet``)."""
+        from .compile import compile_unet
+
+        compile_unet(self.model, mode)
 
     @property
     def size_multiple(self) -> int:
@@ -347,13 +372,74 @@ class Editor:
         source's size); exemplar [1, 3, h, w] 0..1 (at least 16 px a side; [1, 4, h, w]: its alpha
         is the exemplar mask unless ``exemplar_mask`` is given). With paste-back the
         result has the source's size; without it, the processed window's."""
-        settings = settings or EditSettings()
+        request = EditRequest(
+            source, edit_mask, exemplar, settings or EditSettings(), exemplar_mask
+        )
+        prepared = self._prepare(request)
+        if isinstance(prepared, EditResult):  # the mask was empty
+            return prepared
+        return self._sample_group([prepared], callback)[0]
+
+    @torch.no_grad()
+    def edit_batch(
+        self, requests: Sequence[EditRequest], max_batch: int = 8
+    ) -> list[EditResult | Exception]:
+        """Many edits, in the order given: each result equals ``edit()`` of its request to float
+        tolerance (exactly at ``max_batch=1``). Each request is prepared alone (its checks,
+        window, exemplar and its own seed's draws); prepared requests that share a latent size
+        and the sampler's settings (``_group_key``) go through the UNet and the VAE decoder
+        together, up to ``max_batch`` at a time. A request that cannot be prepared gets its
+        exception in its place; a failure while sampling a group is returned for each member;
+        the others go on. A scheduler that draws noise during its steps (euler_a, ddim with
+        eta > 0) samples each request alone."""
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise EditError(f"max_batch must be a whole number >= 1, got {max_batch!r}")
+        results: list[EditResult | Exception | None] = [None] * len(requests)
+
+        def run(chunk: list[tuple[int, _Prepared]]) -> None:
+            try:
+                done: list[EditResult | Exception] = list(
+                    self._sample_group([prepared for _, prepared in chunk])
+                )
+            except Exception as err:  # the whole chunk shared the failed UNet/VAE call
+                done = [err] * len(chunk)
+            for (index, _), result in zip(chunk, done, strict=True):
+                results[index] = result
+
+        # A group is sampled as soon as it is full, so at most one part-filled batch per group
+        # waits in memory, however many requests are given.
+        groups: dict[tuple, list[tuple[int, _Prepared]]] = {}
+        for index, request in enumerate(requests):
+            try:
+                prepared = self._prepare(request, mask_hint="")
+            except Exception as err:  # this request's problem; the others go on
+                results[index] = err
+                continue
+            if isinstance(prepared, EditResult):  # the mask was empty
+                results[index] = prepared
+                continue
+            key = _group_key(prepared, index)
+            groups.setdefault(key, []).append((index, prepared))
+            if len(groups[key]) == max_batch:
+                run(groups.pop(key))
+        for chunk in groups.values():
+            run(chunk)
+        return results  # type: ignore[return-value]  # every place is filled above
+
+    def _prepare(
+        self, request: EditRequest, mask_hint: str = RESIZE_MASK_HINT
+    ) -> _Prepared | EditResult:
+        """One request up to the sampler: checks, the grown and blurred mask, the window, the
+        exemplar's condition and the request's random draws in diffusers' pipeline order.
+        Returns a ``_Prepared``, or the finished ``EditResult`` when the mask is empty.
+        ``mask_hint`` ends the message for a mask of the wrong size (the edit command's option)."""
+        settings = request.settings
         settings.check(self.size_multiple)
-        source = _as_batch(source, 3, "source")
-        edit_mask = _as_batch(edit_mask, 1, "mask")
+        source = _as_batch(request.source, 3, "source")
+        edit_mask = _as_batch(request.edit_mask, 1, "mask")
         if source.shape[0] != 1 or edit_mask.shape[0] != 1:
             raise EditError("the editor works on one source and one mask at a time")
-        check_mask_size(source, edit_mask)
+        check_mask_size(source, edit_mask, mask_hint)
         edit_bin = masks.binarize_edit_mask(edit_mask)
         if edit_bin.sum() > 0:  # the stitch feather stays separate: it blends the grown mask
             names = (settings.name_of("mask_grow"), settings.name_of("mask_blur"))
@@ -364,9 +450,17 @@ class Editor:
             except SettingError as err:
                 raise EditSettingError(err.name, err.problem) from None
         condition, exemplar_view = self._encode_exemplar(
-            exemplar, exemplar_mask, settings.exemplar_resize, settings.exemplar_expand
+            request.exemplar,
+            request.exemplar_mask,
+            settings.exemplar_resize,
+            settings.exemplar_expand,
         )
-        exemplar_view = torch.cat(list(exemplar_view), dim=-1)  # several exemplars side by side
+        if condition.shape[0] != 1:  # the UNet batch below holds one source
+            raise EditError(
+                f"the editor takes one exemplar per edit, got {condition.shape[0]} "
+                f"(exemplar {list(request.exemplar.shape)}): give it as [1, 3|4, h, w]"
+            )
+        exemplar_view = exemplar_view[0]  # [3, S, S]
         if edit_bin.sum() == 0:
             log.warning("the mask is empty: returning the source unchanged")
             preview = window_preview(source, edit_bin, exemplar_view)
@@ -398,25 +492,87 @@ class Editor:
         )
         self._check_output(masked_latent, "VAE encoder", self.model.vae)
         keep_latent = masks.latent_keep_mask(keep, latent_hw, settings.mask_resize)
-        latents = self.sample(
-            masked_latent,
-            keep_latent.to(self.device, self.dtype),
-            condition.to(self.dtype),
-            settings,
-            generator,
+        return _Prepared(
+            settings=settings,
+            source=source,
+            edit_bin=edit_bin,
+            window=window,
+            preview=preview,
             noise=noise,
+            generator=generator,
+            masked_latent=masked_latent,
+            keep_latent=keep_latent.to(self.device, self.dtype),
+            condition=condition.to(self.dtype),
+        )
+
+    def _sample_group(
+        self,
+        group: Sequence[_Prepared],
+        callback: Callable[[int, int], None] | None = None,
+    ) -> list[EditResult]:
+        """Sample, decode and finish prepared requests of one ``_group_key`` in one batch."""
+        first = group[0]
+        latents = self.sample(
+            torch.cat([p.masked_latent for p in group]),
+            torch.cat([p.keep_latent for p in group]),
+            torch.cat([p.condition for p in group]),
+            first.settings,
+            # draws during the steps (euler_a, ddim with eta > 0) come from the request's own
+            # generator, which is why such requests are never grouped (``_group_key``)
+            first.generator,
+            noise=torch.cat([p.noise for p in group]),
             callback=callback,
         )
         self._check_output(latents, "UNet", self.model.unet)
         decoded = self.model.decode_latent(latents).float()
         self._check_output(decoded, "VAE decoder", self.model.vae)
-        raw = ((decoded + 1) / 2).clamp(0, 1).cpu()
+        raws = ((decoded + 1) / 2).clamp(0, 1).cpu()
+        return [self._finish(p, raws[i : i + 1]) for i, p in enumerate(group)]
+
+    def _finish(self, prepared: _Prepared, raw: torch.Tensor) -> EditResult:
+        """raw [1, 3, h, w] 0..1, the decoded window -> the result (colour match, stitch)."""
+        settings, window = prepared.settings, prepared.window
         if settings.color_match:
-            raw = match_color(raw, window.image, keep)
+            raw = match_color(raw, window.image, window.keep_mask)
         if not settings.paste_back:
-            return EditResult(image=raw, raw=raw, region=region, preview=preview)
-        image = crop.stitch(source, raw, region, edit_bin, settings.feather)
-        return EditResult(image=image, raw=raw, region=region, preview=preview)
+            return EditResult(image=raw, raw=raw, region=window.region, preview=prepared.preview)
+        image = crop.stitch(
+            prepared.source, raw, window.region, prepared.edit_bin, settings.feather
+        )
+        return EditResult(image=image, raw=raw, region=window.region, preview=prepared.preview)
+
+
+@dataclass
+class _Prepared:
+    """A request ready for the sampler (``Editor._prepare``)."""
+
+    settings: EditSettings
+    source: torch.Tensor  # [1, 3, H, W] 0..1
+    edit_bin: torch.Tensor  # [1, 1, H, W] {0, 1}, grown and blurred
+    window: crop.Window
+    preview: torch.Tensor
+    noise: torch.Tensor  # [1, C, h, w] N(0, 1), on the CPU
+    generator: torch.Generator  # after the noise and the VAE posterior draws
+    masked_latent: torch.Tensor  # [1, C, h, w] scaled, on the editor's device and dtype
+    keep_latent: torch.Tensor  # [1, 1, h, w]
+    condition: torch.Tensor  # [1, 1, D]
+
+
+def _group_key(prepared: _Prepared, index: int) -> tuple:
+    """Requests with equal keys can share one UNet batch: the same latent size and sampler
+    settings, and (for a scheduler that draws noise during its steps) the same request."""
+    s = prepared.settings
+    # the steps of euler_a and of ddim with eta > 0 draw noise from the request's generator
+    draws = s.scheduler == "euler_a" or (s.scheduler == "ddim" and s.eta > 0)
+    return (
+        tuple(prepared.masked_latent.shape[-2:]),
+        tuple(prepared.condition.shape[1:]),
+        s.steps,
+        s.scheduler,
+        s.similarity,
+        s.eta,
+        index if draws else None,
+    )
 
 
 def _step_kwargs(scheduler, generator: torch.Generator, eta: float) -> dict:

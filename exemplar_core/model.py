@@ -197,6 +197,64 @@ def size_multiple(vae_scale_factor: int, unet_levels: int) -> int:
     return vae_scale_factor * 2 ** (unet_levels - 1)
 
 
+class SingleTokenCrossAttention:
+    """A diffusers attention processor for cross-attention to a one-token condition (Paint-by-
+    Example's ``[B, 1, D]``): the softmax over a single key is exactly 1, so every query's output
+    is that token's value, and the layer's output is ``to_out(to_v(condition))`` at every
+    position. The query and key projections and the attention product are skipped (they cannot
+    change the result); the output projection runs on one token instead of every position, which
+    can differ from the full computation only in float rounding. Anything else (self-attention,
+    several tokens, a mask, the norms some attention layers have) goes to ``fallback``."""
+
+    def __init__(self, fallback) -> None:
+        self.fallback = fallback
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        plain = (
+            encoder_hidden_states is not None
+            and encoder_hidden_states.shape[1] == 1
+            and attention_mask is None
+            and hidden_states.ndim == 3
+            and attn.spatial_norm is None
+            and attn.group_norm is None
+            and not attn.norm_cross
+            and not args
+            and not kwargs
+            and not torch.is_grad_enabled()  # training needs every projection's gradient
+        )
+        if not plain:
+            return self.fallback(
+                attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs
+            )
+        value = attn.to_v(encoder_hidden_states)  # [B, 1, inner]
+        out = attn.to_out[1](attn.to_out[0](value))  # [B, 1, C]
+        if attn.residual_connection:
+            return (out + hidden_states) / attn.rescale_output_factor
+        # [B, N, C] as a view: the caller adds it to its residual stream
+        return (out / attn.rescale_output_factor).expand(-1, hidden_states.shape[1], -1)
+
+
+def use_single_token_cross_attention(unet: nn.Module) -> None:
+    """Give every cross-attention layer (``attn2``) of a diffusers UNet the
+    ``SingleTokenCrossAttention`` processor over the one it has (kept as its fallback)."""
+    processors = dict(unet.attn_processors)
+    for name, processor in processors.items():
+        if name.endswith("attn2.processor") and not isinstance(
+            processor, SingleTokenCrossAttention
+        ):
+            processors[name] = SingleTokenCrossAttention(processor)
+    unet.set_attn_processor(processors)
+
+
 def _unet_kwargs(config: dict[str, Any]) -> dict[str, Any]:
     from diffusers import UNet2DConditionModel
 

@@ -39,6 +39,7 @@ def check_comfyui_version() -> None:
 
 def node_list() -> list[type[io.ComfyNode]]:
     from .bezier_mask import MaskBezierJitter
+    from .compile import CompileModel
     from .crop_stitch import CropForExemplarEdit, StitchExemplarEdit
     from .encode import ExemplarEncode
     from .guidance import SimilarityGuidance
@@ -57,6 +58,7 @@ def node_list() -> list[type[io.ComfyNode]]:
         ExemplarMapper,
         CropForExemplarEdit,
         StitchExemplarEdit,
+        CompileModel,
     ]
 
 

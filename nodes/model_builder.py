@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import comfy.latent_formats
+import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management as mm
 import comfy.model_patcher
 import comfy.sd
@@ -85,10 +87,63 @@ def comfy_model(ckpt, dtype: torch.dtype | None = None) -> comfy.model_patcher.M
         model, load_device=load_device, offload_device=offload_device
     )
     patcher.add_object_patch("concat_keys", PBE_CONCAT_KEYS)
+    for name, module in model.diffusion_model.named_modules():
+        if name.endswith("attn2") and isinstance(module, comfy_attention.CrossAttention):
+            patch = functools.partial(single_token_cross_attention, module)
+            patcher.add_object_patch(f"diffusion_model.{name}.forward", patch)
+    if cpu_attention_applies(load_device):
+        options = patcher.model_options.setdefault("transformer_options", {})
+        options["optimized_attention_override"] = sdpa_attention
     patcher.model_options[MODEL_MARKER] = True
     patcher.model_options[NATIVE_SIZE_KEY] = ckpt.configs.native_size
     patcher.model_options[SOURCE_KEY] = ckpt.source
     return patcher
+
+
+def single_token_cross_attention(
+    attn, x, context=None, value=None, mask=None, transformer_options=None
+) -> torch.Tensor:
+    """``CrossAttention.forward`` for the cross-attention layers of this pack's UNet, whose
+    condition is one token ([B, 1, D]): the softmax over a single key is exactly 1, so every
+    position's output is ``to_out(to_v(context))``; the query and key projections and the
+    attention product are skipped, and the output projection runs on one token (the result
+    differs from the full computation only in float rounding). Anything else (several tokens, a
+    separate value or a mask from a patch, output patches) runs the layer's own forward."""
+    options = transformer_options if transformer_options is not None else {}
+    plain = (
+        context is not None
+        and context.shape[1] == 1
+        and value is None
+        and mask is None
+        and "attn2_output_patch" not in options.get("patches", {})
+        and not torch.is_grad_enabled()  # training (a LoRA trainer) needs every projection
+    )
+    if not plain:
+        return type(attn).forward(attn, x, context, value, mask, transformer_options=options)
+    return attn.to_out(attn.to_v(context)).expand(-1, x.shape[1], -1)
+
+
+def cpu_attention_applies(load_device: torch.device) -> bool:
+    """Whether this pack's MODEL runs its UNet's attention through PyTorch's SDPA
+    (``sdpa_attention``): on a CPU, where ComfyUI falls back to its chunked sub-quadratic
+    attention unless told otherwise (a CPU has no memory pressure that chunking relieves, and
+    SDPA's fused CPU kernel is faster); an explicit ``--use-quad-cross-attention`` or
+    ``--use-split-cross-attention`` is kept."""
+    from comfy.cli_args import args
+
+    chosen = comfy_attention.optimized_attention
+    return (
+        load_device.type == "cpu"
+        and chosen is comfy_attention.attention_sub_quad
+        and not (args.use_quad_cross_attention or args.use_split_cross_attention)
+    )
+
+
+def sdpa_attention(default, *args, **kwargs):
+    """ComfyUI's ``optimized_attention_override``: ComfyUI's own PyTorch attention
+    (``attention_pytorch``, SDPA) in place of the ``default`` chosen for the device. The same
+    mathematics; the result differs from sub-quadratic attention only in float rounding."""
+    return comfy_attention.attention_pytorch(*args, **kwargs)
 
 
 def model_source(model: comfy.model_patcher.ModelPatcher) -> str:

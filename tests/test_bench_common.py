@@ -63,29 +63,41 @@ def test_the_node_worker_gets_no_resize_option():
 
     from bench import inference
 
-    args = argparse.Namespace(steps=2, size=64, device="cpu", dtype="auto", warmup="auto")
+    args = argparse.Namespace(
+        steps=2, size=64, device="cpu", dtype="auto", warmup="auto", compile="compile"
+    )
     node = inference._worker_argv("node", args, 64, 64, (16, 16, 48, 48))
     editor = inference._worker_argv("editor", args, 64, 64, (16, 16, 48, 48), resize_to=32)
     assert node[:3] == ["bench.nodes", "worker", "node"] and "--resize-to" not in node
     assert editor[:3] == ["bench.inference", "worker", "editor"]
     assert editor[editor.index("--resize-to") + 1] == "32"
+    assert "--compile" not in node and editor[editor.index("--compile") + 1] == "compile"
 
 
-def test_the_profiler_refuses_a_cpu_with_a_clear_message():
+def test_inference_same_times_only_the_sides_asked_for(monkeypatch, tmp_path, capsys):
+    from bench import inference
+
+    timed_sides = []
+
+    def fake_alternate(sides, repeats):
+        timed_sides.append(list(sides))
+        return {name: [{"seconds": 1.0, "peak_mb": 1.0}] for name in sides}
+
+    monkeypatch.setattr(inference, "alternate", fake_alternate)
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path))
+    out = str(tmp_path / "r.json")
+    assert inference.main(["same", "--sides", "editor", "--compile", "compile", "--out", out]) == 0
+    assert inference.main(["same", "--out", out]) == 0
+    assert timed_sides == [["editor"], ["editor", "diffusers", "node"]]
+    with pytest.raises(SystemExit):
+        inference.main(["same", "--sides", "editor,gpu"])
+    assert "unknown side(s) gpu; expected some of editor,diffusers,node" in capsys.readouterr().err
+
+
+def test_the_profiler_refuses_a_missing_cuda_device_with_a_clear_message():
     from bench import profile
 
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
     with pytest.raises(SystemExit, match="needs a CUDA device"):
-        profile.main(["edit", "--device", "cpu"])
-    with pytest.raises(SystemExit, match="needs a CUDA device"):
-        profile.main(["train", "--device", "cpu"])
-
-
-def test_the_profiler_refuses_cuda_where_none_is_available(monkeypatch):
-    """The default --device cuda on a machine without one: refused before any work (it once ran
-    the trainer on the CPU for minutes and then failed in the profiler's first sync)."""
-    from bench import profile
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for command in ("edit", "train"):
-        with pytest.raises(SystemExit, match="needs a CUDA device.*none is available"):
-            profile.main([command])
+        profile.main(["edit", "--device", "cuda"])

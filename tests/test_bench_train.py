@@ -74,10 +74,83 @@ def test_checkpointing_command_reports_the_memory_ratio(tmp_path, monkeypatch):
     monkeypatch.setattr(
         "bench.train.alternate", lambda sides, repeats: {name: [next(runs)] for name in sides}
     )
-    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1})
+    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "batches": []})
     report = bench_train.cmd_checkpointing(args)
     assert report["memory_ratio"] == pytest.approx(0.55)
+    assert report["by_batch"]["2"]["speed_ratio"] == pytest.approx(0.75)
     assert report["settings"]["architecture"] == "tiny"
+
+
+def test_checkpointing_runs_each_batch_with_and_without_and_gives_both_ratios(
+    tmp_path, monkeypatch, capsys
+):
+    peaks = {"plain b8": 1000.0, "checkpointing b8": 800.0, "plain b32": 4000.0}
+    peaks["checkpointing b32"] = 1600.0
+    seen = {}
+
+    def fake(sides, repeats):
+        seen.update(sides)
+        return {
+            n: [{"samples_per_s": 8.0 if "plain" in n else 6.0, "peak_mb": peaks[n]}] for n in sides
+        }
+
+    monkeypatch.setattr("bench.train.alternate", fake)
+    args = argparse.Namespace(**{**vars(_args(tmp_path)), "repeats": 1, "batches": [8, 32]})
+    report = bench_train.cmd_checkpointing(args)
+    assert list(seen) == ["plain b8", "checkpointing b8", "plain b32", "checkpointing b32"]
+    assert "--checkpointing" in seen["checkpointing b32"] and "32" in seen["checkpointing b32"]
+    assert "--checkpointing" not in seen["plain b32"]
+    assert report["by_batch"]["8"]["memory_ratio"] == pytest.approx(0.8)
+    assert report["by_batch"]["32"]["memory_ratio"] == pytest.approx(0.4)
+    assert report["by_batch"]["32"]["speed_ratio"] == pytest.approx(0.75)
+    assert "batch 32: peak memory with/without checkpointing 0.40" in capsys.readouterr().out
+
+
+def test_batches_option_refuses_anything_but_positive_whole_numbers():
+    assert bench_train.positive_int_list("8,32") == [8, 32]
+    for bad in ("8,x", "0,8", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="whole numbers >= 1"):
+            bench_train.positive_int_list(bad)
+
+
+def test_compiled_and_inline_checksum_sides_are_reported_against_ours(tmp_path, monkeypatch):
+    rates = {"ours": 10.0, "ours_compiled": 15.0, "ours_inline_checksum": 9.0}
+    monkeypatch.setattr(
+        "bench.train.alternate",
+        lambda sides, repeats: {n: [{"samples_per_s": rates[n], "peak_mb": 2.0}] for n in sides},
+    )
+    monkeypatch.setattr(
+        bench_train, "step_flops", lambda *a: {"frozen": 1, "trained": 2, "total": 3}
+    )
+    sides = "ours,ours_compiled,ours_inline_checksum"
+    args = argparse.Namespace(
+        **{**vars(_args(tmp_path)), "repeats": 1, "peak_tflops": 0.0, "sides": sides}
+    )
+    report = bench_train.cmd_throughput(args)
+    assert report["ratio_to_ours"]["ours_compiled"]["samples_per_s"] == pytest.approx(1.5)
+    assert report["ratio_to_ours"]["ours_inline_checksum"]["samples_per_s"] == pytest.approx(0.9)
+
+
+def test_the_compiled_side_sets_train_compile_and_only_the_checksum_side_sums_inline(
+    tmp_path, monkeypatch
+):
+    runs = []
+    monkeypatch.setattr(
+        bench_train,
+        "run_trainer",
+        lambda args, ema, ckpt, window, inline_checksum=False: runs.append(
+            (args.set, inline_checksum)
+        ),
+    )
+    args = _args(tmp_path, set=["train.lr=1e-4"])
+    for side in ("ours", "ours_compiled", "ours_inline_checksum"):
+        bench_train.worker_ours(args, ema=False, checkpointing=False, side=side)
+    assert runs == [
+        (["train.lr=1e-4"], False),
+        (["train.lr=1e-4", "train.compile=true"], False),
+        (["train.lr=1e-4"], True),
+    ]
+    assert args.set == ["train.lr=1e-4"]  # the caller's options are not changed
 
 
 def test_step_flops_are_per_sample_and_split_into_frozen_and_trained():
@@ -139,10 +212,18 @@ def test_speed_options_reach_the_trainer(tmp_path, monkeypatch):
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    sums = []
+    original = bench_train.thread_checksum
+    monkeypatch.setattr(
+        bench_train, "thread_checksum", lambda b: sums.append((original(b), b["image_sum"]))
+    )
     args = _args(tmp_path, set=["train.compile=true", "train.channels_last=true"])
-    result = bench_train.worker_ours(args, ema=False, checkpointing=False)
+    result = bench_train.worker_ours(args, False, False, side="ours_inline_checksum")
     assert result["samples_per_s"] > 0
     assert [type(m).__name__ for m in compiled] == ["UNet2DConditionModel"]
+    # the old on-thread checksum ran every step and equals the workers' one
+    assert len(sums) == args.warmup + args.steps + 1
+    assert all(ours == pytest.approx(workers) for ours, workers in sums)
 
 
 def test_window_hooks_run_at_its_edges():

@@ -55,6 +55,20 @@ def test_default_optimizer_is_torch_adamw_with_the_configured_options():
     assert all(torch.equal(a, b) for a, b in zip(params, reference_params, strict=True))
 
 
+def test_fused_adamw_is_torch_fused_adamw_and_matches_the_default_to_rounding():
+    params, reference_params = _params(), _params()
+    fused = build_optimizer(params, "adamw", *ADAM, fused=True)
+    reference = build_optimizer(reference_params, "adamw", *ADAM)
+    assert fused.param_groups[0]["fused"] is True and _adam_options(fused) == ADAM
+    assert not reference.param_groups[0]["fused"]
+    for seed in range(3):
+        _step(fused, params, seed)
+        _step(reference, reference_params, seed)
+    assert not all(torch.equal(a, b) for a, b in zip(params, _params(), strict=True))  # moved
+    for a, b in zip(params, reference_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_adamw8bit_is_bitsandbytes_with_the_adam_options_and_one_byte_moments():
     import bitsandbytes as bnb
 
@@ -93,6 +107,8 @@ def test_state_bytes_counts_the_moments_of_adamw_exactly():
 def test_unknown_optimizer_and_bad_ema_every_are_refused(tmp_path, data):
     with pytest.raises(ConfigError, match=r"train.optimizer = 'sgd' is not one of \['adamw'"):
         tiny_config(tmp_path, data, train={"optimizer": "sgd"})
+    with pytest.raises(ConfigError, match="fused_optimizer = true needs train.optimizer"):
+        tiny_config(tmp_path, data, train={"optimizer": "adafactor", "fused_optimizer": True})
     with pytest.raises(ConfigError, match="train.ema_every must be >= 1"):
         tiny_config(tmp_path, data, train={"ema_every": 0})
     with pytest.raises(ConfigError, match=r"train.ema_device = 'gpu' is not one of"):
@@ -145,6 +161,37 @@ def test_ema_every_n_steps_matches_n_single_updates_of_a_still_weight(every):
     for a, b in zip(sparse.shadow, dense.shadow, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert sparse.current_decay() == pytest.approx(0.5**every)  # warmed up (n >= 8)
+
+
+@pytest.mark.parametrize("cross_device", [False, True])
+def test_ema_update_is_one_multi_tensor_lerp_on_one_device_and_per_tensor_across(
+    cross_device, monkeypatch
+):
+    """Both ways move every shadow exactly as one lerp_ per parameter does; shadows on another
+    device than the weights (ema_device="cpu" while training on a GPU) move one parameter at a
+    time, never building every fp32 copy at once."""
+    import train.ema as ema_module
+
+    if cross_device:  # no second device here: the EMA is told the devices differ
+        monkeypatch.setattr(ema_module, "_same_device", lambda shadow, param: False)
+    foreach_calls = []
+    foreach = torch._foreach_lerp_
+    monkeypatch.setattr(
+        torch, "_foreach_lerp_", lambda *a, **k: foreach_calls.append(1) or foreach(*a, **k)
+    )
+    params = _params()
+    ema = EMA(params, decay=0.9)
+    expected = [s.clone() for s in ema.shadow]
+    for step in range(5):
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                p.add_(torch.randn_like(p) * (step + i + 1))
+        weight = 1.0 - ema.current_decay()
+        for shadow, p in zip(expected, params, strict=True):
+            shadow.lerp_(p.detach().float(), weight)
+        ema.update()
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow, expected, strict=True))
+    assert len(foreach_calls) == (0 if cross_device else 5)
 
 
 def test_ema_on_the_cpu_keeps_shadows_and_swapped_weights_there():

@@ -68,8 +68,9 @@ class ModelSection:
     )
     unet: dict = opt(
         {},
-        "diffusers UNet config overrides for an LDM single file, whose head count cannot be read "
-        "from the weights (SD 1.x: attention_head_dim = 8, the default)",
+        "diffusers UNet config overrides: for an LDM single file, whose head count cannot be "
+        "read from the weights (SD 1.x: attention_head_dim = 8, the default); for init = "
+        "'random', changes to the architecture's UNet (e.g. block_out_channels = [128, 256])",
     )
     architecture: Literal["published", "tiny", "mini"] = opt(
         "published",
@@ -239,6 +240,12 @@ class TrainSection:
         False,
         "torch.compile the UNet in place (state-dict keys unchanged); the first steps pay the "
         "compile time, so it pays only in long runs (docs/training.md, 'Speed on a GPU')",
+    )
+    fused_optimizer: bool = opt(
+        False,
+        "AdamW's fused implementation (torch's fused=True): the whole optimiser step in a few "
+        "kernels instead of several per tensor group; the update equals the default one to float "
+        "rounding, not bit for bit (train.optimizer = 'adamw' only)",
     )
     method: Literal["auto", "full", "lora"] = opt(
         "auto",
@@ -546,6 +553,11 @@ def validate(config: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "checkpoint_every", "log_every", "keep_checkpoints"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if t.fused_optimizer and t.optimizer != "adamw":
+        raise ConfigError(
+            f"train.fused_optimizer = true needs train.optimizer = 'adamw', got {t.optimizer!r}: "
+            "set one of them back"
+        )
     if t.max_steps < 0 or t.epochs < 0 or (t.max_steps == 0 and t.epochs == 0):
         raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
     if t.timestep_bias != "none" and not (

@@ -439,12 +439,18 @@ def _load_folder_images(folder: Path, suffix: str) -> dict[str, np.ndarray]:
 
 
 def _cmd_folder(args: argparse.Namespace) -> int:
-    """COCOEE-style: results/{id}.png, exemplars/{id}_ref.png, masks/{id}_mask.png (white box)."""
+    """COCOEE-style: results/{id}.png, exemplars/{id}_ref.png, masks/{id}_mask.png (white box).
+    The exemplars and masks default to the folders ``batch --cocoee`` writes inside the results'."""
     import open_clip
 
+    from exemplar_core.batch.cocoee import EXEMPLARS_FOLDER, MASKS_FOLDER
+
     results = _load_folder_images(Path(args.results), args.result_suffix)
-    refs = _load_folder_images(Path(args.exemplars), args.exemplar_suffix)
-    masks = _load_folder_images(Path(args.masks), args.mask_suffix)
+    exemplar_folder = Path(args.exemplars or Path(args.results, EXEMPLARS_FOLDER))
+    refs = _load_folder_images(exemplar_folder, args.exemplar_suffix)
+    masks = _load_folder_images(
+        Path(args.masks or Path(args.results, MASKS_FOLDER)), args.mask_suffix
+    )
     ids = sorted(set(results) & set(refs) & set(masks))
     if not ids:
         raise SystemExit("error: no id has a result, an exemplar and a mask; check the suffixes")
@@ -480,19 +486,33 @@ def _cmd_folder(args: argparse.Namespace) -> int:
         net.eval()
 
         def batches(images):
-            tensors = [
-                torch.nn.functional.interpolate(
-                    torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255,
-                    size=(299, 299),
-                    mode="bilinear",
-                    align_corners=False,
+            """[<=16, 3, 299, 299] in -1..1, made as the images are read: the reference (COCO
+            test2017 at 512 px) is 40,670 images, far more than memory holds at once."""
+            chunk = []
+            for a in images:
+                chunk.append(
+                    torch.nn.functional.interpolate(
+                        torch.tensor(a).permute(2, 0, 1)[None].float() / 255,
+                        size=(299, 299),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
                 )
-                for a in images
-            ]
-            return [torch.cat(tensors[i : i + 16]) * 2 - 1 for i in range(0, len(tensors), 16)]
+                if len(chunk) == 16:
+                    yield torch.cat(chunk) * 2 - 1
+                    chunk = []
+            if chunk:
+                yield torch.cat(chunk) * 2 - 1
 
-        ref_images = list(_load_folder_images(Path(args.reference), "").values())
-        report["fid"] = metrics.fid(net, batches([results[k] for k in ids]), batches(ref_images))
+        def reference_images():
+            from PIL import Image
+
+            for path in sorted(Path(args.reference).iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    yield np.asarray(Image.open(path).convert("RGB"))
+
+        generated = batches(results[k] for k in ids)
+        report["fid"] = metrics.fid(net, generated, batches(reference_images()))
     print(json.dumps(report, indent=2))
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2))
@@ -534,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     q.set_defaults(func=_cmd_pool)
     f = sub.add_parser("folder", help="COCOEE-style CLIP score and FID on a folder of results")
     f.add_argument("--results", required=True)
-    f.add_argument("--exemplars", required=True)
-    f.add_argument("--masks", required=True)
+    f.add_argument("--exemplars", help="folder of {id}_ref.png (default: RESULTS/exemplars)")
+    f.add_argument("--masks", help="folder of {id}_mask.png (default: RESULTS/masks)")
     f.add_argument("--result-suffix", default=".png")
     f.add_argument("--exemplar-suffix", default="_ref.png")
     f.add_argument("--mask-suffix", default="_mask.png")

@@ -202,6 +202,8 @@ def build_model(section: ModelSection, seed: int) -> PaintByExampleModel:
     torch.manual_seed(seed)
     if section.init == "random":
         configs = ModelConfigs.named(section.architecture)
+        if section.unet:  # e.g. a wider miniature UNet (train.mini --preset gpu)
+            configs = ModelConfigs({**configs.unet, **section.unet}, configs.vae, configs.encoder)
         if section.encoder:
             enc = encoder_config(section, configs.unet["cross_attention_dim"])
             configs = ModelConfigs(configs.unet, configs.vae, enc)

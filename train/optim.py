@@ -25,12 +25,21 @@ def build_optimizer(
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 0.01,
     eps: float = 1e-8,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
-    """One optimiser over ``params`` (one parameter group), by ``train.optimizer`` name."""
+    """One optimiser over ``params`` (one parameter group), by ``train.optimizer`` name;
+    ``fused`` takes AdamW's fused implementation (AdamW only)."""
     params = list(params)
+    if fused and name != "adamw":
+        raise ValueError(f"a fused optimiser is AdamW only, not {name!r}")
     if name == "adamw":
         return torch.optim.AdamW(
-            params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps
+            params,
+            lr=lr,
+            betas=tuple(betas),
+            weight_decay=weight_decay,
+            eps=eps,
+            fused=True if fused else None,
         )
     if name == "adamw8bit":
         import bitsandbytes as bnb
@@ -45,7 +54,9 @@ def build_optimizer(
 
 def optimizer_from_config(params: Iterable[nn.Parameter], t) -> torch.optim.Optimizer:
     """``build_optimizer`` with the options of a ``TrainSection``."""
-    return build_optimizer(params, t.optimizer, t.lr, tuple(t.betas), t.weight_decay, t.adam_eps)
+    return build_optimizer(
+        params, t.optimizer, t.lr, tuple(t.betas), t.weight_decay, t.adam_eps, t.fused_optimizer
+    )
 
 
 def state_tensors(state) -> list[torch.Tensor]:

@@ -135,8 +135,10 @@ def train_tower(
     holdout: float = 0.05,
     seed: int = 0,
     log_every: int = 100,
+    device: str | torch.device = "cpu",
 ) -> Path:
-    """Train the tower of ``config`` on the objects of ``jsonl``; write ``out/tower.safetensors``
+    """Train the tower of ``config`` on the objects of ``jsonl`` on ``device``; write
+    ``out/tower.safetensors``
     (open_clip tower keys under ``tower.``, the encoder config and held-out accuracies in its
     metadata) and return its path."""
     from safetensors.torch import save_file
@@ -157,8 +159,8 @@ def train_tower(
     augment = ReferenceAugment(pad=pad)
 
     torch.manual_seed(seed)
-    tower = build_tower(config)
-    heads = Heads(config.width, vocab)
+    tower = build_tower(config).to(device)
+    heads = Heads(config.width, vocab).to(device)
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -168,6 +170,7 @@ def train_tower(
     for step in range(1, steps + 1):
         picks = [rng.choice(train_ids) for _ in range(batch_size)]
         pixels, target = _batch(crops, labels, picks, rng, augment, config)
+        pixels, target = pixels.to(device), target.to(device)
         logits = heads(tower(pixels))
         loss = sum(F.cross_entropy(logits[a], target[:, k]) for k, a in enumerate(ATTRIBUTES))
         if not torch.isfinite(loss):
@@ -187,7 +190,7 @@ def train_tower(
     print("tower held-out accuracy: " + ", ".join(f"{a} {v:.3f}" for a, v in accuracy.items()))
     out.mkdir(parents=True, exist_ok=True)
     target_file = out / "tower.safetensors"
-    state = {f"tower.{k}": v.detach().contiguous() for k, v in tower.state_dict().items()}
+    state = {f"tower.{k}": v.detach().cpu().contiguous() for k, v in tower.state_dict().items()}
     metadata = {
         "encoder_config": json.dumps(config.to_dict()),
         "steps": str(steps),
@@ -213,7 +216,9 @@ def held_out_accuracy(
         return {}
     rng = random.Random(seed + 1)
     pixels, target = _batch(crops, labels, held, rng, ReferenceAugment(pad=0), config)
-    logits = heads(tower(pixels))
+    device = next(tower.parameters()).device
+    logits = heads(tower(pixels.to(device)))
+    target = target.to(device)
     return {
         a: round(float((logits[a].argmax(1) == target[:, k]).float().mean()), 4)
         for k, a in enumerate(ATTRIBUTES)

@@ -72,8 +72,9 @@ def train_vae(
     resolution: int = 32,
     seed: int = 0,
     log_every: int = 50,
+    device: str | torch.device = "cpu",
 ) -> Path:
-    """Train and write ``out/vae.safetensors``; returns its path."""
+    """Train on ``device`` and write ``out/vae.safetensors``; returns its path."""
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
@@ -83,7 +84,7 @@ def train_vae(
     if not paths:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images}")
     torch.manual_seed(seed)
-    vae: AutoencoderKL = build_vae(config)
+    vae: AutoencoderKL = build_vae(config).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     loader = torch.utils.data.DataLoader(
@@ -93,7 +94,7 @@ def train_vae(
     started = time.perf_counter()
     vae.train()
     for step in range(1, steps + 1):
-        x = next(batches)
+        x = next(batches).to(device)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         rec = F.l1_loss(recon, x)
@@ -116,12 +117,14 @@ def train_vae(
     # Latents are scaled to unit variance for the diffusion model, as SD's 0.18215 does.
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(next(batches)).latent_dist.mode() for _ in range(8)])
+        latents = torch.cat(
+            [vae.encode(next(batches).to(device)).latent_dist.mode() for _ in range(8)]
+        )
     config = {**config, "scaling_factor": round(float(1.0 / latents.std()), 5)}
     print(f"latent std {latents.std().item():.4f} -> scaling_factor {config['scaling_factor']}")
     out.mkdir(parents=True, exist_ok=True)
     target = out / "vae.safetensors"
-    state = {k: v.detach().contiguous() for k, v in vae.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
     metadata = {"vae_config": json.dumps(config), "steps": str(steps)}
     atomic_write(target, lambda tmp: save_file(state, str(tmp), metadata=metadata))
     return target

@@ -245,6 +245,11 @@ NODE_SPECS: dict[str, Spec] = {
         outputs=(("MODEL", "MODEL"),),
         size=(340, 180),
     ),
+    node_ids.COMPILE_MODEL: Spec(
+        inputs=(("model", "MODEL"), ("mode", "COMBO")),
+        outputs=(("MODEL", "MODEL"),),
+        size=(300, 80),
+    ),
 }
 
 

@@ -22,7 +22,9 @@ it with ``LoadImageMask`` on the red channel, so no alpha-channel inversion is i
 Only the Python standard library is used (no ComfyUI, no websocket package, no torch). One
 module per part: ``client`` (HTTP: upload, queue, interrupt, history, the server's messages),
 ``websocket`` (the event stream), ``workflow`` (find and set nodes' inputs), ``run`` (a whole
-run and its downloads), ``cli`` (the command line), ``errors`` (exit codes).
+run and its downloads), ``cli`` (the command line), ``errors`` (exit codes), ``farm`` (a batch
+manifest's jobs spread over several servers, ``--manifest``; it reads the manifest with
+``exemplar_core.batch``, so it is imported only when used).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from .cli import (
     build_parser,
     main,
     options_from_args,
+    parse_sets,
     run_args,
     server_url,
 )
@@ -50,16 +53,19 @@ from .client import (
     upload_name,
     wait_history,
 )
-from .errors import EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, HeadlessError
+from .errors import EXIT_OK, EXIT_SERVER_ERROR, EXIT_USAGE, HeadlessError, ServerUnreachable
 from .run import (
     IMAGE_LOADERS,
     SAMPLERS,
     RunOptions,
     SavedImage,
+    apply_options,
     download_outputs,
     prepare_out_dir,
+    queue_and_wait,
     run,
     run_outputs,
+    view_path,
     wait_websocket,
     write_new_file,
 )
@@ -81,8 +87,10 @@ __all__ = [
     "HeadlessError",
     "RunOptions",
     "SavedImage",
+    "ServerUnreachable",
     "WebSocket",
     "add_arguments",
+    "apply_options",
     "build_parser",
     "describe_execution_error",
     "describe_failure",
@@ -95,11 +103,13 @@ __all__ = [
     "main",
     "open_websocket",
     "options_from_args",
+    "parse_sets",
     "parse_value",
     "positive_int",
     "positive_seconds",
     "prepare_out_dir",
     "prompt_events",
+    "queue_and_wait",
     "read_input",
     "run",
     "run_args",
@@ -108,6 +118,7 @@ __all__ = [
     "set_all",
     "set_input",
     "upload_name",
+    "view_path",
     "wait_history",
     "wait_websocket",
     "write_new_file",

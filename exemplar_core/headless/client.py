@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_USAGE, HeadlessError
+from .errors import EXIT_USAGE, HeadlessError, ServerUnreachable
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 UPLOAD_SUBFOLDER = "paint-by-example"  # in ComfyUI's input folder: uploads never meet user files
@@ -77,13 +77,12 @@ class Client:
     timeout: float = 60.0
     _reached: bool = field(default=False, init=False, repr=False)
 
-    def _unreachable(self, err: BaseException) -> HeadlessError:
+    def _unreachable(self, err: BaseException) -> ServerUnreachable:
         reason = getattr(err, "reason", None) or err  # a URLError's reason is the OSError
-        return HeadlessError(
+        return ServerUnreachable(
             f"cannot reach ComfyUI at {self.server} ({str(reason) or type(reason).__name__}); "
             f"expected a running ComfyUI there (python main.py --listen ... --port ...): start "
-            f"it or correct --server",
-            EXIT_USAGE,
+            f"it or correct --server"
         )
 
     def check_reachable(self) -> None:

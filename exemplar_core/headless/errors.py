@@ -13,3 +13,11 @@ class HeadlessError(RuntimeError):
     def __init__(self, message: str, code: int = EXIT_SERVER_ERROR) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ServerUnreachable(HeadlessError):
+    """The server did not answer (refused, reset, timed out): the server's fault, not the
+    workflow's; the farm retries the job on another server."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_USAGE)

@@ -58,7 +58,8 @@ def write_new_file(folder: Path, name: str, data: bytes) -> Path:
     raise AssertionError("unreachable")
 
 
-def _log(quiet: bool, text: str) -> None:
+def say(quiet: bool, text: str) -> None:
+    """A progress line on stderr, unless ``quiet``."""
     if not quiet:
         print(text, file=sys.stderr, flush=True)
 
@@ -68,11 +69,9 @@ def wait_websocket(ws: WebSocket, prompt_id: str, quiet: bool) -> None:
     try:
         for kind, data in prompt_events(ws, prompt_id):
             if kind == "progress":
-                _log(
-                    quiet, f"  node {data.get('node')}: step {data.get('value')}/{data.get('max')}"
-                )
+                say(quiet, f"  node {data.get('node')}: step {data.get('value')}/{data.get('max')}")
             elif kind == "executing" and data.get("node") is not None:
-                _log(quiet, f"running node {data['node']}")
+                say(quiet, f"running node {data['node']}")
             elif kind == "execution_error":
                 raise HeadlessError(describe_execution_error(data))
             elif kind == "execution_interrupted":
@@ -96,27 +95,30 @@ def download_outputs(
     """Every output image of a finished prompt, in node-id order, into ``out_dir`` (never over
     an existing file)."""
     saved = []
-    for node_id, output in sorted(entry.get("outputs", {}).items(), key=_node_order):
+    for node_id, output in sorted(entry.get("outputs", {}).items(), key=lambda i: node_order(i[0])):
         title = str(prompt.get(node_id, {}).get("_meta", {}).get("title", node_id))
         for image in output.get("images", []):
             if image.get("type") != "output":
                 continue
-            query = urllib.parse.urlencode(
-                {
-                    "filename": image["filename"],
-                    "subfolder": image.get("subfolder", ""),
-                    "type": image["type"],
-                }
-            )
-            data = client.get_bytes(f"/view?{query}")
+            data = client.get_bytes(view_path(image))
             saved.append(
                 SavedImage(node_id, title, write_new_file(out_dir, image["filename"], data))
             )
     return saved
 
 
-def _node_order(item: tuple[str, Any]) -> tuple[int, str]:
-    node_id = item[0]
+def view_path(image: dict[str, Any]) -> str:
+    """The ``/view`` request of one output image of a ``/history`` entry."""
+    query = {
+        "filename": image["filename"],
+        "subfolder": image.get("subfolder", ""),
+        "type": image["type"],
+    }
+    return f"/view?{urllib.parse.urlencode(query)}"
+
+
+def node_order(node_id: str) -> tuple[int, str]:
+    """Sort key of node ids: numeric ids in number order, then the others."""
     return (int(node_id), node_id) if node_id.isdigit() else (1 << 62, node_id)
 
 
@@ -157,43 +159,62 @@ def run_outputs(options: RunOptions) -> list[SavedImage]:
                 EXIT_USAGE,
             )
         uploads.append((node_id, title, path, read_input(path)))
-    if options.model is not None and not set_all(
-        prompt, node_ids.LOADER, "model_name", options.model
-    ):
-        raise HeadlessError(
-            "--model given but the workflow has no Paint-by-Example Loader", EXIT_USAGE
-        )
-    for name, value in (("seed", options.seed), ("steps", options.steps)):
-        if value is not None:
-            for class_type in SAMPLERS:
-                set_all(prompt, class_type, name, value)
-    for target, value in options.sets:
-        set_input(prompt, target, value)
+    apply_options(prompt, options.model, options.seed, options.steps, options.sets)
 
     # The first request connects briefly first, so an unreachable server fails in seconds.
     client = Client(options.server, timeout=min(options.timeout, 60.0))
     for node_id, title, path, data in uploads:
         prompt[node_id]["inputs"]["image"] = client.upload_image(path, data)
-        _log(options.quiet, f"uploaded {path} -> {title} ({prompt[node_id]['inputs']['image']})")
+        say(options.quiet, f"uploaded {path} -> {title} ({prompt[node_id]['inputs']['image']})")
+    entry = queue_and_wait(client, prompt, options.timeout, options.quiet)
+    return download_outputs(client, entry, out_dir, prompt)
+
+
+def apply_options(
+    prompt: dict[str, Any],
+    model: str | None,
+    seed: int | None,
+    steps: int | None,
+    sets: list[tuple[str, Any]],
+) -> None:
+    """``--model``, ``--seed``, ``--steps`` and each ``--set`` (``("TITLE.INPUT", value)``) into
+    ``prompt``, in place."""
+    if model is not None and not set_all(prompt, node_ids.LOADER, "model_name", model):
+        raise HeadlessError(
+            "--model given but the workflow has no Paint-by-Example Loader", EXIT_USAGE
+        )
+    for name, value in (("seed", seed), ("steps", steps)):
+        if value is not None:
+            for class_type in SAMPLERS:
+                set_all(prompt, class_type, name, value)
+    for target, value in sets:
+        set_input(prompt, target, value)
+
+
+def queue_and_wait(
+    client: Client, prompt: dict[str, Any], timeout: float, quiet: bool
+) -> dict[str, Any]:
+    """Queue ``prompt`` and follow it (websocket, else ``/history``) until it finishes; its
+    ``/history`` entry, or HeadlessError with the server's message when it failed."""
     try:
-        ws: WebSocket | None = open_websocket(client, options.timeout)
+        ws: WebSocket | None = open_websocket(client, timeout)
     except OSError as err:  # no websocket (proxy, old server): poll instead
         ws = None
-        _log(options.quiet, f"websocket unavailable ({err}); polling /history")
+        say(quiet, f"websocket unavailable ({err}); polling /history")
     try:
         prompt_id = client.queue(prompt)
     except BaseException:
         if ws is not None:
             ws.close()
         raise
-    _log(options.quiet, f"queued prompt {prompt_id}")
+    say(quiet, f"queued prompt {prompt_id}")
     if ws is not None:
         try:
-            wait_websocket(ws, prompt_id, options.quiet)
+            wait_websocket(ws, prompt_id, quiet)
         except OSError as err:  # the stream broke off: poll instead
-            _log(options.quiet, f"websocket lost ({err}); polling /history")
-    entry = wait_history(client, prompt_id, options.timeout, options.quiet)
+            say(quiet, f"websocket lost ({err}); polling /history")
+    entry = wait_history(client, prompt_id, timeout, quiet)
     status = entry.get("status", {})
     if status.get("status_str") == "error" or status.get("completed") is False:
         raise HeadlessError(describe_failure(status))
-    return download_outputs(client, entry, out_dir, prompt)
+    return entry

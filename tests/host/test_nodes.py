@@ -16,6 +16,7 @@ NODE_IDS = [
     "PaintByExample.ExemplarMapper",
     "PaintByExample.CropForEdit",
     "PaintByExample.StitchEdit",
+    "PaintByExample.CompileModel",
 ]
 SIZE = 64
 
