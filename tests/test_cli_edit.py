@@ -127,6 +127,9 @@ def test_similarity_and_its_old_name_scale_give_the_same_settings(files, monkeyp
             seen.append(settings)
             return SimpleNamespace(image=source, region=None)
 
+        def enable_compile(self, mode):
+            assert mode == "off"  # the default: no compile unless --compile says so
+
     monkeypatch.setattr(Editor, "from_file", classmethod(lambda cls, *a, **k: Recorder()))
     assert main(_args(tmp, ckpt, "a.png", "--similarity", "3.5")) == 0
     assert main(_args(tmp, ckpt, "b.png", "--scale", "3.5")) == 0
